@@ -1,0 +1,287 @@
+"""The three store interfaces, and the records and events they hand back.
+
+Each interface has a memory implementation (embedded mode) and a real one (etcd for meetings and
+controls, Redis for members and chat), and every implementation passes the same conformance suite
+(``tests/conformance``). Stores know nothing of connections: what they have to tell the server
+(a control changed, a meeting ended, a chat event arrived) they hand to one async handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import trio
+
+from ..controls import Controls
+
+__all__ = [
+    "AttendanceRecord",
+    "AuditEntry",
+    "BusEvent",
+    "ChatLog",
+    "ControlsChanged",
+    "History",
+    "MeetingEnded",
+    "MeetingEvent",
+    "MeetingFull",
+    "MeetingMeta",
+    "MeetingNotFound",
+    "MeetingStore",
+    "MemberRecord",
+    "MemberStore",
+    "RevisionConflict",
+    "StoreUnavailable",
+]
+
+Role = Literal["host", "member"]
+
+
+class MeetingNotFound(LookupError):
+    """No meeting with that id (never created, or ended)."""
+
+
+class RevisionConflict(Exception):
+    """A compare-and-set change whose expected revision is no longer current."""
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__(f"expected revision {expected}, current is {current}")
+        self.expected = expected
+        self.current = current
+
+
+class MeetingFull(Exception):
+    """The meeting already has its maximum number of members."""
+
+
+class StoreUnavailable(Exception):
+    """The backing service (etcd, Redis) did not answer in time; the caller may retry later."""
+
+
+# --- meetings and controls -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeetingMeta:
+    meeting_id: str
+    name: str
+    created_at: float
+    #: sha256 hex of the host credential; the credential itself is never stored.
+    host_key_hash: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ControlsChanged:
+    """One change of a meeting's flags, as every instance sees it."""
+
+    meeting_id: str
+    controls: Controls
+    #: flag -> (old, new), only flags whose value really changed.
+    changed: Mapping[str, tuple[bool, bool]]
+    #: who changed it: a member id, ``"operator"`` (etcdctl), ``"timer"`` (a timed change ran out)
+    #: or ``"snapshot"`` (a resync after a lost watch).
+    actor: str
+    #: when the change returns to the default, for a timed change.
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class MeetingEnded:
+    meeting_id: str
+    reason: str
+
+
+MeetingEvent = ControlsChanged | MeetingEnded
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    meeting_id: str
+    flag: str
+    old: bool
+    new: bool
+    revision: int
+    actor: str
+    at: float
+
+
+class MeetingStore(Protocol):
+    """Meetings and their control flags (memory, or etcd in cluster mode)."""
+
+    async def create(self, meta: MeetingMeta, controls: Mapping[str, bool]) -> Controls: ...
+
+    async def get(self, meeting_id: str) -> MeetingMeta | None: ...
+
+    async def list(self) -> Sequence[MeetingMeta]: ...
+
+    async def end(self, meeting_id: str, *, reason: str) -> bool:
+        """Delete the meeting; True if it existed. Every instance learns MeetingEnded."""
+        ...
+
+    async def controls(self, meeting_id: str) -> Controls:
+        """The current flags; raises MeetingNotFound."""
+        ...
+
+    async def set_controls(
+        self,
+        meeting_id: str,
+        changes: Mapping[str, bool],
+        *,
+        actor: str,
+        expected_revision: int | None = None,
+        ttl: float | None = None,
+    ) -> Controls:
+        """Apply changes atomically; with ``expected_revision``, only if it is still current
+        (else RevisionConflict). With ``ttl`` seconds, the changed flags return to their defaults
+        when it runs out. Returns the controls after the change. Listeners learn of it through
+        ``serve_events``, never from this call's caller."""
+        ...
+
+    async def audit(self, meeting_id: str) -> Sequence[AuditEntry]: ...
+
+    async def serve_events(
+        self,
+        handler: Callable[[MeetingEvent], Awaitable[None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until cancelled, handing every change of any meeting to ``handler`` in order."""
+        ...
+
+    async def ready(self) -> bool: ...
+
+
+# --- membership and attendance ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    meeting_id: str
+    member_id: str
+    name: str
+    role: Role
+    instance_id: str
+    joined_at: float
+    #: sha256 hex of the member's reconnect secret (the seed's ``userUid``, or a v1 token).
+    key_hash: str
+    protocol: Literal["seed", "v1"] = "v1"
+    camera: bool = False
+    mic: bool = False
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.member_id,
+            "name": self.name,
+            "role": self.role,
+            "camera": self.camera,
+            "mic": self.mic,
+            "joined_at": self.joined_at,
+        }
+
+
+@dataclass(frozen=True)
+class AttendanceRecord:
+    """One join-to-leave session of one member; ``left_at`` is None while it is still present."""
+
+    meeting_id: str
+    member_id: str
+    name: str
+    role: Role
+    joined_at: float
+    key_hash: str
+    left_at: float | None = None
+    reason: str | None = None
+
+
+class MemberStore(Protocol):
+    """Live roster and the attendance ledger (memory, or Redis in cluster mode)."""
+
+    async def join(self, record: MemberRecord, *, max_members: int) -> None:
+        """Add to the roster and open an attendance session; MeetingFull past ``max_members``.
+        Joining again with a present member id replaces the old presence (its session closes
+        with reason ``replaced``)."""
+        ...
+
+    async def leave(self, meeting_id: str, member_id: str, *, reason: str) -> MemberRecord | None:
+        """Remove and close its attendance session. Exactly one caller gets the record back;
+        the rest get None, so a leave is announced once however many paths race to it."""
+        ...
+
+    async def get(self, meeting_id: str, member_id: str) -> MemberRecord | None: ...
+
+    async def roster(self, meeting_id: str) -> Sequence[MemberRecord]: ...
+
+    async def update(
+        self, meeting_id: str, member_id: str, changes: Mapping[str, Any]
+    ) -> MemberRecord | None:
+        """Change ``name``, ``camera`` or ``mic`` of a present member; None if it is not there."""
+        ...
+
+    async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]: ...
+
+    async def ban(self, meeting_id: str, member_id: str) -> None: ...
+
+    async def is_banned(self, meeting_id: str, member_id: str) -> bool: ...
+
+    async def by_instance(self, instance_id: str) -> Sequence[MemberRecord]: ...
+
+    async def clear_meeting(self, meeting_id: str, *, reason: str) -> Sequence[MemberRecord]:
+        """Everyone leaves (meeting ended); returns who was present. The ledger is kept."""
+        ...
+
+    async def ready(self) -> bool: ...
+
+
+# --- chat history and the relay --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BusEvent:
+    """One event of a meeting's stream. ``seq`` numbers chat (1, 2, ...) and is 0 otherwise."""
+
+    meeting_id: str
+    kind: str
+    data: Mapping[str, Any]
+    seq: int = 0
+    ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class History:
+    events: Sequence[BusEvent]
+    #: the last chat seq the meeting has (0 if none).
+    last_seq: int
+    #: False if some chat after the requested seq is no longer kept.
+    complete: bool
+
+
+class ChatLog(Protocol):
+    """The meeting's ordered event stream: chat history plus the relay between instances."""
+
+    async def publish(self, meeting_id: str, kind: str, data: Mapping[str, Any]) -> BusEvent:
+        """Append (chat gets the next seq and is kept in history) and deliver to every
+        subscribed instance; all of them see one meeting's events in one order."""
+        ...
+
+    async def history(self, meeting_id: str, after_seq: int, limit: int) -> History:
+        """Chat with seq > after_seq, oldest first, at most ``limit`` (the newest ones)."""
+        ...
+
+    async def subscribe(self, meeting_id: str) -> None: ...
+
+    async def unsubscribe(self, meeting_id: str) -> None: ...
+
+    async def drop(self, meeting_id: str) -> None:
+        """Forget the meeting's history (meeting ended)."""
+        ...
+
+    async def serve(
+        self,
+        handler: Callable[[BusEvent], Awaitable[None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None: ...
+
+    async def ready(self) -> bool: ...

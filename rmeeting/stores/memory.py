@@ -1,0 +1,307 @@
+"""In-memory stores for the embedded mode: one process, nothing shared, nothing persisted.
+
+They keep the same promises as the etcd and Redis stores (the conformance suite checks both), so
+the server code above them cannot tell which it runs on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import trio
+
+from ..controls import DEFAULTS, Controls
+from .base import (
+    AttendanceRecord,
+    AuditEntry,
+    BusEvent,
+    ControlsChanged,
+    History,
+    MeetingEnded,
+    MeetingEvent,
+    MeetingFull,
+    MeetingMeta,
+    MeetingNotFound,
+    MemberRecord,
+    RevisionConflict,
+)
+
+__all__ = ["MemoryChatLog", "MemoryMeetingStore", "MemoryMemberStore"]
+
+#: Events waiting for the handler. When full, writers wait: a change is never dropped.
+EVENT_BUFFER = 1024
+
+
+class _Expiry:
+    """A timed change: these flags of this meeting go back to their defaults at ``deadline``."""
+
+    def __init__(self, meeting_id: str, flags: set[str], deadline: float) -> None:
+        self.meeting_id = meeting_id
+        self.flags = flags
+        self.deadline = deadline
+
+
+class MemoryMeetingStore:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._meta: dict[str, MeetingMeta] = {}
+        self._values: dict[str, dict[str, bool]] = {}
+        self._revision: dict[str, int] = {}
+        self._audit: dict[str, list[AuditEntry]] = defaultdict(list)
+        # (meeting, flag) -> the timed change that still owns the flag's value
+        self._timers: dict[tuple[str, str], _Expiry] = {}
+        self._counter = itertools.count(1)
+        self._send, self._receive = trio.open_memory_channel[MeetingEvent | _Expiry](EVENT_BUFFER)
+
+    async def create(self, meta: MeetingMeta, controls: Mapping[str, bool]) -> Controls:
+        if meta.meeting_id in self._meta:
+            raise ValueError(f"meeting {meta.meeting_id} exists")
+        self._meta[meta.meeting_id] = meta
+        self._values[meta.meeting_id] = dict(controls)
+        self._revision[meta.meeting_id] = next(self._counter)
+        return self._controls(meta.meeting_id)
+
+    async def get(self, meeting_id: str) -> MeetingMeta | None:
+        return self._meta.get(meeting_id)
+
+    async def list(self) -> Sequence[MeetingMeta]:
+        return list(self._meta.values())
+
+    async def end(self, meeting_id: str, *, reason: str) -> bool:
+        if self._meta.pop(meeting_id, None) is None:
+            return False
+        self._values.pop(meeting_id, None)
+        self._revision.pop(meeting_id, None)
+        self._audit.pop(meeting_id, None)
+        for key in [k for k in self._timers if k[0] == meeting_id]:
+            del self._timers[key]
+        await self._send.send(MeetingEnded(meeting_id, reason))
+        return True
+
+    def _controls(self, meeting_id: str) -> Controls:
+        return Controls.from_partial(self._values[meeting_id], self._revision[meeting_id])
+
+    async def controls(self, meeting_id: str) -> Controls:
+        if meeting_id not in self._meta:
+            raise MeetingNotFound(meeting_id)
+        return self._controls(meeting_id)
+
+    async def set_controls(
+        self,
+        meeting_id: str,
+        changes: Mapping[str, bool],
+        *,
+        actor: str,
+        expected_revision: int | None = None,
+        ttl: float | None = None,
+    ) -> Controls:
+        if meeting_id not in self._meta:
+            raise MeetingNotFound(meeting_id)
+        current = self._controls(meeting_id)
+        if expected_revision is not None and expected_revision != current.revision:
+            raise RevisionConflict(expected_revision, current.revision)
+        await self._apply(meeting_id, changes, actor, ttl)
+        return self._controls(meeting_id)
+
+    async def _apply(
+        self, meeting_id: str, changes: Mapping[str, bool], actor: str, ttl: float | None
+    ) -> None:
+        values = self._values[meeting_id]
+        before = Controls.from_partial(values, 0)
+        revision = next(self._counter)
+        values.update(changes)
+        self._revision[meeting_id] = revision
+        after = self._controls(meeting_id)
+        changed = {f: (before[f], after[f]) for f in changes if before[f] != after[f]}
+        now = self._clock()
+        for flag, (old, new) in changed.items():
+            self._audit[meeting_id].append(
+                AuditEntry(meeting_id, flag, old, new, revision, actor, now)
+            )
+        for flag in changes:  # a later change of a flag takes it off any earlier timer
+            self._timers.pop((meeting_id, flag), None)
+        expires_at = None
+        if ttl is not None:
+            expires_at = now + ttl
+            expiry = _Expiry(meeting_id, set(changes), trio.current_time() + ttl)
+            for flag in changes:
+                self._timers[(meeting_id, flag)] = expiry
+            await self._send.send(expiry)
+        await self._send.send(ControlsChanged(meeting_id, after, changed, actor, expires_at))
+
+    async def _expire(self, expiry: _Expiry) -> None:
+        await trio.sleep_until(expiry.deadline)
+        owned = {f for f in expiry.flags if self._timers.get((expiry.meeting_id, f)) is expiry}
+        if owned and expiry.meeting_id in self._meta:
+            await self._apply(expiry.meeting_id, {f: DEFAULTS[f] for f in owned}, "timer", None)
+
+    async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
+        if meeting_id not in self._meta:
+            raise MeetingNotFound(meeting_id)
+        return list(self._audit[meeting_id])
+
+    async def serve_events(
+        self,
+        handler: Callable[[MeetingEvent], Awaitable[None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for item in self._receive:
+                if isinstance(item, _Expiry):
+                    nursery.start_soon(self._expire, item)
+                else:
+                    await handler(item)
+
+    async def ready(self) -> bool:
+        return True
+
+
+class MemoryMemberStore:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._present: dict[str, dict[str, MemberRecord]] = defaultdict(dict)
+        self._ledger: dict[str, list[AttendanceRecord]] = defaultdict(list)
+        self._banned: dict[str, set[str]] = defaultdict(set)
+
+    async def join(self, record: MemberRecord, *, max_members: int) -> None:
+        present = self._present[record.meeting_id]
+        if record.member_id in present:
+            await self.leave(record.meeting_id, record.member_id, reason="replaced")
+        elif len(present) >= max_members:
+            raise MeetingFull(record.meeting_id)
+        present[record.member_id] = record
+        self._ledger[record.meeting_id].append(
+            AttendanceRecord(
+                record.meeting_id,
+                record.member_id,
+                record.name,
+                record.role,
+                record.joined_at,
+                record.key_hash,
+            )
+        )
+
+    async def leave(self, meeting_id: str, member_id: str, *, reason: str) -> MemberRecord | None:
+        record = self._present.get(meeting_id, {}).pop(member_id, None)
+        if record is None:
+            return None
+        self._close_session(record, reason)
+        return record
+
+    def _close_session(self, record: MemberRecord, reason: str) -> None:
+        ledger = self._ledger[record.meeting_id]
+        for i in range(len(ledger) - 1, -1, -1):
+            entry = ledger[i]
+            if entry.member_id == record.member_id and entry.left_at is None:
+                ledger[i] = replace(entry, name=record.name, left_at=self._clock(), reason=reason)
+                return
+
+    async def get(self, meeting_id: str, member_id: str) -> MemberRecord | None:
+        return self._present.get(meeting_id, {}).get(member_id)
+
+    async def roster(self, meeting_id: str) -> Sequence[MemberRecord]:
+        return sorted(self._present.get(meeting_id, {}).values(), key=lambda r: r.joined_at)
+
+    async def update(
+        self, meeting_id: str, member_id: str, changes: Mapping[str, Any]
+    ) -> MemberRecord | None:
+        present = self._present.get(meeting_id, {})
+        record = present.get(member_id)
+        if record is None:
+            return None
+        allowed = {k: v for k, v in changes.items() if k in ("name", "camera", "mic")}
+        record = replace(record, **allowed)
+        present[member_id] = record
+        return record
+
+    async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]:
+        return list(self._ledger.get(meeting_id, []))
+
+    async def ban(self, meeting_id: str, member_id: str) -> None:
+        self._banned[meeting_id].add(member_id)
+
+    async def is_banned(self, meeting_id: str, member_id: str) -> bool:
+        return member_id in self._banned.get(meeting_id, ())
+
+    async def by_instance(self, instance_id: str) -> Sequence[MemberRecord]:
+        return [
+            r for members in self._present.values() for r in members.values()
+            if r.instance_id == instance_id
+        ]
+
+    async def clear_meeting(self, meeting_id: str, *, reason: str) -> Sequence[MemberRecord]:
+        present = self._present.pop(meeting_id, {})
+        for record in present.values():
+            self._close_session(record, reason)
+        return list(present.values())
+
+    async def ready(self) -> bool:
+        return True
+
+
+class MemoryChatLog:
+    def __init__(self, *, history_limit: int = 500, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._limit = history_limit
+        self._seq: dict[str, int] = defaultdict(int)
+        self._history: dict[str, deque[BusEvent]] = {}
+        self._subscribed: dict[str, int] = defaultdict(int)
+        self._send, self._receive = trio.open_memory_channel[BusEvent](EVENT_BUFFER)
+
+    async def publish(self, meeting_id: str, kind: str, data: Mapping[str, Any]) -> BusEvent:
+        seq = 0
+        if kind == "chat":
+            self._seq[meeting_id] += 1
+            seq = self._seq[meeting_id]
+        event = BusEvent(meeting_id, kind, dict(data), seq, self._clock())
+        if seq:
+            history = self._history.setdefault(meeting_id, deque(maxlen=self._limit))
+            history.append(event)
+        if self._subscribed.get(meeting_id):
+            # No checkpoint between taking the seq and queueing: queue order is seq order.
+            await self._send.send(event)
+        return event
+
+    async def history(self, meeting_id: str, after_seq: int, limit: int) -> History:
+        kept = self._history.get(meeting_id, deque())
+        last = self._seq.get(meeting_id, 0)
+        wanted = [e for e in kept if e.seq > after_seq]
+        oldest_kept = kept[0].seq if kept else last + 1
+        complete = after_seq >= last or oldest_kept <= after_seq + 1
+        if len(wanted) > limit:
+            wanted = wanted[-limit:]
+            complete = False
+        return History(wanted, last, complete)
+
+    async def subscribe(self, meeting_id: str) -> None:
+        self._subscribed[meeting_id] += 1
+
+    async def unsubscribe(self, meeting_id: str) -> None:
+        if self._subscribed.get(meeting_id, 0) <= 1:
+            self._subscribed.pop(meeting_id, None)
+        else:
+            self._subscribed[meeting_id] -= 1
+
+    async def drop(self, meeting_id: str) -> None:
+        self._history.pop(meeting_id, None)
+        self._seq.pop(meeting_id, None)
+
+    async def serve(
+        self,
+        handler: Callable[[BusEvent], Awaitable[None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        async for event in self._receive:
+            await handler(event)
+
+    async def ready(self) -> bool:
+        return True

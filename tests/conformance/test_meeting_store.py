@@ -1,0 +1,195 @@
+"""MeetingStore conformance: every implementation keeps these promises."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+import trio
+
+from rmeeting.controls import DEFAULTS
+from rmeeting.stores.base import (
+    ControlsChanged,
+    MeetingEnded,
+    MeetingEvent,
+    MeetingMeta,
+    MeetingNotFound,
+    RevisionConflict,
+)
+
+
+def _meta(name: str = "standup") -> MeetingMeta:
+    return MeetingMeta(uuid.uuid4().hex, name, time.time(), "ab" * 32)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[MeetingEvent] = []
+        self._changed = trio.Event()
+
+    async def __call__(self, event: MeetingEvent) -> None:
+        self.items.append(event)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Any, timeout: float = 5) -> MeetingEvent:
+        with trio.fail_after(timeout):
+            while True:
+                for item in self.items:
+                    if predicate(item):
+                        return item
+                await self._changed.wait()
+
+
+async def _serving(nursery: trio.Nursery, store: Any) -> Events:
+    events = Events()
+    await nursery.start(store.serve_events, events)
+    return events
+
+
+async def test_create_get_list_and_defaults(meeting_store: Any) -> None:
+    meta = _meta()
+    controls = await meeting_store.create(meta, {"camera": False})
+    assert controls.as_dict() == {**DEFAULTS, "camera": False}
+    assert controls.revision > 0
+    got = await meeting_store.get(meta.meeting_id)
+    assert got is not None and got.name == "standup" and got.host_key_hash == meta.host_key_hash
+    assert meta.meeting_id in {m.meeting_id for m in await meeting_store.list()}
+    assert await meeting_store.get("no-such-meeting") is None
+    with pytest.raises(MeetingNotFound):
+        await meeting_store.controls("no-such-meeting")
+
+
+async def test_set_controls_bumps_revision_and_notifies(meeting_store: Any) -> None:
+    meta = _meta()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            events = await _serving(nursery, meeting_store)
+            first = await meeting_store.create(meta, {})
+            after = await meeting_store.set_controls(
+                meta.meeting_id, {"mic": False}, actor="host-1"
+            )
+            assert after["mic"] is False and after.revision > first.revision
+            event = await events.wait_for(
+                lambda e: isinstance(e, ControlsChanged) and e.meeting_id == meta.meeting_id
+            )
+            assert isinstance(event, ControlsChanged)
+            assert event.changed == {"mic": (True, False)}
+            assert event.actor == "host-1"
+            assert event.controls.revision == after.revision
+            assert (await meeting_store.controls(meta.meeting_id)).revision == after.revision
+            nursery.cancel_scope.cancel()
+
+
+async def test_revisions_only_grow(meeting_store: Any) -> None:
+    meta = _meta()
+    await meeting_store.create(meta, {})
+    seen = []
+    for i in range(5):
+        c = await meeting_store.set_controls(meta.meeting_id, {"camera": i % 2 == 0}, actor="h")
+        seen.append(c.revision)
+    assert seen == sorted(seen) and len(set(seen)) == 5
+
+
+async def test_compare_and_set(meeting_store: Any) -> None:
+    meta = _meta()
+    start = await meeting_store.create(meta, {})
+    won = await meeting_store.set_controls(
+        meta.meeting_id, {"chat": False}, actor="a", expected_revision=start.revision
+    )
+    with pytest.raises(RevisionConflict):
+        await meeting_store.set_controls(
+            meta.meeting_id, {"chat": True}, actor="b", expected_revision=start.revision
+        )
+    assert (await meeting_store.controls(meta.meeting_id))["chat"] is False
+    await meeting_store.set_controls(
+        meta.meeting_id, {"chat": True}, actor="b", expected_revision=won.revision
+    )
+    assert (await meeting_store.controls(meta.meeting_id))["chat"] is True
+
+
+async def test_concurrent_compare_and_set_has_one_winner(meeting_store: Any) -> None:
+    meta = _meta()
+    start = await meeting_store.create(meta, {})
+    outcomes: list[str] = []
+
+    async def attempt(value: bool) -> None:
+        try:
+            await meeting_store.set_controls(
+                meta.meeting_id, {"locked": value}, actor=str(value),
+                expected_revision=start.revision,
+            )
+            outcomes.append("won")
+        except RevisionConflict:
+            outcomes.append("lost")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(attempt, i % 2 == 0)
+    assert sorted(outcomes) == ["lost", "lost", "lost", "won"]
+
+
+async def test_audit_records_each_change(meeting_store: Any) -> None:
+    meta = _meta()
+    await meeting_store.create(meta, {})
+    c1 = await meeting_store.set_controls(meta.meeting_id, {"camera": False}, actor="h1")
+    c2 = await meeting_store.set_controls(
+        meta.meeting_id, {"camera": True, "mic": False}, actor="h2"
+    )
+    trail = await meeting_store.audit(meta.meeting_id)
+    got = sorted((e.flag, e.old, e.new, e.revision, e.actor) for e in trail)
+    assert got == sorted([
+        ("camera", True, False, c1.revision, "h1"),
+        ("camera", False, True, c2.revision, "h2"),
+        ("mic", True, False, c2.revision, "h2"),
+    ])
+
+
+async def test_end_meeting_notifies_and_forgets(meeting_store: Any) -> None:
+    meta = _meta()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            events = await _serving(nursery, meeting_store)
+            await meeting_store.create(meta, {})
+            assert await meeting_store.end(meta.meeting_id, reason="host ended") is True
+            assert await meeting_store.end(meta.meeting_id, reason="again") is False
+            await events.wait_for(
+                lambda e: isinstance(e, MeetingEnded) and e.meeting_id == meta.meeting_id
+            )
+            assert await meeting_store.get(meta.meeting_id) is None
+            with pytest.raises(MeetingNotFound):
+                await meeting_store.set_controls(meta.meeting_id, {"mic": False}, actor="h")
+            nursery.cancel_scope.cancel()
+
+
+async def test_timed_change_returns_to_default(meeting_store: Any) -> None:
+    meta = _meta()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            events = await _serving(nursery, meeting_store)
+            await meeting_store.create(meta, {})
+            await meeting_store.set_controls(meta.meeting_id, {"mic": False}, actor="h", ttl=1)
+            assert (await meeting_store.controls(meta.meeting_id))["mic"] is False
+            back = await events.wait_for(
+                lambda e: isinstance(e, ControlsChanged) and e.changed.get("mic") == (False, True),
+                timeout=15,
+            )
+            assert isinstance(back, ControlsChanged)
+            assert (await meeting_store.controls(meta.meeting_id))["mic"] is True
+            nursery.cancel_scope.cancel()
+
+
+async def test_later_change_cancels_timer(meeting_store: Any) -> None:
+    meta = _meta()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await _serving(nursery, meeting_store)
+            await meeting_store.create(meta, {})
+            await meeting_store.set_controls(meta.meeting_id, {"mic": False}, actor="h", ttl=1)
+            await meeting_store.set_controls(meta.meeting_id, {"mic": False}, actor="h")
+            await trio.sleep(3)
+            assert (await meeting_store.controls(meta.meeting_id))["mic"] is False
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,114 @@
+"""MemberStore conformance: roster, attendance ledger, bans."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+import trio
+
+from rmeeting.stores.base import MeetingFull, MemberRecord
+
+
+def _member(meeting: str, name: str = "ann", *, instance: str = "i1", **kw: Any) -> MemberRecord:
+    return MemberRecord(
+        meeting, uuid.uuid4().hex, name, kw.pop("role", "member"), instance, time.time(),
+        "cd" * 32, **kw,
+    )
+
+
+async def test_join_roster_leave_once(member_store: Any) -> None:
+    meeting = uuid.uuid4().hex
+    a, b = _member(meeting, "ann"), _member(meeting, "bob", role="host")
+    await member_store.join(a, max_members=10)
+    await member_store.join(b, max_members=10)
+    assert [m.member_id for m in await member_store.roster(meeting)] == [a.member_id, b.member_id]
+    assert await member_store.get(meeting, b.member_id) == b
+    left = [await member_store.leave(meeting, a.member_id, reason="closed") for _ in range(3)]
+    assert left[0] == a and left[1:] == [None, None]
+    assert [m.member_id for m in await member_store.roster(meeting)] == [b.member_id]
+
+
+async def test_concurrent_leaves_announce_once(member_store: Any) -> None:
+    meeting = uuid.uuid4().hex
+    a = _member(meeting)
+    await member_store.join(a, max_members=10)
+    got: list[object] = []
+
+    async def leave() -> None:
+        got.append(await member_store.leave(meeting, a.member_id, reason="race"))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(leave)
+    assert [g for g in got if g is not None] == [a]
+
+
+async def test_max_members(member_store: Any) -> None:
+    meeting = uuid.uuid4().hex
+    await member_store.join(_member(meeting), max_members=2)
+    await member_store.join(_member(meeting), max_members=2)
+    with pytest.raises(MeetingFull):
+        await member_store.join(_member(meeting), max_members=2)
+    assert len(await member_store.roster(meeting)) == 2
+
+
+async def test_attendance_keeps_every_session(member_store: Any) -> None:
+    meeting = uuid.uuid4().hex
+    a = _member(meeting, "ann")
+    await member_store.join(a, max_members=10)
+    await member_store.update(meeting, a.member_id, {"name": "ann b"})
+    await member_store.leave(meeting, a.member_id, reason="closed")
+    await member_store.join(a, max_members=10)
+    ledger = await member_store.attendance(meeting)
+    assert [(e.member_id, e.reason) for e in ledger] == [
+        (a.member_id, "closed"), (a.member_id, None)
+    ]
+    assert ledger[0].left_at is not None and ledger[0].left_at >= ledger[0].joined_at
+    assert ledger[0].name == "ann b"
+    assert ledger[1].left_at is None
+    assert ledger[0].key_hash == a.key_hash
+
+
+async def test_rejoin_while_present_replaces(member_store: Any) -> None:
+    meeting = uuid.uuid4().hex
+    a = _member(meeting)
+    await member_store.join(a, max_members=1)
+    await member_store.join(a, max_members=1)
+    assert len(await member_store.roster(meeting)) == 1
+    reasons = [e.reason for e in await member_store.attendance(meeting)]
+    assert reasons == ["replaced", None]
+
+
+async def test_update_only_present_members(member_store: Any) -> None:
+    meeting = uuid.uuid4().hex
+    a = _member(meeting)
+    await member_store.join(a, max_members=10)
+    updated = await member_store.update(meeting, a.member_id, {"camera": True, "mic": True})
+    assert updated is not None and updated.camera and updated.mic
+    assert (await member_store.get(meeting, a.member_id)) == updated
+    assert await member_store.update(meeting, "nobody", {"camera": True}) is None
+
+
+async def test_bans(member_store: Any) -> None:
+    meeting = uuid.uuid4().hex
+    assert await member_store.is_banned(meeting, "m1") is False
+    await member_store.ban(meeting, "m1")
+    assert await member_store.is_banned(meeting, "m1") is True
+    assert await member_store.is_banned(uuid.uuid4().hex, "m1") is False
+
+
+async def test_by_instance_and_clear(member_store: Any) -> None:
+    meeting = uuid.uuid4().hex
+    a = _member(meeting, instance="inst-a-" + meeting)
+    b = _member(meeting, instance="inst-b-" + meeting)
+    await member_store.join(a, max_members=10)
+    await member_store.join(b, max_members=10)
+    assert [m.member_id for m in await member_store.by_instance(a.instance_id)] == [a.member_id]
+    cleared = await member_store.clear_meeting(meeting, reason="ended")
+    assert {m.member_id for m in cleared} == {a.member_id, b.member_id}
+    assert await member_store.roster(meeting) == []
+    assert {e.reason for e in await member_store.attendance(meeting)} == {"ended"}
