@@ -1,0 +1,93 @@
+"""``rmeeting``: the command line. ``rmeeting serve`` runs an instance."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from .config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmeeting",
+        description="rmeeting: a control plane for online meetings.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run an instance (embedded by default; cluster mode with --etcd and --redis)",
+        description="Run an rmeeting instance. Settings come from defaults, then --config "
+        "(TOML), then RMEETING_* environment variables, then these flags.",
+    )
+    serve.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:8080; port 0 "
+                       "picks a free port)")
+    serve.add_argument("--config", help="a TOML config file")
+    serve.add_argument("--etcd", help="etcd endpoints, comma separated (cluster mode)")
+    serve.add_argument("--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0 (cluster mode)")
+    serve.add_argument("--instance-id", help="this instance's id in the cluster")
+    serve.add_argument("--shards", type=int, help="fan-out shards (default 8)")
+    serve.add_argument("--log-format", choices=("auto", "json", "text"))
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ._logging import setup_logging
+    from .server import serve_rmeeting
+
+    overrides = {
+        "bind": args.bind,
+        "etcd": args.etcd,
+        "redis": args.redis,
+        "instance_id": args.instance_id,
+        "shards": args.shards,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+    }
+    try:
+        config = load_config(file=args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"rmeeting: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_format, config.log_level)
+
+    async def run() -> None:
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(lambda task_status: serve_rmeeting(
+                config, shutdown=shutdown, task_status=task_status))
+            print(f"rmeeting listening on {running.url}", flush=True)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    shutdown.set()  # a graceful drain; the server task then returns
+                    break
+            # a second signal during the drain stops at once
+            nursery.start_soon(_second_signal, nursery.cancel_scope)
+
+    try:
+        trio.run(run)
+    except OSError as exc:
+        print(f"rmeeting: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _second_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return

@@ -1,0 +1,51 @@
+"""Small helpers shared by the HTTP routes: JSON bodies with clear 4xx errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import Response, request
+
+from ..wire._json import dumps
+
+__all__ = ["BadRequest", "json_body", "json_response"]
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(dumps(obj), status=status, content_type="application/json; charset=utf-8")
+
+
+async def json_body(*, required: bool = False) -> dict[str, Any]:
+    """The request's JSON object. An empty body is ``{}`` unless ``required``."""
+    raw = await request.get_data(as_text=False)
+    if not raw.strip():
+        if required:
+            raise BadRequest("a JSON object body is required")
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """``body[name]`` checked to be of ``kind`` (absent: ``default``)."""
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise BadRequest(f"{name} must be {kind.__name__}")
+    return value

@@ -1,0 +1,107 @@
+"""The Quart-Trio app (HTTP only; WebSockets are routed by the front door) and the WS routes."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from quart_trio import QuartTrio
+
+from ..service import Denied, MeetingService
+from ..stores.base import RevisionConflict, StoreUnavailable
+from ..transport.frontdoor import Handshake
+from ._http import BadRequest, json_response
+from .seed import seed_blueprint, seed_session
+
+__all__ = ["create_app", "ws_router"]
+
+log = logging.getLogger("rmeeting.http")
+
+#: Denied codes -> HTTP status
+DENIED_STATUS = {
+    "meeting_not_found": 404,
+    "member_not_found": 404,
+    "not_host": 403,
+    "kicked": 403,
+    "locked": 423,
+    "meeting_full": 429,
+    "too_many_meetings": 429,
+    "draining": 503,
+}
+
+
+def create_app(service: MeetingService, *, ready: Callable[[], Awaitable[bool]]) -> QuartTrio:
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1 << 20
+    app.register_blueprint(seed_blueprint(service))
+
+    @app.get("/healthz")
+    async def healthz() -> Any:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Any:
+        if await ready():
+            return json_response({"status": "ready"})
+        return json_response({"status": "not ready"}, 503)
+
+    @app.errorhandler(BadRequest)
+    async def bad_request(exc: BadRequest) -> Any:
+        return json_response({"error": exc.message}, exc.status)
+
+    @app.errorhandler(Denied)
+    async def denied(exc: Denied) -> Any:
+        return json_response(
+            {"error": exc.message, "code": exc.code}, DENIED_STATUS.get(exc.code, 400)
+        )
+
+    @app.errorhandler(RevisionConflict)
+    async def conflict(exc: RevisionConflict) -> Any:
+        return json_response(
+            {"error": str(exc), "code": "revision_conflict", "revision": exc.current}, 412
+        )
+
+    @app.errorhandler(StoreUnavailable)
+    async def unavailable(exc: StoreUnavailable) -> Any:
+        return json_response({"error": f"store unavailable: {exc}", "code": "unavailable"}, 503)
+
+    @app.errorhandler(404)
+    async def not_found(exc: Any) -> Any:
+        return json_response({"error": "not found"}, 404)
+
+    @app.errorhandler(405)
+    async def bad_method(exc: Any) -> Any:
+        return json_response({"error": "method not allowed"}, 405)
+
+    @app.errorhandler(413)
+    async def too_large(exc: Any) -> Any:
+        return json_response({"error": "request body too large"}, 413)
+
+    return app
+
+
+Handler = Callable[[Handshake], Awaitable[None]]
+_V1_WS = re.compile(r"^/v1/meetings/([A-Za-z0-9_.-]{1,64})/ws$")
+
+
+def ws_router(
+    service: MeetingService, v1: Callable[[MeetingService, Handshake], Awaitable[None]] | None
+) -> Callable[[str], tuple[Handler, dict[str, str]] | None]:
+    async def seed(hs: Handshake) -> None:
+        await seed_session(service, hs)
+
+    async def modern(hs: Handshake) -> None:
+        assert v1 is not None
+        await v1(service, hs)
+
+    def route(path: str) -> tuple[Handler, dict[str, str]] | None:
+        if path == "/AddMeeting":
+            return seed, {}
+        match = _V1_WS.match(path)
+        if match and v1 is not None:
+            return modern, {"meeting_id": match.group(1)}
+        return None
+
+    return route

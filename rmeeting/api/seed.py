@@ -1,0 +1,168 @@
+"""The seed's API (../shared/seed/wire-protocol.md), served unchanged for its clients.
+
+Where the seed was broken, this does what it meant: control frames are recognised by characters,
+not bytes; only the manager's credential changes controls; a non-manager's Export is refused with
+403; joining a meeting that does not exist is refused before anything is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import trio
+from quart import Blueprint, request
+
+from ..hub import CLOSE_KICKED
+from ..service import Denied, Joined, MeetingService, RateLimiter
+from ..transport.frontdoor import Handshake
+from ..transport.websocket import CLOSE_SLOW_CONSUMER, BadFrame, WebSocket
+from ..wire import seed
+from ._http import BadRequest, field, json_body, json_response
+
+__all__ = ["DENIED_CLOSE_CODES", "leave_reason", "seed_blueprint", "seed_session"]
+
+log = logging.getLogger("rmeeting.seed")
+
+#: why a join was refused -> the close code the client sees (docs/protocol.md)
+DENIED_CLOSE_CODES = {
+    "meeting_not_found": 4404,
+    "kicked": CLOSE_KICKED,
+    "not_host": 4403,
+    "bad_token": 4401,
+    "locked": 4423,
+    "meeting_full": 4429,
+    "too_many_meetings": 4429,
+    "draining": 1012,
+}
+
+
+def seed_blueprint(service: MeetingService) -> Blueprint:
+    bp = Blueprint("seed", __name__)
+
+    @bp.post("/CreateMeeting")
+    async def create_meeting() -> Any:
+        body = await json_body()
+        name = field(body, "meeting_name", str, "")
+        field(body, "username", str, "")
+        is_mute = field(body, "is_mute", bool, False)
+        is_video = field(body, "is_video", bool, False)
+        user_uid = str(uuid.uuid4())  # the creator's id doubles as its manager credential
+        created = await service.create_meeting(
+            name, {"mic": not is_mute, "camera": is_video}, host_key=user_uid
+        )
+        return json_response({
+            "meetingUid": created.meta.meeting_id,
+            "meetingName": created.meta.name,
+            "status": "success",
+            "userUid": user_uid,
+        })
+
+    @bp.put("/LeaveMeeting")
+    async def leave_meeting() -> Any:
+        body = await json_body(required=True)
+        meeting_id = field(body, "meetingUid", str, "")
+        user_uid = field(body, "userUid", str, "")
+        username = field(body, "username", str, "")
+        if not meeting_id or not user_uid:
+            raise BadRequest("meetingUid and userUid are required")
+        await service.require_meeting(meeting_id)
+        gone = await service.leave_by_key(meeting_id, user_uid)
+        if not gone:
+            return json_response({"error": "no member with that userUid in this meeting"}, 404)
+        return json_response({
+            "msg": "leaveMeeting success!",
+            "userUid": user_uid,
+            "username": username or gone[0].name,
+        })
+
+    @bp.get("/Export")
+    async def export() -> Any:
+        meeting_id = request.args.get("meetingUid", "")
+        await service.require_meeting(meeting_id)
+        if not await service.is_host(meeting_id, request.args.get("userUid")):
+            return json_response({"msg": "当前只能管理员能导出参会者"}, 403)
+        seen: dict[str, str] = {}
+        for entry in await service.attendance(meeting_id):
+            seen[entry.member_id] = entry.name  # the latest name of each member, first-join order
+        return json_response({"attendee": list(seen.values())})
+
+    return bp
+
+
+def leave_reason(ws: WebSocket, draining: bool) -> str:
+    if ws.timed_out:
+        return "timeout"
+    if ws.close_code == CLOSE_SLOW_CONSUMER:
+        return "slow consumer"
+    if draining:
+        return "server shutdown"
+    return "closed"
+
+
+def refuse(ws: WebSocket, frame: bytes, denied: Denied) -> None:
+    ws.send_text_nowait(frame)
+    ws.close_nowait(DENIED_CLOSE_CODES.get(denied.code, 4400), denied.message)
+
+
+async def seed_session(service: MeetingService, hs: Handshake) -> None:
+    """One seed client, from the upgrade of ``GET /AddMeeting`` to its leave."""
+    meeting_id = hs.query.get("meetingUid", "")
+    username = hs.query.get("username", "")
+    user_uid = hs.query.get("userUid") or str(uuid.uuid4())
+    ws = hs.accept()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.run)
+        try:
+            is_host = await service.is_host(meeting_id, user_uid)
+            joined = await service.join(
+                meeting_id, name=username, protocol="seed", outlet=ws,
+                role="host" if is_host else "member",
+                key=user_uid, user_uid=user_uid,
+            )
+        except Denied as denied:
+            refuse(ws, seed.error(denied.message), denied)
+            return
+        try:
+            await _serve_frames(service, ws, joined, meeting_id)
+        finally:
+            await service.disconnected(joined, leave_reason(ws, not service.accepting))
+
+
+async def _serve_frames(
+    service: MeetingService, ws: WebSocket, joined: Joined, meeting_id: str
+) -> None:
+    limiter = RateLimiter(service.config.chat_rate, service.config.chat_burst)
+    async for message in ws.messages():
+        try:
+            if isinstance(message, BadFrame):
+                raise Denied(message.kind, f"{message.kind} frames are not supported")
+            if message.startswith(seed.CONTROL_PREFIX):
+                await _control(service, joined, meeting_id, message[len(seed.CONTROL_PREFIX):])
+            else:
+                await service.chat_message(joined, message, limiter)
+        except Denied as denied:
+            ws.send_text_nowait(seed.error(denied.message))
+
+
+async def _control(service: MeetingService, joined: Joined, meeting_id: str, rest: str) -> None:
+    """``特殊消息<digit>{json}``: the manager sets one of the room's flags."""
+    if not rest or rest[0] not in seed.SEED_FLAGS:
+        raise Denied("bad_control", "unknown control flag; use 1 (isMute) or 2 (isVideo)")
+    field_name, flag, inverted = seed.SEED_FLAGS[rest[0]]
+    try:
+        body = json.loads(rest[1:])
+    except ValueError as exc:
+        raise Denied("bad_control", f"control frame: malformed JSON ({exc})") from exc
+    if not isinstance(body, dict) or not isinstance(body.get(field_name), bool):
+        raise Denied("bad_control", f"control frame needs {field_name}: true or false")
+    if body.get("meetingUid", meeting_id) != meeting_id:
+        raise Denied("not_host", "control frame names another meeting")
+    if not await service.is_host(meeting_id, body.get("userUid")):
+        raise Denied("not_host", "only the meeting's manager may change its controls")
+    value = body[field_name]
+    await service.set_controls(
+        meeting_id, {flag: (not value) if inverted else value}, actor=joined.record.member_id
+    )

@@ -1,0 +1,29 @@
+"""Credentials: random secrets handed out once; only hashes kept, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+__all__ = ["hash_secret", "new_id", "new_secret", "secret_matches"]
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def new_id() -> str:
+    return secrets.token_hex(8)
+
+
+def hash_secret(secret: str) -> str:
+    # Secrets are 190-bit random strings (or the seed's uuid4 userUids): a plain digest is
+    # enough, a slow KDF would only protect guessable passwords.
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def secret_matches(secret: str | None, stored_hash: str) -> bool:
+    if not secret or not stored_hash:
+        return False
+    return hmac.compare_digest(hash_secret(secret), stored_hash)

@@ -1,0 +1,149 @@
+"""Configuration: defaults, then a TOML file, then ``RMEETING_*`` variables, then flags.
+
+Every layer is checked against the known keys: a misspelled key is an error that names it, never
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+ENV_PREFIX = "RMEETING_"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    #: HOST:PORT to listen on; port 0 picks a free one (the bound address is printed)
+    bind: str = "127.0.0.1:8080"
+    #: etcd endpoints (cluster mode); empty means in-memory meetings and controls
+    etcd: tuple[str, ...] = ()
+    etcd_prefix: str = "/rmeeting"
+    #: Redis URL (cluster mode); empty means in-memory members and chat
+    redis: str = ""
+    redis_prefix: str = "rmeeting"
+    #: this instance's id in the cluster (default: a random one)
+    instance_id: str = ""
+    shards: int = 8
+    #: largest WebSocket message accepted, in bytes (larger: close 1009)
+    max_frame_bytes: int = 65536
+    max_chat_chars: int = 2000
+    max_name_chars: int = 64
+    #: chat messages per second per member, sustained, and the burst allowed above it
+    chat_rate: float = 20.0
+    chat_burst: int = 40
+    max_members: int = 1000
+    max_meetings: int = 10000
+    #: bytes a member's outgoing queue may hold before it is dropped as a slow consumer
+    outbox_bytes: int = 1 << 20
+    ping_interval: float = 10.0
+    ping_timeout: float = 20.0
+    #: chat messages kept per meeting for late joiners and resume
+    history_limit: int = 500
+    #: chat messages a joining member gets in its welcome
+    welcome_history: int = 50
+    #: seconds members get to go when the server stops
+    shutdown_grace: float = 5.0
+    #: "auto" (JSON when stderr is not a terminal), "json" or "text"
+    log_format: str = "auto"
+    log_level: str = "info"
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, sep, port = self.bind.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"bind must be HOST:PORT, not {self.bind!r}")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    @property
+    def cluster(self) -> bool:
+        return bool(self.etcd or self.redis)
+
+    def validate(self) -> Config:
+        self.host_port  # noqa: B018 - raises on a malformed bind
+        positive = ("shards", "max_frame_bytes", "max_chat_chars", "max_name_chars", "chat_burst",
+                    "max_members", "max_meetings", "outbox_bytes", "history_limit")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in ("chat_rate", "ping_interval", "ping_timeout", "shutdown_grace"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.log_format not in ("auto", "json", "text"):
+            raise ConfigError("log_format must be auto, json or text")
+        if self.welcome_history < 0 or self.welcome_history > self.history_limit:
+            raise ConfigError("welcome_history must be between 0 and history_limit")
+        return self
+
+
+_FIELDS = {f.name: f for f in fields(Config) if f.name != "extra"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = _FIELDS[name].default
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        if isinstance(value, (dict, list)):
+            raise TypeError
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot use {value!r}") from exc
+
+
+def _apply(values: dict[str, Any], layer: Mapping[str, Any], origin: str) -> None:
+    for key, value in layer.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {key!r} in {origin}")
+        values[name] = _coerce(name, value)
+
+
+def load_config(
+    *,
+    file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config from its layers; ``env`` defaults to ``os.environ``."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    file = file or env.get(ENV_PREFIX + "CONFIG") or None
+    if file:
+        try:
+            data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from exc
+        _apply(values, data.get("rmeeting", data), str(file))
+    from_env = {
+        k[len(ENV_PREFIX):].lower(): v
+        for k, v in env.items()
+        if k.startswith(ENV_PREFIX) and k != ENV_PREFIX + "CONFIG"
+    }
+    _apply(values, from_env, "the environment (RMEETING_*)")
+    _apply(values, {k: v for k, v in (overrides or {}).items() if v is not None}, "flags")
+    return dataclasses.replace(Config(), **values).validate()

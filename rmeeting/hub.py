@@ -1,0 +1,247 @@
+"""The hub: this instance's members, grouped by meeting, fanned out by K shard tasks.
+
+A meeting hashes (crc32) to one shard, and everything for that meeting (attach, detach, chat,
+joins, control changes) passes through that shard's channel, so one meeting's events reach its
+members in one order. Fan-out never waits on a member: frames are written without blocking
+(:meth:`Outlet.send_frame_nowait`), so a shard's time goes to encoding and syscalls only, and one
+meeting cannot hold another up behind a slow client.
+
+Each event is encoded once per protocol present in the meeting, never once per member.
+
+Overflow policy of a shard's inbox: bounded (``inbox_size``); a producer waits when it is full.
+Producers are the store event tasks and joining/leaving sessions, so a saturated shard slows
+the intake of new events, never drops one.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from .controls import Controls
+from .stores.base import BusEvent, ControlsChanged, MeetingEnded
+from .transport.websocket import text_frame
+from .wire import seed, v1
+
+__all__ = ["CLOSE_KICKED", "CLOSE_MEETING_ENDED", "CLOSE_REPLACED", "Hub", "Outlet", "Subscriber"]
+
+log = logging.getLogger("rmeeting.hub")
+
+CLOSE_MEETING_ENDED = 4000
+CLOSE_LEFT = 4001
+CLOSE_KICKED = 4003
+CLOSE_REPLACED = 4009
+
+HubEvent = BusEvent | ControlsChanged | MeetingEnded
+
+ENCODERS: dict[str, Callable[[HubEvent], bytes | None]] = {
+    "seed": seed.encode_event,
+    "v1": v1.encode_event,
+}
+
+
+class Outlet(Protocol):
+    """Where a member's frames go (a :class:`rmeeting.transport.websocket.WebSocket`)."""
+
+    def send_frame_nowait(self, frame: bytes) -> bool: ...
+
+    def close_nowait(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One member's connection, as the hub sees it."""
+
+    meeting_id: str
+    member_id: str
+    protocol: str
+    outlet: Outlet
+    #: seed: the member's userUid, for the room-state frame sent right after its join notice
+    user_uid: str = ""
+    #: v1: chat up to this seq was in the welcome snapshot; later copies are skipped
+    skip_chat_upto: int = 0
+    #: set when the server ended this presence (leave via API, kick, replaced, meeting ended),
+    #: so the session does not record a second leave for it
+    evicted: bool = False
+    _awaiting_join: bool = field(default=True, repr=False)
+
+
+class _Meeting:
+    __slots__ = ("by_protocol", "controls")
+
+    def __init__(self, controls: Controls) -> None:
+        self.by_protocol: dict[str, dict[str, Subscriber]] = {"seed": {}, "v1": {}}
+        self.controls = controls
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self.by_protocol.values())
+
+    def find(self, member_id: str) -> Subscriber | None:
+        for members in self.by_protocol.values():
+            sub = members.get(member_id)
+            if sub is not None:
+                return sub
+        return None
+
+
+class _Shard:
+    def __init__(self, index: int, inbox_size: int, on_change: Callable[[int], None]) -> None:
+        self.index = index
+        self._on_change = on_change
+        self.meetings: dict[str, _Meeting] = {}
+        self.send, self.receive = trio.open_memory_channel[tuple[str, Any, Any]](inbox_size)
+        self.delivered = 0
+
+    async def run(self) -> None:
+        async for op, a, b in self.receive:
+            try:
+                if op == "event":
+                    self._event(a, b)
+                elif op == "attach":
+                    self._attach(a, b)
+                elif op == "detach":
+                    self._detach(a)
+                elif op == "close_all":
+                    self._close_all(a, b)
+            except Exception:  # one bad event must not take the shard (and its meetings) down
+                log.exception("shard %d failed on %s", self.index, op)
+
+    def _attach(self, sub: Subscriber, controls: Controls) -> None:
+        meeting = self.meetings.get(sub.meeting_id)
+        if meeting is None:
+            meeting = self.meetings[sub.meeting_id] = _Meeting(controls)
+        elif controls.revision > meeting.controls.revision:
+            meeting.controls = controls
+        old = meeting.by_protocol[sub.protocol].get(sub.member_id)
+        if old is not None and old is not sub:
+            old.evicted = True
+            old.outlet.close_nowait(CLOSE_REPLACED, "replaced by a newer connection")
+        else:
+            self._on_change(+1)
+        meeting.by_protocol[sub.protocol][sub.member_id] = sub
+
+    def _detach(self, sub: Subscriber) -> None:
+        meeting = self.meetings.get(sub.meeting_id)
+        if meeting is None:
+            return
+        members = meeting.by_protocol[sub.protocol]
+        if members.get(sub.member_id) is sub:
+            del members[sub.member_id]
+            self._on_change(-1)
+        if not len(meeting):
+            del self.meetings[sub.meeting_id]
+
+    def _event(self, meeting_id: str, event: HubEvent) -> None:
+        meeting = self.meetings.get(meeting_id)
+        if meeting is None:
+            return
+        if isinstance(event, ControlsChanged):
+            if event.controls.revision < meeting.controls.revision:
+                return  # older than what members already have (a late duplicate)
+            meeting.controls = event.controls
+        seq = event.seq if isinstance(event, BusEvent) else 0
+        for protocol, members in meeting.by_protocol.items():
+            if not members:
+                continue
+            payload = ENCODERS[protocol](event)
+            if payload is None:
+                continue
+            frame = text_frame(payload)
+            for sub in members.values():
+                if seq and sub.skip_chat_upto >= seq:
+                    continue
+                sub.outlet.send_frame_nowait(frame)
+            self.delivered += len(members)
+        if isinstance(event, BusEvent):
+            self._after_member_event(meeting, event)
+        elif isinstance(event, MeetingEnded):
+            self._close_meeting(meeting_id, meeting, CLOSE_MEETING_ENDED, "meeting ended")
+
+    def _after_member_event(self, meeting: _Meeting, event: BusEvent) -> None:
+        sub = meeting.find(str(event.data.get("id", "")))
+        if sub is None:
+            return
+        if event.kind == "joined" and sub._awaiting_join:
+            sub._awaiting_join = False
+            if sub.protocol == "seed":  # the seed sends the room state after the join notice
+                sub.outlet.send_frame_nowait(
+                    text_frame(seed.room_state(meeting.controls, sub.user_uid))
+                )
+        elif event.kind == "left" and "close" in event.data:
+            code, reason = event.data["close"]
+            sub.evicted = True
+            sub.outlet.close_nowait(int(code), str(reason))
+
+    def _close_meeting(self, meeting_id: str, meeting: _Meeting, code: int, reason: str) -> None:
+        for members in meeting.by_protocol.values():
+            for sub in members.values():
+                sub.evicted = True
+                sub.outlet.close_nowait(code, reason)
+        self.meetings.pop(meeting_id, None)
+
+    def _close_all(self, code: int, reason: str) -> None:
+        for meeting in self.meetings.values():
+            for members in meeting.by_protocol.values():
+                for sub in members.values():
+                    sub.outlet.close_nowait(code, reason)
+
+
+class Hub:
+    def __init__(self, shards: int = 8, *, inbox_size: int = 4096) -> None:
+        if shards < 1:
+            raise ValueError("need at least one shard")
+        self._shards = [_Shard(i, inbox_size, self._count) for i in range(shards)]
+        self._members = 0
+        self._empty = trio.Event()
+        self._empty.set()
+
+    def _count(self, delta: int) -> None:
+        self._members += delta
+        if self._members == 0:
+            self._empty.set()
+        elif self._empty.is_set():
+            self._empty = trio.Event()
+
+    async def wait_empty(self) -> None:
+        """Return once no member is attached (used by the graceful drain)."""
+        while self._members:
+            await self._empty.wait()
+
+    def _shard(self, meeting_id: str) -> _Shard:
+        return self._shards[zlib.crc32(meeting_id.encode()) % len(self._shards)]
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for shard in self._shards:
+                nursery.start_soon(shard.run)
+            task_status.started()
+
+    async def attach(self, sub: Subscriber, controls: Controls) -> None:
+        await self._shard(sub.meeting_id).send.send(("attach", sub, controls))
+
+    async def detach(self, sub: Subscriber) -> None:
+        await self._shard(sub.meeting_id).send.send(("detach", sub, None))
+
+    async def deliver(self, event: HubEvent) -> None:
+        await self._shard(event.meeting_id).send.send(("event", event.meeting_id, event))
+
+    async def close_all(self, code: int, reason: str) -> None:
+        for shard in self._shards:
+            await shard.send.send(("close_all", code, reason))
+
+    def has_meeting(self, meeting_id: str) -> bool:
+        return meeting_id in self._shard(meeting_id).meetings
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "shards": len(self._shards),
+            "meetings": sum(len(s.meetings) for s in self._shards),
+            "members": self._members,
+            "deliveries": sum(s.delivered for s in self._shards),
+            "queued": sum(s.send.statistics().current_buffer_used for s in self._shards),
+        }

@@ -1,0 +1,122 @@
+"""One rmeeting instance: stores, hub, service, HTTP app and the front door, in one nursery."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from . import auth
+from .api.app import create_app, ws_router
+from .config import Config
+from .hub import Hub
+from .service import MeetingService
+from .stores.base import ChatLog, MeetingStore, MemberStore
+from .stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
+from .transport.frontdoor import FrontDoor, WsLimits
+from .transport.http_bridge import HttpBridge
+from .transport.websocket import CLOSE_GOING_AWAY
+
+__all__ = ["RunningServer", "open_stores", "serve_rmeeting"]
+
+log = logging.getLogger("rmeeting.server")
+
+
+@dataclass
+class Stores:
+    meetings: MeetingStore
+    members: MemberStore
+    chat: ChatLog
+
+
+@asynccontextmanager
+async def open_stores(config: Config) -> AsyncIterator[Stores]:
+    """Memory stores unless etcd / Redis addresses are configured."""
+    meetings: MeetingStore = MemoryMeetingStore()
+    members: MemberStore = MemoryMemberStore()
+    chat: ChatLog = MemoryChatLog(history_limit=config.history_limit)
+    yield Stores(meetings, members, chat)
+
+
+@dataclass
+class RunningServer:
+    host: str
+    port: int
+    instance_id: str
+    service: MeetingService
+    hub: Hub
+    shutdown: trio.Event
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+
+async def serve_rmeeting(
+    config: Config,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown`` is set (or this task is cancelled), then drain: members get a
+    1001 close and ``shutdown_grace`` seconds to go, and their leaves are recorded."""
+    shutdown = trio.Event() if shutdown is None else shutdown
+    instance_id = config.instance_id or auth.new_id()
+    async with open_stores(config) as stores, trio.open_nursery() as nursery:
+        hub = Hub(config.shards)
+        service = MeetingService(
+            config,
+            meetings=stores.meetings,
+            members=stores.members,
+            chat=stores.chat,
+            hub=hub,
+            instance_id=instance_id,
+        )
+
+        async def ready() -> bool:
+            return (
+                service.accepting
+                and await stores.meetings.ready()
+                and await stores.members.ready()
+                and await stores.chat.ready()
+            )
+
+        from .api.v1_ws import v1_session  # noqa: PLC0415 - the v1 protocol is optional here
+
+        app = create_app(service, ready=ready)
+        bridge = HttpBridge(app)
+        limits = WsLimits(
+            max_message=config.max_frame_bytes,
+            max_buffer=config.outbox_bytes,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+        )
+        front = FrontDoor(bridge, ws_router(service, v1_session), limits)
+        await nursery.start(hub.serve)
+        await nursery.start(stores.meetings.serve_events, service.on_meeting_event)
+        await nursery.start(stores.chat.serve, service.on_bus_event)
+        await nursery.start(bridge.serve)
+        host, port = config.host_port
+        bound_host, bound_port = await nursery.start(front.serve, host, port)
+        running = RunningServer(bound_host, bound_port, instance_id, service, hub, shutdown)
+        log.info("listening", extra={"url": running.url, "instance": instance_id})
+        task_status.started(running)
+        try:
+            await shutdown.wait()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(config.shutdown_grace):
+                await _drain(service, hub)
+            nursery.cancel_scope.cancel()
+
+
+async def _drain(service: MeetingService, hub: Hub) -> None:
+    service.accepting = False
+    await hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+    await hub.wait_empty()

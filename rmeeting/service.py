@@ -1,0 +1,372 @@
+"""Meetings as the APIs see them: create, join, chat, control, leave, kick, end, export.
+
+Both protocols (the seed's and v1) and the HTTP routes call this one service, so they see one
+meeting. The service never writes to a member directly: every change goes to a store, and what
+the members learn comes back through the stores' event streams (``on_meeting_event``,
+``on_bus_event``) to the hub. That is what keeps one order per meeting, and it is the same path in
+embedded and cluster mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import trio
+
+from . import auth
+from .config import Config
+from .controls import Controls, validate_changes
+from .hub import CLOSE_KICKED, CLOSE_LEFT, Hub, Subscriber
+from .stores.base import (
+    AttendanceRecord,
+    BusEvent,
+    ChatLog,
+    MeetingEvent,
+    MeetingFull,
+    MeetingMeta,
+    MeetingNotFound,
+    MeetingStore,
+    MemberRecord,
+    MemberStore,
+)
+
+__all__ = ["Denied", "Joined", "MeetingService", "RateLimiter"]
+
+log = logging.getLogger("rmeeting.service")
+
+
+class Denied(Exception):
+    """A request the rules refuse; ``code`` is a stable machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Created:
+    meta: MeetingMeta
+    controls: Controls
+    host_key: str
+
+
+@dataclass
+class Joined:
+    record: MemberRecord
+    controls: Controls
+    sub: Subscriber
+    #: v1: the secret part of the reconnect token (None for the seed, whose userUid is the key)
+    secret: str | None = None
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` per second sustained, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at = trio.current_time()
+
+    def allow(self) -> bool:
+        now = trio.current_time()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+class MeetingService:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        meetings: MeetingStore,
+        members: MemberStore,
+        chat: ChatLog,
+        hub: Hub,
+        instance_id: str,
+    ) -> None:
+        self.config = config
+        self.meetings = meetings
+        self.members = members
+        self.chat = chat
+        self.hub = hub
+        self.instance_id = instance_id
+        self.accepting = True
+
+    # --- events from the stores, to the hub ---------------------------------------------
+
+    async def on_meeting_event(self, event: MeetingEvent) -> None:
+        await self.hub.deliver(event)
+
+    async def on_bus_event(self, event: BusEvent) -> None:
+        await self.hub.deliver(event)
+
+    # --- meetings -----------------------------------------------------------------------
+
+    async def create_meeting(
+        self,
+        name: str,
+        controls: Mapping[str, bool] | None = None,
+        *,
+        host_key: str | None = None,
+        meeting_id: str | None = None,
+    ) -> Created:
+        if len(await self.meetings.list()) >= self.config.max_meetings:
+            raise Denied("too_many_meetings", "this server has its maximum number of meetings")
+        initial = validate_changes(controls) if controls else {}
+        host_key = host_key or auth.new_secret()
+        meta = MeetingMeta(
+            meeting_id=meeting_id or _uuid(),
+            name=name[: self.config.max_name_chars * 4],
+            created_at=time.time(),
+            host_key_hash=auth.hash_secret(host_key),
+        )
+        created = await self.meetings.create(meta, initial)
+        log.info("meeting created", extra={"meeting": meta.meeting_id})
+        return Created(meta, created, host_key)
+
+    async def require_meeting(self, meeting_id: str) -> MeetingMeta:
+        meta = await self.meetings.get(meeting_id)
+        if meta is None:
+            raise Denied("meeting_not_found", "no such meeting")
+        return meta
+
+    async def is_host(self, meeting_id: str, key: str | None) -> bool:
+        meta = await self.meetings.get(meeting_id)
+        return meta is not None and auth.secret_matches(key, meta.host_key_hash)
+
+    async def require_host(self, meeting_id: str, key: str | None) -> MeetingMeta:
+        meta = await self.require_meeting(meeting_id)
+        if not auth.secret_matches(key, meta.host_key_hash):
+            raise Denied("not_host", "only the meeting's host may do this")
+        return meta
+
+    async def set_controls(
+        self,
+        meeting_id: str,
+        changes: Mapping[str, Any],
+        *,
+        actor: str,
+        expected_revision: int | None = None,
+        ttl: float | None = None,
+    ) -> Controls:
+        try:
+            valid = validate_changes(changes)
+        except (KeyError, ValueError) as exc:
+            raise Denied("bad_controls", str(exc).strip("'\"")) from exc
+        if ttl is not None and not 0 < ttl <= 86400:
+            raise Denied("bad_controls", "duration must be between 0 and 86400 seconds")
+        try:
+            controls = await self.meetings.set_controls(
+                meeting_id, valid, actor=actor, expected_revision=expected_revision, ttl=ttl
+            )
+        except MeetingNotFound as exc:
+            raise Denied("meeting_not_found", "no such meeting") from exc
+        if not valid.get("camera", True) or not valid.get("mic", True):
+            await self._switch_off_members(meeting_id, valid)
+        return controls
+
+    async def _switch_off_members(self, meeting_id: str, changes: Mapping[str, bool]) -> None:
+        """A flag switched off turns that device off for every member (and tells everyone)."""
+        off = {dev: False for dev in ("camera", "mic") if changes.get(dev) is False}
+        for record in await self.members.roster(meeting_id):
+            if any(getattr(record, dev) for dev in off):
+                updated = await self.members.update(meeting_id, record.member_id, off)
+                if updated is not None:
+                    await self.chat.publish(
+                        meeting_id, "updated", {**updated.public(), "changes": off}
+                    )
+
+    async def end_meeting(self, meeting_id: str, *, reason: str = "ended by the host") -> bool:
+        ended = await self.meetings.end(meeting_id, reason=reason)
+        if ended:
+            await self.members.clear_meeting(meeting_id, reason="meeting ended")
+            # the history is kept for the attendance export; chat is dropped
+            await self.chat.drop(meeting_id)
+        return ended
+
+    async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]:
+        return await self.members.attendance(meeting_id)
+
+    # --- members ------------------------------------------------------------------------
+
+    async def join(
+        self,
+        meeting_id: str,
+        *,
+        name: str,
+        protocol: Literal["seed", "v1"],
+        outlet: Any,
+        role: Literal["host", "member"] = "member",
+        member_id: str | None = None,
+        key: str | None = None,
+        returning: bool = False,
+        user_uid: str = "",
+    ) -> Joined:
+        """Register a member and attach its connection; everyone learns ``member_joined``.
+
+        ``key`` is the member's secret (the seed's userUid, or the secret of a v1 token);
+        ``returning`` members (a valid token) may join a locked meeting."""
+        if not self.accepting:
+            raise Denied("draining", "this server is shutting down; reconnect")
+        await self.require_meeting(meeting_id)
+        controls = await self.meetings.controls(meeting_id)
+        if controls["locked"] and role != "host" and not returning:
+            raise Denied("locked", "the meeting is locked: no new members may join")
+        name = name.strip()[: self.config.max_name_chars] or "guest"
+        secret = None
+        if key is None:
+            key = secret = auth.new_secret()
+        record = MemberRecord(
+            meeting_id=meeting_id,
+            member_id=member_id or auth.new_id(),
+            name=name,
+            role=role,
+            instance_id=self.instance_id,
+            joined_at=time.time(),
+            key_hash=auth.hash_secret(key),
+            protocol=protocol,
+        )
+        if await self.members.is_banned(meeting_id, record.member_id):
+            raise Denied("kicked", "you were removed from this meeting")
+        sub = Subscriber(meeting_id, record.member_id, protocol, outlet, user_uid=user_uid)
+        # listen before announcing: the member must see its own join and all that follows
+        await self.chat.subscribe(meeting_id)
+        await self.hub.attach(sub, controls)
+        try:
+            previous = await self.members.get(meeting_id, record.member_id)
+            if previous is not None:
+                await self._announce_left(previous, "replaced", close=None)
+            await self.members.join(record, max_members=self.config.max_members)
+            await self.chat.publish(meeting_id, "joined", record.public())
+        except MeetingFull as exc:
+            await self._unlisten(sub)
+            raise Denied("meeting_full", "the meeting is full") from exc
+        except BaseException:
+            await self._unlisten(sub)
+            raise
+        return Joined(record, controls, sub, secret)
+
+    async def _unlisten(self, sub: Subscriber) -> None:
+        with trio.CancelScope(shield=True):
+            await self.hub.detach(sub)
+            await self.chat.unsubscribe(sub.meeting_id)
+
+    async def disconnected(self, joined: Joined, reason: str) -> None:
+        """The member's connection is over: leave (once), stop listening for it."""
+        with trio.CancelScope(shield=True):
+            try:
+                if not joined.sub.evicted:
+                    await self.leave(joined.record.meeting_id, joined.record.member_id, reason)
+            except Exception:
+                log.exception("leave failed", extra={"meeting": joined.record.meeting_id})
+            finally:
+                await self._unlisten(joined.sub)
+
+    async def leave(
+        self,
+        meeting_id: str,
+        member_id: str,
+        reason: str,
+        *,
+        close: tuple[int, str] | None = None,
+    ) -> MemberRecord | None:
+        record = await self.members.leave(meeting_id, member_id, reason=reason)
+        if record is not None:
+            await self._announce_left(record, reason, close=close)
+        return record
+
+    async def _announce_left(
+        self, record: MemberRecord, reason: str, *, close: tuple[int, str] | None
+    ) -> None:
+        data: dict[str, Any] = {"id": record.member_id, "name": record.name,
+                                "role": record.role, "reason": reason}
+        if close is not None:
+            data["close"] = list(close)
+        await self.chat.publish(record.meeting_id, "left", data)
+
+    async def leave_by_key(self, meeting_id: str, key: str) -> list[MemberRecord]:
+        """The seed's LeaveMeeting: every presence of the member holding ``key`` leaves."""
+        gone = []
+        for record in await self.members.roster(meeting_id):
+            if auth.secret_matches(key, record.key_hash):
+                left = await self.leave(
+                    meeting_id, record.member_id, "left", close=(CLOSE_LEFT, "left the meeting")
+                )
+                if left is not None:
+                    gone.append(left)
+        return gone
+
+    async def kick(self, meeting_id: str, member_id: str) -> MemberRecord | None:
+        await self.members.ban(meeting_id, member_id)
+        return await self.leave(
+            meeting_id, member_id, "kicked", close=(CLOSE_KICKED, "removed by the host")
+        )
+
+    async def chat_message(self, joined: Joined, text: str, limiter: RateLimiter) -> BusEvent:
+        record = joined.record
+        if not text.strip():
+            raise Denied("empty", "empty message")
+        if len(text) > self.config.max_chat_chars:
+            raise Denied("too_long", f"chat is limited to {self.config.max_chat_chars} characters")
+        if record.role != "host":
+            controls = await self.meetings.controls(record.meeting_id)
+            if not controls["chat"]:
+                raise Denied("chat_disabled", "the host has turned chat off")
+        if not limiter.allow():
+            raise Denied("rate_limited", "too many messages; slow down")
+        current = await self.members.get(record.meeting_id, record.member_id)
+        name = current.name if current is not None else record.name
+        return await self.chat.publish(
+            record.meeting_id,
+            "chat",
+            {"id": record.member_id, "name": name, "role": record.role, "text": text},
+        )
+
+    async def update_member(
+        self, joined: Joined, changes: Mapping[str, Any]
+    ) -> MemberRecord:
+        """Rename, or declare camera/mic state; the flags are checked here."""
+        record = joined.record
+        if not changes:
+            raise Denied("bad_request", "nothing to change")
+        clean: dict[str, Any] = {}
+        controls = await self.meetings.controls(record.meeting_id)
+        for key, value in changes.items():
+            if key == "name":
+                if not isinstance(value, str) or not value.strip():
+                    raise Denied("bad_request", "name must be a non-empty string")
+                if record.role != "host" and not controls["rename"]:
+                    raise Denied("rename_disabled", "the host does not allow renaming")
+                clean["name"] = value.strip()[: self.config.max_name_chars]
+            elif key in ("camera", "mic"):
+                if not isinstance(value, bool):
+                    raise Denied("bad_request", f"{key} must be true or false")
+                if value and not controls[key]:
+                    raise Denied(f"{key}_disabled", f"the host does not allow the {key} now")
+                clean[key] = value
+            else:
+                raise Denied("bad_request", f"cannot change {key!r}")
+        updated = await self.members.update(record.meeting_id, record.member_id, clean)
+        if updated is None:
+            raise Denied("not_member", "you are not in this meeting")
+        joined.record = replace(record, name=updated.name)
+        await self.chat.publish(
+            record.meeting_id, "updated", {**updated.public(), "changes": clean}
+        )
+        return updated
+
+
+def _uuid() -> str:
+    import uuid
+
+    return str(uuid.uuid4())

@@ -1,0 +1,335 @@
+"""A server-side WebSocket on a raw non-blocking socket, built for fan-out.
+
+Why not an ASGI or trio-websocket connection: a broadcast here is one pre-encoded frame written to
+many sockets, and the cheapest write is a plain non-blocking ``send`` from the shard task
+(docs/benchmarks.md). So the shard calls :meth:`WebSocket.send_frame_nowait`, which writes straight
+to the kernel when nothing is queued, and otherwise appends to this connection's outbox, which one
+writer task drains as the socket becomes writable.
+
+Backpressure policy: the outbox holds at most ``max_buffer`` bytes. A member whose outbox would
+grow past that is not read by its client; it is closed with code 4008 ("slow consumer") and the
+broadcast goes on for everyone else. Nothing ever waits on a slow member.
+
+Incoming frames are parsed by wsproto. No extension is negotiated, so a server frame is a fixed
+header plus the payload, the same bytes for every member (:func:`text_frame`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import trio
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_SLOW_CONSUMER",
+    "BadFrame",
+    "WebSocket",
+    "close_frame",
+    "text_frame",
+]
+
+log = logging.getLogger("rmeeting.ws")
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_RESTART = 1012
+#: the member's outbox overflowed: it does not read what it is sent.
+CLOSE_SLOW_CONSUMER = 4008
+
+RECV_CHUNK = 65536
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame: what the server sends, identical for every member."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    body = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    return bytes((0x88, len(body))) + body
+
+
+@dataclass(frozen=True)
+class BadFrame:
+    """A frame the client should not have sent; ``kind`` is ``binary`` or ``empty``."""
+
+    kind: str
+
+
+class WebSocket:
+    """An accepted WebSocket. ``run`` drives it; ``messages`` yields what the client says."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        ws: WSConnection,
+        *,
+        max_message: int,
+        max_buffer: int,
+        ping_interval: float,
+        ping_timeout: float,
+    ) -> None:
+        self._sock = sock
+        self._ws = ws
+        self._max_message = max_message
+        self._max_buffer = max_buffer
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._outbox: deque[bytes] = deque()
+        self._outbox_bytes = 0
+        self._wake_writer = trio.Event()
+        self._flushed = trio.Event()
+        self._flushed.set()
+        self._closing = False
+        self._aborted = False
+        self._closing_event = trio.Event()
+        self._reader_done = trio.Event()
+        self._initial = b""
+        self.timed_out = False
+        self._incoming_send, self._incoming = trio.open_memory_channel[str | BadFrame](16)
+        self._last_heard = trio.current_time()
+        #: the code this side closed with (None while open, or if the peer closed first)
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.peer_close_code: int | None = None
+        self.frames_sent = 0
+
+    # --- writing ------------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def send_frame_nowait(self, frame: bytes) -> bool:
+        """Queue or write one encoded frame without waiting. False if the member is gone."""
+        if self._closing:
+            return False
+        return self._put(frame)
+
+    def _put(self, frame: bytes) -> bool:
+        if not self._outbox:
+            try:
+                sent = self._sock.send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._abort()
+                return False
+            if sent == len(frame):
+                self.frames_sent += 1
+                return True
+            frame = frame[sent:]
+        if self._outbox_bytes + len(frame) > self._max_buffer and not self._closing:
+            self._start_close(CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
+            return False
+        self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
+        self.frames_sent += 1
+        self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
+        self._wake_writer.set()
+        return True
+
+    def send_text_nowait(self, payload: bytes) -> bool:
+        return self.send_frame_nowait(text_frame(payload))
+
+    def statistics(self) -> dict[str, int]:
+        return {"queued_frames": len(self._outbox), "queued_bytes": self._outbox_bytes}
+
+    def _start_close(self, code: int, reason: str) -> None:
+        """Drop what is queued and send a close frame next; the writer then ends the socket."""
+        if self._closing:
+            return
+        self._closing = True
+        self._closing_event.set()
+        self.close_code, self.close_reason = code, reason
+        if code == CLOSE_SLOW_CONSUMER:
+            # whatever this member has not read is lost to it anyway; free it now
+            self._outbox.clear()
+            self._outbox_bytes = 0
+        try:
+            data = self._ws.send(CloseConnection(code=code, reason=reason))
+        except LocalProtocolError:
+            data = b""  # the peer closed first; our answer is already out
+        if data:
+            self._outbox.append(data)
+            self._outbox_bytes += len(data)
+        self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
+        self._wake_writer.set()
+
+    def close_nowait(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        self._start_close(code, reason)
+
+    def _abort(self) -> None:
+        self._aborted = True
+        self._closing = True
+        self._closing_event.set()
+        self._reader_done.set()
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        self._flushed.set()
+        self._wake_writer.set()
+        self._incoming_send.close()
+
+    async def _write_loop(self) -> None:
+        while True:
+            while not self._outbox:
+                self._flushed.set()
+                if self._closing:
+                    return
+                self._wake_writer = trio.Event()
+                await self._wake_writer.wait()
+            chunk = self._outbox[0]
+            try:
+                sent = self._sock.send(chunk)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._abort()
+                return
+            if sent == 0:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            self._outbox_bytes -= sent
+            if sent == len(chunk):
+                self._outbox.popleft()
+            else:
+                self._outbox[0] = chunk[sent:]
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def messages(self) -> AsyncIterator[str | BadFrame]:
+        """Text messages in order (and BadFrame notes); ends when the connection closes."""
+        async with self._incoming:
+            async for message in self._incoming:
+                yield message
+
+    async def _read_loop(self, initial: bytes) -> None:
+        parts: list[str] = []
+        size = 0
+        async with self._incoming_send:
+            data = initial
+            while True:
+                if data:
+                    self._ws.receive_data(data)
+                    self._last_heard = trio.current_time()
+                if True:  # wsproto may hold events from the handshake's leftover bytes
+                    for event in self._ws.events():
+                        if isinstance(event, TextMessage):
+                            size += len(event.data)
+                            if size > self._max_message:
+                                self._start_close(CLOSE_TOO_BIG, "message too big")
+                                return
+                            parts.append(event.data)
+                            if event.message_finished:
+                                text, parts, size = "".join(parts), [], 0
+                                await self._incoming_send.send(text or BadFrame("empty"))
+                        elif isinstance(event, BytesMessage):
+                            if event.message_finished:
+                                await self._incoming_send.send(BadFrame("binary"))
+                        elif not self._control(event):
+                            return
+                if self._ws.state is ConnectionState.CLOSED or self._aborted:
+                    return
+                await trio.lowlevel.wait_readable(self._sock)
+                try:
+                    data = self._sock.recv(RECV_CHUNK)
+                except BlockingIOError:
+                    data = b""
+                    continue
+                except OSError:
+                    self._abort()
+                    return
+                if not data:
+                    self._ws.receive_data(None)
+                    self._abort()
+                    return
+
+    def _control(self, event: Event) -> bool:
+        """Handle a control event; False when the connection is over."""
+        if isinstance(event, Ping):
+            self._put(self._ws.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            self.peer_close_code = event.code
+            if not self._closing:
+                self._closing = True
+                self._closing_event.set()
+                try:
+                    self._put(self._ws.send(event.response()))
+                except LocalProtocolError:
+                    pass
+                self._wake_writer.set()
+            return False
+        elif isinstance(event, Pong):
+            pass
+        return True
+
+    async def _keepalive(self) -> None:
+        while not self._closing:
+            await trio.sleep(self._ping_interval)
+            if trio.current_time() - self._last_heard > self._ping_interval + self._ping_timeout:
+                # the peer is gone or stuck: a close frame is sent if it can be, not awaited
+                self._start_close(CLOSE_POLICY, "keep-alive timeout")
+                self.timed_out = True
+                return
+            if not self._closing:
+                self._put(self._ws.send(Ping(b"k")))
+
+    async def _read_then_close(self) -> None:
+        try:
+            await self._read_loop(self._initial)
+        finally:
+            self._reader_done.set()
+            if not self._closing:
+                self._start_close(CLOSE_NORMAL, "")
+
+    async def run(self, initial: bytes = b"", *, close_timeout: float = 2.0) -> None:
+        """Drive the connection until it closes; the socket is closed on return.
+
+        Closing is bounded: once either side starts it, the close frame gets ``close_timeout``
+        seconds to go out and the peer as long to answer, then the socket is closed anyway."""
+        self._initial = initial
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._keepalive)
+                nursery.start_soon(self._read_then_close)
+                await self._closing_event.wait()
+                with trio.move_on_after(close_timeout):
+                    await self._flushed.wait()
+                    await self._reader_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._closing = True
+            self._closing_event.set()
+            self._incoming_send.close()
+            try:
+                self._sock.close()
+            except OSError:  # pragma: no cover - close of a dead socket
+                pass
+

@@ -1,0 +1,72 @@
+"""Test clients: HTTP through httpx, WebSockets through trio-websocket (real sockets)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+__all__ = ["Api", "open_seed", "recv_json", "recv_until"]
+
+
+class Api:
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self._client = httpx.AsyncClient(base_url=base, timeout=10)
+
+    async def __aenter__(self) -> Api:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return await self._client.request(method, path, **kw)
+
+    async def create_seed_meeting(self, **body: Any) -> dict[str, Any]:
+        response = await self.request("POST", "/CreateMeeting", json=body)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+
+@asynccontextmanager
+async def open_seed(
+    server_url: str, meeting: str, username: str, user_uid: str | None = None
+) -> AsyncIterator[WebSocketConnection]:
+    query = {"username": username, "meetingUid": meeting}
+    if user_uid:
+        query["userUid"] = user_uid
+    url = server_url.replace("http://", "ws://") + "/AddMeeting?" + urlencode(query)
+    async with open_websocket_url(url, max_message_size=1 << 22) as ws:
+        try:
+            yield ws
+        finally:
+            # trio-websocket 0.12 leaves the client's socket open when the server closes first
+            # (its reader stops at EOF without closing the stream): close it here.
+            with trio.CancelScope(shield=True):
+                await ws._stream.aclose()
+
+
+async def recv_json(ws: WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        message = await ws.get_message()
+    data: dict[str, Any] = json.loads(message)
+    return data
+
+
+async def recv_until(
+    ws: WebSocketConnection, predicate: Any, timeout: float = 5
+) -> dict[str, Any]:
+    """Skip frames until one matches; fail after ``timeout`` seconds in all."""
+    with trio.fail_after(timeout):
+        while True:
+            data = await recv_json(ws, timeout)
+            if predicate(data):
+                return data
