@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from ._logging import setup_logging
-    from .server import serve_rmeeting
+    from .server import RunningServer, serve_rmeeting
 
     overrides = {
         "bind": args.bind,
@@ -68,15 +68,18 @@ def _serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
-            running = await nursery.start(lambda task_status: serve_rmeeting(
-                config, shutdown=shutdown, task_status=task_status))
+
+            async def server(task_status: trio.TaskStatus[RunningServer]) -> None:
+                await serve_rmeeting(config, shutdown=shutdown, task_status=task_status)
+                nursery.cancel_scope.cancel()  # drained: stop waiting for signals
+
+            running = await nursery.start(server)
             print(f"rmeeting listening on {running.url}", flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
-                    shutdown.set()  # a graceful drain; the server task then returns
-                    break
-            # a second signal during the drain stops at once
-            nursery.start_soon(_second_signal, nursery.cancel_scope)
+                    if shutdown.is_set():
+                        nursery.cancel_scope.cancel()  # a second signal: stop now
+                    shutdown.set()  # the first: drain gracefully
 
     try:
         trio.run(run)
@@ -84,10 +87,3 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"rmeeting: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-async def _second_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            scope.cancel()
-            return

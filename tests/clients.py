@@ -44,7 +44,8 @@ async def open_seed(
     if user_uid:
         query["userUid"] = user_uid
     url = server_url.replace("http://", "ws://") + "/AddMeeting?" + urlencode(query)
-    async with open_websocket_url(url, max_message_size=1 << 22) as ws:
+    # a deep queue: a test that reads one member at a time must not block the others' close
+    async with open_websocket_url(url, max_message_size=1 << 22, message_queue_size=4096) as ws:
         try:
             yield ws
         finally:
@@ -70,3 +71,43 @@ async def recv_until(
             data = await recv_json(ws, timeout)
             if predicate(data):
                 return data
+
+
+async def open_raw_ws(
+    server_url: str, path: str, *, rcvbuf: int | None = None
+) -> trio.SocketStream:
+    """A WebSocket handshake on a bare socket, then nothing: a client that never reads or
+    answers pings unless the test makes it. The test owns (and closes) the stream."""
+    host, port = server_url.removeprefix("http://").rsplit(":", 1)
+    sock = trio.socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(1)  # byte by byte: leave frames unread
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return stream
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame (clients must mask); opcode 1 text, 2 binary."""
+    import os
+    import struct
+
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return header + mask + body
