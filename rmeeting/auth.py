@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 
-__all__ = ["hash_secret", "new_id", "new_secret", "secret_matches"]
+__all__ = ["bearer", "hash_secret", "new_id", "new_secret", "secret_matches"]
 
 
 def new_secret() -> str:
@@ -27,3 +27,11 @@ def secret_matches(secret: str | None, stored_hash: str) -> bool:
     if not secret or not stored_hash:
         return False
     return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def bearer(header: str | None) -> str | None:
+    """The credential of an ``Authorization: Bearer <credential>`` header, if that is one."""
+    scheme, _, credential = (header or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credential.strip() or None

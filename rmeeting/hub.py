@@ -182,7 +182,9 @@ class _Shard:
             for sub in members.values():
                 sub.evicted = True
                 sub.outlet.close_nowait(code, reason)
-        self.meetings.pop(meeting_id, None)
+        if self.meetings.pop(meeting_id, None) is not None:
+            # their detach will find no meeting: count them out now, or a drain waits forever
+            self._on_change(-len(meeting))
 
     def _close_all(self, code: int, reason: str) -> None:
         for meeting in self.meetings.values():

@@ -23,6 +23,7 @@ from .controls import Controls, validate_changes
 from .hub import CLOSE_KICKED, CLOSE_LEFT, Hub, Subscriber
 from .stores.base import (
     AttendanceRecord,
+    AuditEntry,
     BusEvent,
     ChatLog,
     MeetingEvent,
@@ -32,9 +33,10 @@ from .stores.base import (
     MeetingStore,
     MemberRecord,
     MemberStore,
+    Role,
 )
 
-__all__ = ["Denied", "Joined", "MeetingService", "RateLimiter"]
+__all__ = ["Denied", "Joined", "MeetingService", "RateLimiter", "Returning"]
 
 log = logging.getLogger("rmeeting.service")
 
@@ -62,6 +64,16 @@ class Joined:
     sub: Subscriber
     #: v1: the secret part of the reconnect token (None for the seed, whose userUid is the key)
     secret: str | None = None
+
+
+@dataclass(frozen=True)
+class Returning:
+    """A v1 member coming back with its token ``<member_id>.<secret>``, checked."""
+
+    member_id: str
+    secret: str
+    name: str
+    role: Role
 
 
 class RateLimiter:
@@ -122,7 +134,10 @@ class MeetingService:
     ) -> Created:
         if len(await self.meetings.list()) >= self.config.max_meetings:
             raise Denied("too_many_meetings", "this server has its maximum number of meetings")
-        initial = validate_changes(controls) if controls else {}
+        try:
+            initial = validate_changes(controls) if controls else {}
+        except (KeyError, ValueError) as exc:
+            raise Denied("bad_controls", str(exc).strip("'\"")) from exc
         host_key = host_key or auth.new_secret()
         meta = MeetingMeta(
             meeting_id=meeting_id or _uuid(),
@@ -196,6 +211,22 @@ class MeetingService:
 
     async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]:
         return await self.members.attendance(meeting_id)
+
+    async def controls(self, meeting_id: str) -> Controls:
+        try:
+            return await self.meetings.controls(meeting_id)
+        except MeetingNotFound as exc:
+            raise Denied("meeting_not_found", "no such meeting") from exc
+
+    async def roster(self, meeting_id: str) -> Sequence[MemberRecord]:
+        await self.require_meeting(meeting_id)
+        return await self.members.roster(meeting_id)
+
+    async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
+        try:
+            return await self.meetings.audit(meeting_id)
+        except MeetingNotFound as exc:
+            raise Denied("meeting_not_found", "no such meeting") from exc
 
     # --- members ------------------------------------------------------------------------
 
@@ -305,6 +336,40 @@ class MeetingService:
                 if left is not None:
                     gone.append(left)
         return gone
+
+    async def resolve_token(self, meeting_id: str, token: str) -> Returning:
+        """Check a v1 reconnect token against the member's latest record.
+
+        The member may be present (a second device, or a socket not yet seen dead) or gone: its
+        attendance sessions keep the secret's hash, so a reconnect works after any leave except
+        a kick."""
+        member_id, dot, secret = token.partition(".")
+        if not dot or not member_id or not secret:
+            raise Denied("bad_token", "malformed token")
+        await self.require_meeting(meeting_id)
+        present = await self.members.get(meeting_id, member_id)
+        known: MemberRecord | AttendanceRecord | None = present
+        if known is None:
+            sessions = [a for a in await self.members.attendance(meeting_id)
+                        if a.member_id == member_id]
+            known = sessions[-1] if sessions else None
+        # compare even when nothing is known, so the answer takes the same time either way
+        if not auth.secret_matches(secret, known.key_hash if known else "0" * 64) or not known:
+            raise Denied("bad_token", "the token is not valid for this meeting")
+        # only the token's holder learns that it was kicked
+        if await self.members.is_banned(meeting_id, member_id):
+            raise Denied("kicked", "you were removed from this meeting")
+        if present is not None and present.protocol != "v1":
+            raise Denied("bad_token", "that member is connected with the seed protocol")
+        return Returning(member_id, secret, known.name, known.role)
+
+    async def remove_member(self, meeting_id: str, member_id: str) -> MemberRecord | None:
+        """The host's kick: refused for an id that never attended (so no stray bans); the
+        record if it was present, None if it had already gone (its token is banned anyway)."""
+        await self.require_meeting(meeting_id)
+        if not any(a.member_id == member_id for a in await self.members.attendance(meeting_id)):
+            raise Denied("member_not_found", "no member with that id in this meeting")
+        return await self.kick(meeting_id, member_id)
 
     async def kick(self, meeting_id: str, member_id: str) -> MemberRecord | None:
         await self.members.ban(meeting_id, member_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +13,7 @@ import httpx
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-__all__ = ["Api", "open_seed", "recv_json", "recv_until"]
+__all__ = ["V1", "Api", "open_seed", "open_v1", "recv_json", "recv_until"]
 
 
 class Api:
@@ -111,3 +112,93 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
     return header + mask + body
+
+
+class V1:
+    """A v1 WebSocket client: JSON frames in and out; ``welcome`` is its first frame.
+
+    Frames that :meth:`call` reads past while waiting for its reply are kept, in order, for
+    :meth:`recv` and :meth:`recv_type`: an event that overtakes an ack is not lost."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.welcome: dict[str, Any] = {}
+        self._ids = 0
+        self._backlog: deque[dict[str, Any]] = deque()
+
+    @property
+    def me(self) -> dict[str, Any]:
+        you: dict[str, Any] = self.welcome["you"]
+        return you
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.send_message(json.dumps(frame))
+
+    async def recv(self, timeout: float = 5) -> dict[str, Any]:
+        if self._backlog:
+            return self._backlog.popleft()
+        return await recv_json(self.ws, timeout)
+
+    async def recv_type(self, *types: str, timeout: float = 5) -> dict[str, Any]:
+        """The next frame of one of ``types``, skipping (dropping) others."""
+        return await self.recv_match(lambda m: m.get("type") in types, timeout)
+
+    async def recv_match(self, predicate: Any, timeout: float = 5) -> dict[str, Any]:
+        """The next frame that matches, skipping (dropping) others."""
+        with trio.fail_after(timeout):
+            while True:
+                message = await self.recv(timeout)
+                if predicate(message):
+                    return message
+
+    async def call(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """Send a frame with a fresh id; the ack, pong or error that echoes it."""
+        self._ids += 1
+        rid = f"r{self._ids}"
+        await self.send(type=type_, id=rid, **fields)
+        with trio.fail_after(5):
+            while True:
+                message = await recv_json(self.ws)
+                if message.get("id") == rid:
+                    return message
+                self._backlog.append(message)
+
+    async def closed_code(self, timeout: float = 5) -> int:
+        """Read until the server closes; its close code."""
+        from trio_websocket import ConnectionClosed
+
+        with trio.fail_after(timeout):
+            try:
+                while True:
+                    await self.ws.get_message()
+            except ConnectionClosed as closed:
+                return int(closed.reason.code)
+
+
+@asynccontextmanager
+async def open_v1(
+    server_url: str,
+    meeting: str,
+    *,
+    expect_welcome: bool = True,
+    headers: dict[str, str] | None = None,
+    **query: Any,
+) -> AsyncIterator[V1]:
+    """Join ``/v1/meetings/{meeting}/ws``; unless told not to, read and check the welcome."""
+    params = {k: str(v) for k, v in query.items() if v is not None}
+    url = f"{server_url.replace('http://', 'ws://')}/v1/meetings/{meeting}/ws"
+    if params:
+        url += "?" + urlencode(params)
+    async with open_websocket_url(
+        url, extra_headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()],
+        max_message_size=1 << 22, message_queue_size=4096,
+    ) as ws:
+        client = V1(ws)
+        try:
+            if expect_welcome:
+                client.welcome = await recv_json(ws)
+                assert client.welcome["type"] == "welcome", client.welcome
+            yield client
+        finally:
+            with trio.CancelScope(shield=True):
+                await ws._stream.aclose()

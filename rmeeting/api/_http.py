@@ -9,7 +9,7 @@ from quart import Response, request
 
 from ..wire._json import dumps
 
-__all__ = ["BadRequest", "json_body", "json_response"]
+__all__ = ["BadRequest", "field", "json_body", "json_response", "only"]
 
 
 class BadRequest(Exception):
@@ -49,3 +49,10 @@ def field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> A
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise BadRequest(f"{name} must be {kind.__name__}")
     return value
+
+
+def only(body: dict[str, Any], *names: str) -> None:
+    """Refuse fields the route does not know (a typo must not be silently ignored)."""
+    unknown = sorted(set(body) - set(names))
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(names)}")

@@ -14,6 +14,7 @@ from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
 from ._http import BadRequest, json_response
 from .seed import seed_blueprint, seed_session
+from .v1_http import v1_blueprint
 
 __all__ = ["create_app", "ws_router"]
 
@@ -23,6 +24,7 @@ log = logging.getLogger("rmeeting.http")
 DENIED_STATUS = {
     "meeting_not_found": 404,
     "member_not_found": 404,
+    "unauthorized": 401,
     "not_host": 403,
     "kicked": 403,
     "locked": 423,
@@ -36,6 +38,7 @@ def create_app(service: MeetingService, *, ready: Callable[[], Awaitable[bool]])
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
     app.register_blueprint(seed_blueprint(service))
+    app.register_blueprint(v1_blueprint(service))
 
     @app.get("/healthz")
     async def healthz() -> Any:
@@ -53,9 +56,11 @@ def create_app(service: MeetingService, *, ready: Callable[[], Awaitable[bool]])
 
     @app.errorhandler(Denied)
     async def denied(exc: Denied) -> Any:
-        return json_response(
-            {"error": exc.message, "code": exc.code}, DENIED_STATUS.get(exc.code, 400)
-        )
+        status = DENIED_STATUS.get(exc.code, 400)
+        response = json_response({"error": exc.message, "code": exc.code}, status)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.errorhandler(RevisionConflict)
     async def conflict(exc: RevisionConflict) -> Any:

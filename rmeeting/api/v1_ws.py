@@ -1,13 +1,382 @@
-"""The v1 WebSocket protocol (the modern API issue builds it out)."""
+"""The v1 WebSocket protocol: one member's session at ``/v1/meetings/{id}/ws`` (docs/protocol.md).
+
+Query parameters: ``name``; ``token`` (come back as the same member); ``last_seq`` (the last chat
+seq this client saw: the welcome then carries exactly what it missed, or says there is a gap);
+``host_key`` (or ``Authorization: Bearer <host_key>``) to join as the host.
+
+Every client frame is a JSON object with a ``type`` and an optional ``id`` echoed in the answer
+(``ack``, ``pong`` or ``error``). A bad frame gets an ``error`` and the connection stays up.
+"""
 
 from __future__ import annotations
 
-from ..service import MeetingService
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import trio
+
+from .. import auth
+from ..service import Denied, Joined, MeetingService, RateLimiter
+from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
+from ..transport.websocket import CLOSE_SLOW_CONSUMER, BadFrame, WebSocket, text_payload
 from ..wire import v1
+from .seed import DENIED_CLOSE_CODES, leave_reason
 
 __all__ = ["v1_session"]
 
+log = logging.getLogger("rmeeting.v1")
+
+#: why a join was refused -> close code; the seed's, plus a store outage (try again later)
+CLOSE_CODES = {**DENIED_CLOSE_CODES, "unavailable": 1013}
+MAX_ID_CHARS = 128
+#: seconds the welcome waits for the member's own join to come back through the hub
+OWN_JOIN_TIMEOUT = 2.0
+
+
+class _Gate:
+    """The member's outlet while its welcome is being put together.
+
+    The member is attached to the hub *before* the snapshot is read, so nothing published after
+    the snapshot can be missed; what the hub sends meanwhile is held here, then released after
+    the welcome minus what the welcome already shows (chat up to its seq, controls up to its
+    revision, the member's own join). The snapshot is read once the member's own join has come
+    through the hub, so what was in flight before it is held (and filtered) too. Bounded like
+    the outbox: past it, a slow consumer."""
+
+    def __init__(self, ws: WebSocket, limit: int) -> None:
+        self.ws = ws
+        self.member_id = ""
+        self.own_join = trio.Event()
+        self._limit = limit
+        self._held: list[tuple[bytes, dict[str, Any]]] | None = []
+        self._bytes = 0
+
+    def send_frame_nowait(self, frame: bytes) -> bool:
+        if self._held is None:
+            return self.ws.send_frame_nowait(frame)
+        if self.ws.closing:
+            self.own_join.set()  # nothing more to wait for
+            return False
+        self._bytes += len(frame)
+        if self._bytes > self._limit:
+            self.ws.close_nowait(CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
+            self.own_join.set()
+            return False
+        msg = json.loads(text_payload(frame))  # only while held: a few frames per join
+        self._held.append((frame, msg))
+        self._check(msg)
+        return True
+
+    def expect(self, member_id: str) -> None:
+        """Watch for this member's own join (it may already be held)."""
+        self.member_id = member_id
+        for _frame, msg in self._held or ():
+            self._check(msg)
+
+    def _check(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "member_joined" and msg["member"].get("id") == self.member_id:
+            self.own_join.set()
+
+    def close_nowait(self, code: int = 1000, reason: str = "") -> None:
+        self.ws.close_nowait(code, reason)
+
+    def release(self, first: bytes, keep: Callable[[dict[str, Any]], bool]) -> None:
+        held, self._held = self._held or [], None
+        self.ws.send_text_nowait(first)
+        for frame, msg in held:
+            if keep(msg):
+                self.ws.send_frame_nowait(frame)
+
+
+def _refuse(ws: WebSocket, code: str, message: str) -> None:
+    ws.send_text_nowait(v1.error(code, message))
+    ws.close_nowait(CLOSE_CODES.get(code, 4400), message)
+
 
 async def v1_session(service: MeetingService, hs: Handshake) -> None:
-    hs.reject(501, v1.error("not_implemented", "the v1 protocol is not served yet"))
+    """One v1 client, from the upgrade to its leave."""
+    ws = hs.accept()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.run)
+        try:
+            await _session(service, hs, ws)
+        except Exception:  # a bug must cost this member its connection, not the front door
+            log.exception("v1 session failed", extra={"meeting": hs.params["meeting_id"]})
+            ws.close_nowait(1011, "internal error")
+
+
+async def _session(service: MeetingService, hs: Handshake, ws: WebSocket) -> None:
+    gate = _Gate(ws, service.config.outbox_bytes)
+    try:
+        last_seq = _last_seq(hs.query.get("last_seq"))
+        joined, token, resumed = await _join(service, hs.params["meeting_id"], hs, gate)
+    except Denied as denied:
+        _refuse(ws, denied.code, denied.message)
+        return
+    except StoreUnavailable:
+        _refuse(ws, "unavailable", "a store is unavailable; reconnect later")
+        return
+    try:
+        await _welcome(service, joined, token, resumed, last_seq, gate)
+        await _serve_frames(service, ws, joined)
+    except Denied as denied:  # the meeting ended while the welcome was being read
+        _refuse(ws, denied.code, denied.message)
+    except StoreUnavailable:
+        _refuse(ws, "unavailable", "a store is unavailable; reconnect later")
+    finally:
+        await service.disconnected(joined, leave_reason(ws, not service.accepting))
+
+
+def _last_seq(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise Denied("bad_request", "last_seq must be a non-negative integer")
+    return int(raw)
+
+
+async def _join(
+    service: MeetingService, meeting_id: str, hs: Handshake, gate: _Gate
+) -> tuple[Joined, str, bool]:
+    """Join as a new member, or as the token's member; ``host_key`` makes either the host."""
+    name = hs.query.get("name", "")
+    host_key = hs.query.get("host_key") or auth.bearer(hs.headers.get("authorization", ""))
+    is_host = False
+    if host_key:
+        await service.require_host(meeting_id, host_key)  # a wrong key is refused, not demoted
+        is_host = True
+    token = hs.query.get("token")
+    if token:
+        back = await service.resolve_token(meeting_id, token)
+        # back under its own name: a new one in the query would get round the rename flag
+        joined = await service.join(
+            meeting_id, name=back.name, protocol="v1", outlet=gate,
+            role="host" if is_host or back.role == "host" else "member",
+            member_id=back.member_id, key=back.secret, returning=True,
+        )
+        return joined, token, True
+    joined = await service.join(
+        meeting_id, name=name, protocol="v1", outlet=gate, role="host" if is_host else "member"
+    )
+    assert joined.secret is not None  # a new member always gets a fresh secret
+    return joined, f"{joined.record.member_id}.{joined.secret}", False
+
+
+async def _welcome(
+    service: MeetingService,
+    joined: Joined,
+    token: str,
+    resumed: bool,
+    last_seq: int | None,
+    gate: _Gate,
+) -> None:
+    me = joined.record
+    gate.expect(me.member_id)
+    # bounded: a relay outage must delay the welcome, not withhold it
+    with trio.move_on_after(OWN_JOIN_TIMEOUT):
+        await gate.own_join.wait()
+    meta = await service.require_meeting(me.meeting_id)
+    controls = await service.controls(me.meeting_id)
+    roster = await service.members.roster(me.meeting_id)
+    config = service.config
+    if last_seq is None:
+        history = await service.chat.history(me.meeting_id, 0, config.welcome_history)
+        recent = list(history.events)[-config.welcome_history:] if config.welcome_history else []
+        frame = v1.welcome(you=me, token=token, meta=meta, controls=controls, roster=roster,
+                           last_seq=history.last_seq, recent=recent, resumed=resumed)
+    else:
+        history = await service.chat.history(me.meeting_id, last_seq, config.history_limit)
+        frame = v1.welcome(you=me, token=token, meta=meta, controls=controls, roster=roster,
+                           last_seq=history.last_seq, recent=None, missed=history.events,
+                           gap=not history.complete, resumed=resumed)
+    upto = joined.sub.skip_chat_upto = history.last_seq
+
+    def fresh(msg: dict[str, Any]) -> bool:
+        kind = msg.get("type")
+        if kind == "chat":
+            return int(msg["seq"]) > upto
+        if kind == "controls":
+            return int(msg["revision"]) > controls.revision
+        if kind in ("member_joined", "member_left"):
+            return bool(msg["member"].get("id") != me.member_id)
+        return True
+
+    gate.release(frame, fresh)
+
+
+# --- client frames ------------------------------------------------------------------------
+
+Handler = Callable[["_Session", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+#: JSON types a field may have, by the name used in error messages
+_KINDS: Mapping[str, Callable[[Any], bool]] = {
+    "a string": lambda v: isinstance(v, str),
+    "true or false": lambda v: isinstance(v, bool),
+    "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "a number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "an object": lambda v: isinstance(v, dict),
+}
+
+
+def _fields(
+    frame: dict[str, Any],
+    required: Mapping[str, str] | None = None,
+    optional: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The frame's fields, checked: no unknown ones, required present, types right.
+    An optional field given as null counts as absent."""
+    required, optional = required or {}, optional or {}
+    unknown = sorted(set(frame) - {"type", "id"} - set(required) - set(optional))
+    if unknown:
+        raise Denied("bad_request", f"unknown field(s) for {frame['type']}: {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    for name, kind in {**required, **optional}.items():
+        value = frame.get(name)
+        if value is None and name in optional:
+            continue
+        if name not in frame:
+            raise Denied("bad_request", f"{frame['type']} needs {name}")
+        if not _KINDS[kind](value):
+            raise Denied("bad_request", f"{name} must be {kind}")
+        out[name] = value
+    return out
+
+
+class _Session:
+    def __init__(self, service: MeetingService, ws: WebSocket, joined: Joined) -> None:
+        self.service = service
+        self.ws = ws
+        self.joined = joined
+        # one budget for everything a member broadcasts (chat, renames, media changes)
+        self.limiter = RateLimiter(service.config.chat_rate, service.config.chat_burst)
+
+    @property
+    def meeting_id(self) -> str:
+        return self.joined.record.meeting_id
+
+    def require_host(self) -> None:
+        if self.joined.record.role != "host":
+            raise Denied("not_host", "only the meeting's host may do this")
+
+    def spend(self) -> None:
+        if not self.limiter.allow():
+            raise Denied("rate_limited", "too many messages; slow down")
+
+    async def chat(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"text": "a string"})
+        event = await self.service.chat_message(self.joined, body["text"], self.limiter)
+        return {"seq": event.seq}
+
+    async def rename(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"name": "a string"})
+        self.spend()
+        record = await self.service.update_member(self.joined, body)
+        return {"name": record.name}
+
+    async def media(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, optional={"camera": "true or false", "mic": "true or false"})
+        if not body:
+            raise Denied("bad_request", "media needs camera or mic")
+        self.spend()
+        record = await self.service.update_member(self.joined, body)
+        return {"camera": record.camera, "mic": record.mic}
+
+    async def set_controls(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"controls": "an object"},
+                       {"expected_revision": "an integer", "duration": "a number"})
+        self.require_host()
+        expected = body.get("expected_revision")
+        if expected is not None and not 0 <= expected < 2**63:
+            raise Denied("bad_request", "expected_revision must not be negative")
+        controls = await self.service.set_controls(
+            self.meeting_id, body["controls"], actor=self.joined.record.member_id,
+            expected_revision=expected, ttl=body.get("duration"),
+        )
+        return {"controls": controls.as_dict(), "revision": controls.revision}
+
+    async def kick(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string"})
+        self.require_host()
+        if body["member_id"] == self.joined.record.member_id:
+            raise Denied("bad_request", "you cannot kick yourself; close the connection instead")
+        record = await self.service.remove_member(self.meeting_id, body["member_id"])
+        return {"member_id": body["member_id"], "was_present": record is not None}
+
+    async def end(self, frame: dict[str, Any]) -> dict[str, Any]:
+        _fields(frame)
+        self.require_host()
+        # the ack may not arrive: the meeting_ended event and the close are the answer
+        await self.service.end_meeting(self.meeting_id)
+        return {}
+
+    async def ping(self, frame: dict[str, Any]) -> dict[str, Any]:
+        _fields(frame)
+        return {}
+
+
+HANDLERS: Mapping[str, Handler] = {
+    "chat": _Session.chat,
+    "rename": _Session.rename,
+    "media": _Session.media,
+    "set_controls": _Session.set_controls,
+    "kick": _Session.kick,
+    "end": _Session.end,
+    "ping": _Session.ping,
+}
+
+
+def _decode(message: str | BadFrame) -> dict[str, Any]:
+    """A JSON object whose ``id``, if any, can be echoed."""
+    if isinstance(message, BadFrame):
+        raise Denied("bad_frame", f"{message.kind} frames are not supported; send JSON text")
+    try:
+        frame = json.loads(message)
+    except ValueError as exc:
+        raise Denied("bad_json", f"malformed JSON: {exc}") from exc
+    if not isinstance(frame, dict):
+        raise Denied("bad_request", "a frame must be a JSON object")
+    reply_to = frame.get("id")
+    if reply_to is not None and not (
+        (isinstance(reply_to, str) and len(reply_to) <= MAX_ID_CHARS)
+        or (isinstance(reply_to, int) and not isinstance(reply_to, bool))
+    ):
+        raise Denied("bad_request", f"id must be a string (at most {MAX_ID_CHARS}) or an integer")
+    return frame
+
+
+def _handler(frame: dict[str, Any]) -> Handler:
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        raise Denied("bad_request", "a frame needs a string type")
+    if kind not in HANDLERS:
+        raise Denied("unknown_type", f"unknown frame type {kind[:40]!r}")
+    return HANDLERS[kind]
+
+
+async def _serve_frames(service: MeetingService, ws: WebSocket, joined: Joined) -> None:
+    session = _Session(service, ws, joined)
+    async for message in ws.messages():
+        frame: dict[str, Any] = {}  # until decoded, there is no id to echo
+        try:
+            frame = _decode(message)
+            fields = await _handler(frame)(session, frame)
+        except Denied as denied:
+            reply = v1.error(denied.code, denied.message, reply_to=frame.get("id"))
+        except RevisionConflict as exc:
+            reply = v1.error("revision_conflict", str(exc), reply_to=frame.get("id"),
+                             revision=exc.current)
+        except StoreUnavailable:
+            reply = v1.error("unavailable", "a store is unavailable; try again",
+                             reply_to=frame.get("id"))
+        except Exception:  # a bug must cost this frame, not the member's connection
+            log.exception("v1 frame failed", extra={"meeting": joined.record.meeting_id})
+            reply = v1.error("internal", "internal error", reply_to=frame.get("id"))
+        else:
+            if frame["type"] == "ping":
+                reply = v1.ack(frame.get("id"), "pong")
+            else:
+                reply = v1.ack(frame.get("id"), of=frame["type"], **fields)
+        ws.send_text_nowait(reply)

@@ -43,6 +43,7 @@ __all__ = [
     "WebSocket",
     "close_frame",
     "text_frame",
+    "text_payload",
 ]
 
 log = logging.getLogger("rmeeting.ws")
@@ -68,6 +69,12 @@ def text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return struct.pack("!BBH", 0x81, 126, n) + payload
     return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def text_payload(frame: bytes) -> bytes:
+    """The payload of a frame made by :func:`text_frame` (its inverse)."""
+    n = frame[1]
+    return frame[2:] if n < 126 else frame[4:] if n == 126 else frame[10:]
 
 
 def close_frame(code: int, reason: str = "") -> bytes:

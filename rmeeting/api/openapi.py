@@ -1,0 +1,255 @@
+"""The OpenAPI 3.1 document of the v1 HTTP API, served at ``GET /v1/openapi.json``.
+
+Written by hand beside the routes (:mod:`.v1_http`); ``tests/test_v1_http.py`` walks the app's URL
+map and fails when a route or a method is in one and not the other. The WebSocket is described as
+a ``GET`` marked ``x-websocket``; its frames are in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..controls import DEFAULTS, FLAGS
+
+__all__ = ["openapi_document"]
+
+_FLAG_TEXT = (
+    "camera, mic, rename, chat: members may do that; locked: no new member may join "
+    "(current members may still reconnect)."
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR = _json(_ref("Error"), "refused; `error` says why, `code` is stable")
+_MEETING_ID = {"name": "meeting_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_MEMBER_ID = {"name": "member_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_HOST: list[dict[str, list[str]]] = [{"hostKey": []}]
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): _ERROR for status in statuses}
+
+
+def _host_op(summary: str, ok: dict[str, Any], *extra: int) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": _HOST,
+        "parameters": [_MEETING_ID],
+        "responses": {"200": ok, **_errors(401, 403, 404, *extra)},
+    }
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string"},
+            "code": {"type": "string"},
+            "revision": {"type": "integer", "description": "the current one, on 412"},
+        },
+    },
+    "Flags": {
+        "type": "object",
+        "description": _FLAG_TEXT,
+        "additionalProperties": False,
+        "properties": {
+            flag: {"type": "boolean", "default": DEFAULTS[flag]} for flag in FLAGS
+        },
+    },
+    "Controls": {
+        "type": "object",
+        "required": ["controls", "revision"],
+        "properties": {"controls": _ref("Flags"), "revision": {"type": "integer"}},
+    },
+    "Meeting": {
+        "type": "object",
+        "required": ["id", "name", "created_at", "controls", "revision", "join_url"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "controls": _ref("Flags"),
+            "revision": {"type": "integer"},
+            "members": {"type": "integer", "description": "present now (GET only)"},
+            "join_url": {"type": "string", "description": "the v1 WebSocket of the meeting"},
+            "host_key": {
+                "type": "string",
+                "description": "the host credential (on create only; shown once, never stored)",
+            },
+        },
+    },
+    "Member": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "role": {"enum": ["host", "member"]},
+            "camera": {"type": "boolean"},
+            "mic": {"type": "boolean"},
+            "joined_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "AttendanceSession": {
+        "type": "object",
+        "description": "one join-to-leave session; a member who reconnects has several",
+        "properties": {
+            "name": {"type": "string"},
+            "member_id": {"type": "string"},
+            "role": {"enum": ["host", "member"]},
+            "joined_at": {"type": "string", "format": "date-time"},
+            "left_at": {"type": ["string", "null"], "format": "date-time"},
+            "duration_s": {"type": "number", "description": "up to now while still present"},
+            "reason": {
+                "type": ["string", "null"],
+                "description": "closed, left, kicked, replaced, timeout, slow consumer, "
+                               "server shutdown, meeting ended",
+            },
+        },
+    },
+    "AuditEntry": {
+        "type": "object",
+        "properties": {
+            "by": {
+                "type": "string",
+                "description": "a member id (WebSocket), host (HTTP), operator (etcdctl), "
+                               "timer (a timed change ran out)",
+            },
+            "flag": {"enum": list(FLAGS)},
+            "old": {"type": "boolean"},
+            "new": {"type": "boolean"},
+            "revision": {"type": "integer"},
+            "at": {"type": "string", "format": "date-time"},
+        },
+    },
+}
+
+_CSV: dict[str, Any] = {
+    "description": "CSV, header row " + ",".join(
+        ("name", "member_id", "role", "joined_at", "left_at", "duration_s", "reason")),
+    "content": {"text/csv": {"schema": {"type": "string"}}},
+}
+
+_PATHS: dict[str, Any] = {
+    "/v1/openapi.json": {
+        "get": {"summary": "This document", "responses": {"200": _json({}, "OpenAPI 3.1")}},
+    },
+    "/v1/meetings": {
+        "post": {
+            "summary": "Create a meeting",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {"name": {"type": "string", "minLength": 1},
+                               "controls": _ref("Flags")},
+            }}}},
+            "responses": {"201": _json(_ref("Meeting"), "created; keep host_key"),
+                          **_errors(400, 429)},
+        },
+    },
+    "/v1/meetings/{meeting_id}": {
+        "get": {"summary": "A meeting", "parameters": [_MEETING_ID],
+                "responses": {"200": _json(_ref("Meeting"), "the meeting"), **_errors(404)}},
+        "delete": _host_op(
+            "End the meeting: every member is told (meeting_ended) and disconnected (4000)",
+            _json({"type": "object"}, "ended")),
+    },
+    "/v1/meetings/{meeting_id}/controls": {
+        "get": {"summary": "The controls and their revision (also as the ETag)",
+                "parameters": [_MEETING_ID],
+                "responses": {"200": _json(_ref("Controls"), "the controls"), **_errors(404)}},
+        "patch": {
+            **_host_op("Change controls; with expected_revision (or If-Match), only if it is "
+                       "still current", _json(_ref("Controls"), "the controls after the change"),
+                       400, 412),
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["controls"],
+                "properties": {
+                    "controls": _ref("Flags"),
+                    "expected_revision": {"type": "integer", "minimum": 0},
+                    "duration": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400,
+                                 "description": "seconds; then the flags return to defaults"},
+                },
+            }}}},
+        },
+    },
+    "/v1/meetings/{meeting_id}/members": {
+        "get": {"summary": "Members present now", "parameters": [_MEETING_ID],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "members": {"type": "array", "items": _ref("Member")}}}, "the roster"),
+                    **_errors(404)}},
+    },
+    "/v1/meetings/{meeting_id}/members/{member_id}": {
+        "delete": {**_host_op("Kick a member: disconnected (4003), its token refused from now on",
+                              _json({"type": "object"}, "kicked")),
+                   "parameters": [_MEETING_ID, _MEMBER_ID]},
+    },
+    "/v1/meetings/{meeting_id}/attendance": {
+        "get": {
+            **_host_op("Attendance, every join-to-leave session",
+                       {"description": "JSON, or CSV with format=csv", "content": {
+                           "application/json": {"schema": {"type": "object", "properties": {
+                               "meeting_id": {"type": "string"},
+                               "sessions": {"type": "array",
+                                            "items": _ref("AttendanceSession")}}}},
+                           **_CSV["content"]}}, 400),
+            "parameters": [_MEETING_ID, {"name": "format", "in": "query",
+                                         "schema": {"enum": ["json", "csv"]}}],
+        },
+    },
+    "/v1/meetings/{meeting_id}/attendance.csv": {
+        "get": _host_op("Attendance as CSV", _CSV),
+    },
+    "/v1/meetings/{meeting_id}/audit": {
+        "get": _host_op("Audit trail of control changes", _json(
+            {"type": "object", "properties": {
+                "meeting_id": {"type": "string"},
+                "entries": {"type": "array", "items": _ref("AuditEntry")}}},
+            "oldest first")),
+    },
+    "/v1/meetings/{meeting_id}/ws": {
+        "get": {
+            "summary": "The v1 WebSocket (see docs/protocol.md)",
+            "x-websocket": True,
+            "parameters": [_MEETING_ID] + [
+                {"name": name, "in": "query", "schema": {"type": "string"}, "description": text}
+                for name, text in (
+                    ("name", "display name"),
+                    ("token", "reconnect as the same member (from a welcome)"),
+                    ("last_seq", "the last chat seq seen: the welcome carries what was missed"),
+                    ("host_key", "join as host (or Authorization: Bearer)"),
+                )
+            ],
+            "responses": {"101": {"description": "switching protocols"}},
+        },
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "rmeeting v1",
+            "version": "1",
+            "description": "Meetings, controls, members, attendance and audit. The seed's API "
+                           "(/CreateMeeting, /AddMeeting, /LeaveMeeting, /Export) is described "
+                           "in docs/protocol.md.",
+        },
+        "paths": _PATHS,
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"hostKey": {"type": "http", "scheme": "bearer",
+                                            "description": "the meeting's host_key"}},
+        },
+    }

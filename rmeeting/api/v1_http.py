@@ -1,0 +1,222 @@
+"""The v1 HTTP API under ``/v1`` (docs/protocol.md; the OpenAPI document is :mod:`.openapi`).
+
+Host routes take ``Authorization: Bearer <host_key>``: the credential answered by
+``POST /v1/meetings`` (or, for a meeting made by the seed's ``/CreateMeeting``, its ``userUid``).
+Times are ISO-8601 UTC strings here; the WebSocket protocol uses epoch seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from quart import Blueprint, Response, request
+
+from .. import auth
+from ..controls import Controls
+from ..service import Denied, MeetingService
+from ..stores.base import AttendanceRecord, MemberRecord
+from ._http import BadRequest, field, json_body, json_response, only
+from .openapi import openapi_document
+
+__all__ = ["ATTENDANCE_COLUMNS", "iso", "v1_blueprint"]
+
+ATTENDANCE_COLUMNS = ("name", "member_id", "role", "joined_at", "left_at", "duration_s", "reason")
+#: a spreadsheet runs a cell starting with one of these as a formula (CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def _controls(controls: Controls) -> dict[str, Any]:
+    return {"controls": controls.as_dict(), "revision": controls.revision}
+
+
+def _with_etag(response: Response, controls: Controls) -> Response:
+    response.headers["ETag"] = f'"{controls.revision}"'
+    return response
+
+
+def _member(record: MemberRecord) -> dict[str, Any]:
+    return {**record.public(), "joined_at": iso(record.joined_at)}
+
+
+def _session(entry: AttendanceRecord, now: float) -> dict[str, Any]:
+    # a session still open counts up to the export
+    end = entry.left_at if entry.left_at is not None else now
+    return {
+        "name": entry.name,
+        "member_id": entry.member_id,
+        "role": entry.role,
+        "joined_at": iso(entry.joined_at),
+        "left_at": iso(entry.left_at),
+        "duration_s": round(max(0.0, end - entry.joined_at), 3),
+        "reason": entry.reason,
+    }
+
+
+def _csv_cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def attendance_csv(sessions: Sequence[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(ATTENDANCE_COLUMNS)
+    for session in sessions:
+        writer.writerow([_csv_cell(session[c]) for c in ATTENDANCE_COLUMNS])
+    return out.getvalue()
+
+
+def _expected_revision(body: dict[str, Any]) -> int | None:
+    """From the body's ``expected_revision`` or an ``If-Match: "<revision>"`` header."""
+    from_body = field(body, "expected_revision", int)
+    header = request.headers.get("If-Match")
+    from_header = None
+    if header is not None:
+        raw = header.strip().removeprefix("W/").strip('"')
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+            raise BadRequest('If-Match must be a revision, as in If-Match: "12"')
+        from_header = int(raw)
+    if from_body is not None and from_header is not None and from_body != from_header:
+        raise BadRequest("expected_revision and If-Match disagree")
+    expected = from_body if from_body is not None else from_header
+    if expected is not None and not 0 <= expected < 2**63:
+        raise BadRequest("expected_revision must not be negative (nor past 2**63)")
+    return expected
+
+
+def v1_blueprint(service: MeetingService) -> Blueprint:
+    bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+    async def require_host(meeting_id: str) -> None:
+        await service.require_meeting(meeting_id)
+        key = auth.bearer(request.headers.get("Authorization"))
+        if key is None:
+            raise Denied("unauthorized", "host routes need Authorization: Bearer <host_key>")
+        await service.require_host(meeting_id, key)
+
+    def join_url(meeting_id: str) -> str:
+        scheme = "wss" if request.scheme == "https" else "ws"
+        return f"{scheme}://{request.host}/v1/meetings/{meeting_id}/ws"
+
+    @bp.get("/openapi.json")
+    async def openapi() -> Any:
+        return json_response(openapi_document())
+
+    @bp.post("/meetings")
+    async def create_meeting() -> Any:
+        body = await json_body(required=True)
+        only(body, "name", "controls")
+        name = field(body, "name", str, "").strip()
+        if not name:
+            raise BadRequest("name is required (a non-empty string)")
+        created = await service.create_meeting(name, field(body, "controls", dict))
+        meta = created.meta
+        response = json_response({
+            "id": meta.meeting_id,
+            "name": meta.name,
+            "created_at": iso(meta.created_at),
+            **_controls(created.controls),
+            "host_key": created.host_key,
+            "join_url": join_url(meta.meeting_id),
+        }, 201)
+        response.headers["Location"] = f"/v1/meetings/{meta.meeting_id}"
+        return response
+
+    @bp.get("/meetings/<meeting_id>")
+    async def get_meeting(meeting_id: str) -> Any:
+        meta = await service.require_meeting(meeting_id)
+        controls = await service.controls(meeting_id)
+        roster = await service.roster(meeting_id)
+        return json_response({
+            "id": meta.meeting_id,
+            "name": meta.name,
+            "created_at": iso(meta.created_at),
+            **_controls(controls),
+            "members": len(roster),
+            "join_url": join_url(meeting_id),
+        })
+
+    @bp.delete("/meetings/<meeting_id>")
+    async def end_meeting(meeting_id: str) -> Any:
+        await require_host(meeting_id)
+        await service.end_meeting(meeting_id)
+        return json_response({"id": meeting_id, "ended": True})
+
+    @bp.get("/meetings/<meeting_id>/controls")
+    async def get_controls(meeting_id: str) -> Any:
+        controls = await service.controls(meeting_id)
+        return _with_etag(json_response(_controls(controls)), controls)
+
+    @bp.patch("/meetings/<meeting_id>/controls")
+    async def set_controls(meeting_id: str) -> Any:
+        await require_host(meeting_id)
+        body = await json_body(required=True)
+        only(body, "controls", "expected_revision", "duration")
+        changes = field(body, "controls", dict)
+        if changes is None:
+            raise BadRequest("controls is required: an object of flag -> true/false")
+        controls = await service.set_controls(
+            meeting_id, changes, actor="host", expected_revision=_expected_revision(body),
+            ttl=field(body, "duration", float),
+        )
+        return _with_etag(json_response(_controls(controls)), controls)
+
+    @bp.get("/meetings/<meeting_id>/members")
+    async def members(meeting_id: str) -> Any:
+        roster = await service.roster(meeting_id)
+        return json_response({"members": [_member(r) for r in roster]})
+
+    @bp.delete("/meetings/<meeting_id>/members/<member_id>")
+    async def kick(meeting_id: str, member_id: str) -> Any:
+        await require_host(meeting_id)
+        record = await service.remove_member(meeting_id, member_id)
+        return json_response({"id": member_id, "kicked": True, "was_present": record is not None})
+
+    async def sessions(meeting_id: str) -> list[dict[str, Any]]:
+        await require_host(meeting_id)
+        now = time.time()
+        return [_session(e, now) for e in await service.attendance(meeting_id)]
+
+    def csv_response(meeting_id: str, rows: list[dict[str, Any]]) -> Response:
+        response = Response(attendance_csv(rows), content_type="text/csv; charset=utf-8")
+        response.headers["Content-Disposition"] = (
+            f'attachment; filename="attendance-{meeting_id}.csv"'
+        )
+        return response
+
+    @bp.get("/meetings/<meeting_id>/attendance")
+    async def attendance(meeting_id: str) -> Any:
+        fmt = request.args.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise BadRequest("format must be json or csv")
+        rows = await sessions(meeting_id)
+        if fmt == "csv":
+            return csv_response(meeting_id, rows)
+        return json_response({"meeting_id": meeting_id, "sessions": rows})
+
+    @bp.get("/meetings/<meeting_id>/attendance.csv")
+    async def attendance_as_csv(meeting_id: str) -> Any:
+        return csv_response(meeting_id, await sessions(meeting_id))
+
+    @bp.get("/meetings/<meeting_id>/audit")
+    async def audit(meeting_id: str) -> Any:
+        await require_host(meeting_id)
+        return json_response({"meeting_id": meeting_id, "entries": [
+            {"by": e.actor, "flag": e.flag, "old": e.old, "new": e.new,
+             "revision": e.revision, "at": iso(e.at)}
+            for e in await service.audit(meeting_id)
+        ]})
+
+    return bp
