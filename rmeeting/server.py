@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -34,11 +35,26 @@ class Stores:
 
 @asynccontextmanager
 async def open_stores(config: Config) -> AsyncIterator[Stores]:
-    """Memory stores unless etcd / Redis addresses are configured."""
+    """Memory stores unless etcd / Redis addresses are configured; closed on exit."""
+    closers: list[Any] = []
     meetings: MeetingStore = MemoryMeetingStore()
     members: MemberStore = MemoryMemberStore()
     chat: ChatLog = MemoryChatLog(history_limit=config.history_limit)
-    yield Stores(meetings, members, chat)
+    try:
+        if config.redis:
+            from .stores.redis import RedisChatLog, RedisMemberStore
+
+            redis_members = RedisMemberStore(config.redis, prefix=config.redis_prefix)
+            closers.append(redis_members)
+            redis_chat = RedisChatLog(
+                config.redis, prefix=config.redis_prefix, history_limit=config.history_limit
+            )
+            closers.append(redis_chat)
+            members, chat = redis_members, redis_chat
+        yield Stores(meetings, members, chat)
+    finally:
+        for store in closers:
+            store.close()
 
 
 @dataclass

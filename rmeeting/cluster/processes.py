@@ -1,0 +1,162 @@
+"""Real etcd and Redis server processes on free loopback ports: killable, restartable, always
+stopped. The local cluster launcher and the tests share them, so tests run what operators run.
+
+Never the system's services: each server here is a child process on ports picked at start, with
+its data in a directory of its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RedisServer", "free_ports"]
+
+BINARY = "redis-server"
+START_DEADLINE = 10.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all held open until all are bound)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class RedisServer:
+    """One redis-server child process; ``stop()`` (or the context manager) always ends it."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        binary = shutil.which(BINARY)
+        if binary is None:
+            raise RuntimeError(f"{BINARY} not found on PATH: the Redis tests need a real server")
+        self._binary = binary
+        self._own_dir = directory is None
+        if directory is None:
+            directory = Path(tempfile.mkdtemp(prefix="rmeeting-redis-"))
+        directory.mkdir(parents=True, exist_ok=True)
+        self.dir = directory
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        # The port is free when picked but could be taken before redis binds it: pick again.
+        for _ in range(5):
+            self.port = free_ports(1)[0]
+            if self._spawn():
+                return
+        raise RuntimeError(f"redis-server did not start; see {self.dir / 'redis.log'}")
+
+    def restart(self) -> None:
+        """Start again on the same port and directory (the AOF is reloaded)."""
+        if self.running:
+            self.kill()
+        for _ in range(50):  # the old socket may linger a moment after a SIGKILL
+            if self._spawn():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not restart on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final save; only what was fsynced survives."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(5)
+            self._proc = None
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        self._proc = None
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def client(self) -> Any:
+        """A sync redis-py client (the ``cluster`` extra installs redis-py)."""
+        import redis
+
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2
+        )
+
+    def flushall(self) -> None:
+        client = self.client()
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self) -> bool:
+        """Start the process and wait until it answers PING; False if it exited (port taken)."""
+        with open(self.dir / "redis.log", "ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    self._binary,
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "yes",
+                    "--appendfsync", "always",
+                    "--dir", str(self.dir),
+                    "--daemonize", "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + START_DEADLINE
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                return False
+            if self._answers_ping():
+                return True
+            time.sleep(0.01)
+        self.kill()
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within the deadline")
+
+    def _answers_ping(self) -> bool:
+        # RESP by hand: the launcher must not need redis-py. A Redis still replaying its AOF
+        # answers -LOADING, which is not yet ready.
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+

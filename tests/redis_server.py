@@ -1,0 +1,23 @@
+"""A real ``redis-server`` for the tests: a free loopback port, AOF on, killable and restartable.
+
+Never a mock, and never the system Redis on 6379: every server here is a child process on a port
+picked at start, with its data in a temporary directory. ``restart()`` keeps the port and the
+directory, so what was fsynced to the append-only file before a ``kill()`` comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from rmeeting.cluster.processes import RedisServer
+
+__all__ = ["RedisServer", "redis_server"]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One server for the session; users call ``flushall()`` for a clean slate."""
+    with RedisServer() as server:
+        yield server

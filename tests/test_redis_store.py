@@ -1,0 +1,345 @@
+"""What only the Redis stores can get wrong: several instances on one Redis, outages, garbage.
+
+The shared behaviour is in tests/conformance; everything here runs against a real redis-server
+(tests/redis_server.py), a fresh one for the tests that kill it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from rmeeting.stores.base import BusEvent, MemberRecord, StoreUnavailable
+from rmeeting.stores.redis import RedisChatLog, RedisMemberStore
+
+from .redis_server import RedisServer, redis_server  # noqa: F401  (the session fixture)
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def url(request: pytest.FixtureRequest) -> str:
+    """The shared server, emptied."""
+    server: RedisServer = request.getfixturevalue("redis_server")
+    server.flushall()
+    return server.url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A server of this test's own, free to be killed."""
+    with RedisServer() as server:
+        yield server
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    while True:
+        if predicate():
+            return
+        await trio.sleep(0.01)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[BusEvent] = []
+
+    async def __call__(self, event: BusEvent) -> None:
+        self.events.append(event)
+
+    def of(self, meeting: str) -> list[BusEvent]:
+        return [e for e in self.events if e.meeting_id == meeting]
+
+    async def wait_count(self, meeting: str, n: int) -> list[BusEvent]:
+        await until(lambda: len(self.of(meeting)) >= n)
+        return self.of(meeting)
+
+
+class States:
+    """Records ``on_relay_state`` calls."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def __call__(self, up: bool) -> None:
+        self.seen.append(up)
+
+    async def wait(self, up: bool) -> None:
+        await until(lambda: bool(self.seen) and self.seen[-1] == up)
+
+
+def _member(meeting: str, instance: str = "i1") -> MemberRecord:
+    return MemberRecord(
+        meeting, uuid.uuid4().hex, "ann", "member", instance, time.time(), "cd" * 32
+    )
+
+
+@pytest.fixture
+async def two_logs(url: str) -> AsyncIterator[tuple[RedisChatLog, RedisChatLog]]:
+    a, b = RedisChatLog(url), RedisChatLog(url)
+    yield a, b
+    a.close()
+    b.close()
+
+
+async def test_two_instances_see_one_order(two_logs: tuple[RedisChatLog, RedisChatLog]) -> None:
+    meeting = uuid.uuid4().hex
+    sinks = Sink(), Sink()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for log, sink in zip(two_logs, sinks, strict=True):
+                await nursery.start(log.serve, sink)
+                await log.subscribe(meeting)
+
+            async def sender(log: RedisChatLog, name: str) -> None:
+                for i in range(25):
+                    await log.publish(meeting, "chat", {"from": name, "i": i})
+                    if i % 5 == 0:
+                        await log.publish(meeting, "typing", {"from": name})
+
+            async with trio.open_nursery() as senders:
+                for n, log in enumerate(two_logs):
+                    for name in "abc":
+                        senders.start_soon(sender, log, f"{n}{name}")
+            total = 6 * (25 + 5)
+            got_a, got_b = [await sink.wait_count(meeting, total) for sink in sinks]
+            assert got_a == got_b  # the same events in the same order, on both instances
+            assert [e.seq for e in got_a if e.kind == "chat"] == list(range(1, 6 * 25 + 1))
+            assert all(e.seq == 0 for e in got_a if e.kind != "chat")
+            for n in range(2):
+                for name in "abc":
+                    mine = [e.data["i"] for e in got_a if e.data["from"] == f"{n}{name}"
+                            and e.kind == "chat"]
+                    assert mine == list(range(25))
+            nursery.cancel_scope.cancel()
+
+
+async def test_only_subscribed_meetings_and_unsubscribe(
+    two_logs: tuple[RedisChatLog, RedisChatLog], url: str, redis_server: RedisServer  # noqa: F811
+) -> None:
+    a, b = two_logs
+    m1, m2, marker = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    sink_a, sink_b = Sink(), Sink()
+    raw = redis_server.client()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.serve, sink_a)
+            await nursery.start(b.serve, sink_b)
+            await a.subscribe(m1)
+            await a.subscribe(m1)  # counted: two local subscribers
+            await a.subscribe(marker)
+            await b.subscribe(m2)
+            await b.publish(m1, "chat", {"text": "one"})
+            await a.publish(m2, "chat", {"text": "two"})
+            await sink_a.wait_count(m1, 1)
+            await sink_b.wait_count(m2, 1)
+            assert {e.meeting_id for e in sink_a.events} == {m1}
+            assert {e.meeting_id for e in sink_b.events} == {m2}
+
+            await a.unsubscribe(m1)  # one subscriber left: still delivered
+            await b.publish(m1, "chat", {"text": "three"})
+            await sink_a.wait_count(m1, 2)
+
+            await a.unsubscribe(m1)  # the last one: no more
+            await b.publish(m1, "chat", {"text": "four"})
+            await b.publish(marker, "chat", {"text": "after"})
+            await sink_a.wait_count(marker, 1)  # same publisher, later: m1's would be in by now
+            assert [e.data["text"] for e in sink_a.of(m1)] == ["one", "three"]
+            channel = f"rmeeting:c:{{{m1}}}"
+            # and Redis no longer sends it to this instance
+            await until(lambda: raw.pubsub_numsub(channel) == [(channel.encode(), 0)])
+            nursery.cancel_scope.cancel()
+    raw.close()
+
+
+async def test_racing_leaves_on_two_instances(url: str) -> None:
+    stores = RedisMemberStore(url), RedisMemberStore(url)
+    meeting = uuid.uuid4().hex
+    try:
+        for _ in range(5):
+            member = _member(meeting)
+            await stores[0].join(member, max_members=10)
+            got: list[MemberRecord | None] = []
+
+            async def leave(store: RedisMemberStore) -> None:
+                got.append(await store.leave(meeting, member.member_id, reason="race"))  # noqa: B023
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(8):
+                        for store in stores:
+                            nursery.start_soon(leave, store)
+            assert [g for g in got if g is not None] == [member]
+        assert {e.reason for e in await stores[1].attendance(meeting)} == {"race"}
+        assert len(await stores[1].attendance(meeting)) == 5
+    finally:
+        for store in stores:
+            store.close()
+
+
+async def test_instance_index_stays_exact(url: str, redis_server: RedisServer) -> None:  # noqa: F811
+    store = RedisMemberStore(url)
+    raw = redis_server.client()
+    meeting = uuid.uuid4().hex
+    try:
+        a, b = _member(meeting, instance="i-a"), _member(meeting, instance="i-a")
+        await store.join(a, max_members=10)
+        await store.join(b, max_members=10)
+        moved = MemberRecord(**{**a.__dict__, "instance_id": "i-b"})
+        await store.join(moved, max_members=10)  # a rejoined through another instance
+        assert await store.by_instance("i-a") == [b]
+        assert await store.by_instance("i-b") == [moved]
+        await store.leave(meeting, b.member_id, reason="closed")
+        assert raw.scard("rmeeting:i:i-a") == 0  # joins and leaves keep the index exact
+        # An entry left behind (an instance died between its two steps) is checked and dropped.
+        raw.sadd("rmeeting:i:i-b", f'["{meeting}","{b.member_id}","dead"]')
+        assert await store.by_instance("i-b") == [moved]
+        assert raw.scard("rmeeting:i:i-b") == 1
+        await store.clear_meeting(meeting, reason="ended")
+        assert raw.scard("rmeeting:i:i-b") == 0
+    finally:
+        raw.close()
+        store.close()
+
+
+async def test_redis_restart(own_redis: RedisServer) -> None:
+    states = States()
+    members = RedisMemberStore(own_redis.url)
+    chat = RedisChatLog(own_redis.url, on_relay_state=states)
+    meeting = uuid.uuid4().hex
+    sink = Sink()
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(chat.serve, sink)
+                assert states.seen == [True] and chat.relay_up
+                await chat.subscribe(meeting)
+                a, b = _member(meeting), _member(meeting)
+                await members.join(a, max_members=10)
+                await members.join(b, max_members=10)
+                await members.leave(meeting, a.member_id, reason="closed")
+                for i in range(3):
+                    await chat.publish(meeting, "chat", {"text": str(i)})
+                await sink.wait_count(meeting, 3)
+                ledger = await members.attendance(meeting)
+
+                own_redis.kill()
+                await states.wait(False)
+                assert not await members.ready() and not await chat.ready()
+                for call in (
+                    lambda: members.join(_member(meeting), max_members=10),
+                    lambda: members.roster(meeting),
+                    lambda: chat.publish(meeting, "chat", {"text": "lost"}),
+                    lambda: chat.history(meeting, 0, 10),
+                    lambda: chat.subscribe(uuid.uuid4().hex),
+                ):
+                    started = trio.current_time()
+                    with pytest.raises(StoreUnavailable):
+                        await call()
+                    assert trio.current_time() - started < 1.0
+
+                cpu = time.process_time()
+                await trio.sleep(1.0)
+                assert time.process_time() - cpu < 0.5  # nothing spins while Redis is down
+
+                own_redis.restart()
+                await states.wait(True)
+                assert states.seen == [True, False, True]
+                assert await members.ready() and await chat.ready()
+                assert await members.attendance(meeting) == ledger  # the AOF kept the ledger
+                assert await members.roster(meeting) == [b]
+                await chat.publish(meeting, "chat", {"text": "back"})
+                got = await sink.wait_count(meeting, 4)  # re-subscribed after the restart
+                assert [(e.seq, e.data["text"]) for e in got] == [
+                    (1, "0"), (2, "1"), (3, "2"), (4, "back")
+                ]
+                history = await chat.history(meeting, 0, 10)
+                assert [e.seq for e in history.events] == [1, 2, 3, 4] and history.complete
+                nursery.cancel_scope.cancel()
+    finally:
+        members.close()
+        chat.close()
+
+
+async def test_cancelling_serve_while_redis_is_down(own_redis: RedisServer) -> None:
+    states = States()
+    chat = RedisChatLog(own_redis.url, on_relay_state=states)
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(chat.serve, Sink())
+                own_redis.kill()
+                await states.wait(False)
+                await trio.sleep(0.5)  # into the backoff
+                started = trio.current_time()
+                nursery.cancel_scope.cancel()
+            assert trio.current_time() - started < 0.5
+            # Also when it was down from the start: serve starts (down) and stops promptly.
+            async with trio.open_nursery() as nursery:
+                await nursery.start(chat.serve, Sink())
+                assert not chat.relay_up and not await chat.ready()
+                started = trio.current_time()
+                nursery.cancel_scope.cancel()
+            assert trio.current_time() - started < 0.5
+    finally:
+        chat.close()
+
+
+async def test_garbage_on_a_meeting_channel_is_skipped(
+    url: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    chat = RedisChatLog(url)
+    meeting, other = uuid.uuid4().hex, uuid.uuid4().hex
+    channel = f"rmeeting:c:{{{meeting}}}"
+    raw = redis_server.client()
+    sink = Sink()
+    garbage: list[Any] = [
+        b"not json",
+        b"\xff\xfe\x00",
+        b"[1, 2]",
+        b'{"meeting_id": "x"}',
+        b'{"meeting_id": "%s", "kind": "chat", "data": [], "seq": 1, "ts": 0}' % meeting.encode(),
+        b'{"meeting_id": "%s", "kind": "chat", "data": {}, "seq": 1, "ts": 0}' % other.encode(),
+    ]
+    try:
+        with trio.fail_after(10), caplog.at_level(logging.WARNING):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(chat.serve, sink)
+                await chat.subscribe(meeting)
+                for payload in garbage:
+                    raw.publish(channel, payload)
+                await chat.publish(meeting, "chat", {"text": "fine"})
+                got = await sink.wait_count(meeting, 1)
+                assert [e.data for e in got] == [{"text": "fine"}]
+                assert chat.malformed == len(garbage) and chat.relay_up
+                assert sum("malformed" in r.getMessage() for r in caplog.records) == len(garbage)
+                nursery.cancel_scope.cancel()
+    finally:
+        raw.close()
+        chat.close()
+
+
+async def test_subscribed_before_serve_and_handler_errors_end_serve(url: str) -> None:
+    chat = RedisChatLog(url)
+    meeting = uuid.uuid4().hex
+
+    async def failing(event: BusEvent) -> None:
+        raise ValueError(event.data["text"])
+
+    try:
+        with trio.fail_after(10):
+            await chat.subscribe(meeting)  # only recorded: serve subscribes before it starts
+            with pytest.raises(BaseExceptionGroup) as caught:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(chat.serve, failing)
+                    await chat.publish(meeting, "chat", {"text": "boom"})
+            # a failing handler ends serve (the owner supervises it), thread and all
+            assert caught.value.subgroup(ValueError) is not None
+            assert not chat.relay_up
+    finally:
+        chat.close()
