@@ -310,3 +310,27 @@ def test_encoded_frames_are_standard() -> None:
         frame = text_frame(b"a" * n)
         assert frame[0] == 0x81 and len(frame) - n in (2, 4, 10)
     assert json.loads(text_frame(b'{"a":1}')[2:]) == {"a": 1}
+
+
+async def test_a_failing_session_costs_only_its_connection(
+    server: RunningServer, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mid = await _create(api)
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug in chat handling")
+
+    with trio.fail_after(10):
+        async with open_seed(server.url, mid, "ann") as ann, \
+                open_seed(server.url, mid, "bob") as bob:
+            await _joined(ann)
+            await _joined(bob)
+            monkeypatch.setattr(server.service, "chat_message", broken)
+            await ann.send_message("boom")
+            assert await _closed_code(ann) == 1011
+            assert await recv_until(bob, lambda m: m.get("notice") == "有成员离开会议室") == {
+                "notice": "有成员离开会议室", "name": "ann"}
+            monkeypatch.undo()
+            await bob.send_message("still served")
+            assert await recv_json(bob) == {"notice": "still served", "name": "bob"}
+    assert (await api.request("GET", "/healthz")).status_code == 200

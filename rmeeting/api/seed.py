@@ -17,6 +17,7 @@ from quart import Blueprint, request
 
 from ..hub import CLOSE_KICKED
 from ..service import Denied, Joined, MeetingService, RateLimiter
+from ..stores.base import StoreUnavailable
 from ..transport.frontdoor import Handshake
 from ..transport.websocket import CLOSE_SLOW_CONSUMER, BadFrame, WebSocket
 from ..wire import seed
@@ -125,8 +126,15 @@ async def seed_session(service: MeetingService, hs: Handshake) -> None:
         except Denied as denied:
             refuse(ws, seed.error(denied.message), denied)
             return
+        except StoreUnavailable:
+            ws.send_text_nowait(seed.error("the meeting service is unavailable; try again"))
+            ws.close_nowait(1013, "try again later")
+            return
         try:
             await _serve_frames(service, ws, joined, meeting_id)
+        except Exception:  # a bug costs this member its connection, not the server
+            log.exception("seed session failed", extra={"meeting": meeting_id})
+            ws.close_nowait(1011, "internal error")
         finally:
             await service.disconnected(joined, leave_reason(ws, not service.accepting))
 
@@ -145,6 +153,9 @@ async def _serve_frames(
                 await service.chat_message(joined, message, limiter)
         except Denied as denied:
             ws.send_text_nowait(seed.error(denied.message))
+        except StoreUnavailable:
+            # said plainly, so a message never vanishes without the sender knowing
+            ws.send_text_nowait(seed.error("chat is unavailable right now; not delivered"))
 
 
 async def _control(service: MeetingService, joined: Joined, meeting_id: str, rest: str) -> None:

@@ -153,6 +153,8 @@ class FrontDoor:
             await handler(handshake)
         except OSError:
             pass
+        except Exception:  # a bug costs this connection, never the listener or other members
+            log.exception("connection handler failed")
         finally:
             self.connections -= 1
             if not handed_off:

@@ -20,7 +20,6 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import trio
@@ -230,11 +229,12 @@ class WebSocket:
 
     # --- reading ------------------------------------------------------------------------
 
-    async def messages(self) -> AsyncIterator[str | BadFrame]:
-        """Text messages in order (and BadFrame notes); ends when the connection closes."""
-        async with self._incoming:
-            async for message in self._incoming:
-                yield message
+    def messages(self) -> trio.MemoryReceiveChannel[str | BadFrame]:
+        """Text messages in order (and BadFrame notes); ``async for`` ends when it closes.
+
+        A channel rather than an async generator, so a session that stops early leaves no
+        half-run generator behind."""
+        return self._incoming
 
     async def _read_loop(self, initial: bytes) -> None:
         parts: list[str] = []
