@@ -41,6 +41,12 @@ async def open_stores(config: Config) -> AsyncIterator[Stores]:
     members: MemberStore = MemoryMemberStore()
     chat: ChatLog = MemoryChatLog(history_limit=config.history_limit)
     try:
+        if config.etcd:
+            from .stores.etcd import EtcdMeetingStore
+
+            etcd_meetings = EtcdMeetingStore(list(config.etcd), prefix=config.etcd_prefix)
+            closers.append(etcd_meetings)
+            meetings = etcd_meetings
         if config.redis:
             from .stores.redis import RedisChatLog, RedisMemberStore
 
@@ -53,8 +59,9 @@ async def open_stores(config: Config) -> AsyncIterator[Stores]:
             members, chat = redis_members, redis_chat
         yield Stores(meetings, members, chat)
     finally:
-        for store in closers:
-            store.close()
+        with trio.CancelScope(shield=True):
+            for store in closers:
+                await store.aclose()
 
 
 @dataclass

@@ -13,10 +13,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RedisServer", "free_ports"]
+__all__ = ["EtcdServer", "RedisServer", "free_ports"]
 
 BINARY = "redis-server"
 START_DEADLINE = 10.0
@@ -160,3 +162,112 @@ class RedisServer:
             return False
 
 
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed: the etcd tests need a real etcd")
+    return path
+
+
+class EtcdServer:
+    """One single-member etcd with its data in ``data_dir``; same ports across restarts."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self._etcd = _binary("etcd")
+        self._etcdctl = _binary("etcdctl")
+        self.client_port, self.peer_port = free_ports(2)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._started_once = False
+        self._log = data_dir.parent / f"{data_dir.name}.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def _command(self) -> list[str]:
+        client = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        return [
+            self._etcd,
+            "--name", "default",
+            "--data-dir", str(self.data_dir),
+            # Fast elections and lease expiry checks, so a restart and a ttl=1 lease are quick.
+            "--heartbeat-interval=10",
+            "--election-timeout=100",
+            "--listen-client-urls", client,
+            "--advertise-client-urls", client,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"default={peer}",
+        ]
+
+    def start(self) -> None:
+        """Start and wait until healthy; on a port clash (picked ports taken meanwhile) pick
+        new ports, unless this is a restart (which must keep its ports)."""
+        for attempt in range(3):
+            try:
+                self._start()
+                return
+            except RuntimeError:
+                self.stop()
+                if attempt == 2 or self._started_once:
+                    raise
+                self.client_port, self.peer_port = free_ports(2)
+
+    def _start(self) -> None:
+        assert self._process is None, "already running"
+        with open(self._log, "ab") as log:
+            self._process = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        self._wait_healthy()
+        self._started_once = True
+
+    def _wait_healthy(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + START_DEADLINE
+        url = f"{self.endpoint}/health"
+        while True:
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                raise RuntimeError(f"etcd exited with {code}: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=0.5) as response:
+                    if b'"true"' in response.read():
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd not healthy after {START_DEADLINE}s: {self.log_tail()}")
+            time.sleep(0.02)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self._log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, like a crashed host."""
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGKILL)
+        self._process.wait(timeout=10)
+        self._process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=5)
+        self._process = None

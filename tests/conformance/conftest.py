@@ -1,7 +1,8 @@
 """One conformance suite per store interface, run against every implementation.
 
-Each fixture below yields a fresh store of one implementation. The memory stores always run; the
-etcd and Redis ones join here when their real servers are available (see tests/servers.py).
+Each fixture below yields a fresh store of one implementation: memory, and the etcd and Redis
+ones against real servers started by tests/etcd_server.py and tests/redis_server.py (a missing
+binary fails the run; it never skips).
 """
 
 from __future__ import annotations
@@ -10,26 +11,47 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from rmeeting.stores.etcd import open_etcd_meeting_store
 from rmeeting.stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
+from rmeeting.stores.redis import RedisChatLog, RedisMemberStore
 
-MEETING_STORES = ["memory"]
-MEMBER_STORES = ["memory"]
-CHAT_LOGS = ["memory"]
+from ..etcd_server import EtcdServer, etcd_server  # noqa: F401  (the fixture, for etcd)
+from ..redis_server import RedisServer, redis_server  # noqa: F401  (the fixture, for Redis)
+
+MEETING_STORES = ["memory", "etcd"]
+MEMBER_STORES = ["memory", "redis"]
+CHAT_LOGS = ["memory", "redis"]
 
 
 @pytest.fixture(params=MEETING_STORES)
 async def meeting_store(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     if request.param == "memory":
         yield MemoryMeetingStore()
+    elif request.param == "etcd":
+        etcd: EtcdServer = request.getfixturevalue("etcd_server")  # a fresh etcd per test
+        async with open_etcd_meeting_store([etcd.endpoint]) as etcd_meetings:
+            yield etcd_meetings
 
 
 @pytest.fixture(params=MEMBER_STORES)
 async def member_store(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     if request.param == "memory":
         yield MemoryMemberStore()
+    elif request.param == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        redis.flushall()
+        redis_members = RedisMemberStore(redis.url)
+        yield redis_members
+        redis_members.close()
 
 
 @pytest.fixture(params=CHAT_LOGS)
 async def chat_log(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     if request.param == "memory":
         yield MemoryChatLog(history_limit=50)
+    elif request.param == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        redis.flushall()
+        redis_chat = RedisChatLog(redis.url, history_limit=50)
+        yield redis_chat
+        redis_chat.close()

@@ -1,0 +1,505 @@
+"""MeetingStore on etcd (cluster mode): meetings and their control flags, shared by instances.
+
+Keys, under ``<prefix>/meetings/<meeting_id>/`` (the layout is fixed, see ``design.md``):
+
+==================  =========================================================================
+``meta``            JSON ``{name, created_at, host_key_hash, extra}``; the meeting exists
+                    while this key does. Deleting it (or the whole prefix) ends the meeting.
+``controls/<flag>`` ``true``/``false``, or any spelling :func:`parse_flag_value` accepts (an
+                    operator may ``etcdctl put`` it). A deleted key means the default.
+``actor``           JSON ``{actor, ttl, expires_at, txn}``, put by :meth:`set_controls` in the
+                    same transaction as the flags: flag changes at a revision without it are
+                    an operator's (etcdctl), deletes of leased flag keys are the timer's.
+``audit/<...>``     one JSON record per flag change (see :meth:`EtcdMeetingStore.audit`).
+==================  =========================================================================
+
+and ``<prefix>/meetings/<meeting_id>`` itself: the reason of an :meth:`end`, put in the same
+revision as the deletion so that every instance reports it, and removed right after.
+
+Revisions: ``Controls.revision`` is the etcd revision of the meeting's last change (the max
+``mod_revision`` of its meta and flag keys, or, for a change made by deleting a key, the revision
+of the delete as the watcher saw it). Compare-and-set is exact: it succeeds only if no meta or
+flag key of the meeting changed after ``expected_revision`` (checked against etcd's history;
+a compacted ``expected_revision`` counts as a conflict).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must precede the first protobuf import (etcd3 0.12 needs the pure-Python runtime).
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import etcd3.etcdrpc as rpc
+import grpc  # type: ignore[import-untyped]
+import trio
+
+from ..controls import FLAGS, Controls, validate_changes
+from ._etcd_cache import (
+    AuditTask,
+    Keys,
+    MeetingCache,
+    Read,
+    flag_bytes,
+    json_field,
+    meta_bytes,
+    meta_from,
+)
+from ._etcd_client import (
+    Change,
+    Connection,
+    WatchCompacted,
+    WatchEvents,
+    WatchItem,
+    WatchProgress,
+    WatchSession,
+    WatchStarted,
+    compare,
+    delete_op,
+    prefix_end,
+    put_op,
+    range_op,
+)
+from .base import (
+    AuditEntry,
+    ControlsChanged,
+    MeetingEvent,
+    MeetingMeta,
+    MeetingNotFound,
+    RevisionConflict,
+    StoreUnavailable,
+)
+
+__all__ = ["EtcdMeetingStore", "open_etcd_meeting_store"]
+
+log = logging.getLogger("rmeeting.stores.etcd")
+
+Handler = Callable[[MeetingEvent], Awaitable[None]]
+
+#: Watch responses waiting for the event loop. When full, the watch thread waits (and grpc flow
+#: control makes etcd wait): nothing is dropped, a slow handler slows only this instance's watch.
+WATCH_BUFFER = 64
+#: The watch is re-opened after a failure with this backoff (seconds), doubling.
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+#: With several endpoints, a watch that has not started by then moves to the next endpoint.
+WATCH_START_TIMEOUT = 5.0
+#: Optimistic transactions that lose a race are retried this often, then StoreUnavailable.
+TXN_ATTEMPTS = 20
+
+
+class EtcdMeetingStore:
+    """:class:`~rmeeting.stores.base.MeetingStore` on etcd.
+
+    ``EtcdMeetingStore(endpoints, prefix="/rmeeting", timeout=2.0)``: ``endpoints`` like
+    ``["http://127.0.0.1:2379"]`` (the first reachable one is used, the next on failure);
+    ``timeout`` bounds every KV call, retries included, after which it raises
+    :class:`StoreUnavailable`. Close it with :meth:`aclose`, or use
+    :func:`open_etcd_meeting_store`. One :meth:`serve_events` at a time per store.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        prefix: str = "/rmeeting",
+        timeout: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._conn = Connection(endpoints, timeout)
+        self._keys = Keys(prefix)
+        self._clock = clock
+        self._cache = MeetingCache(self._keys)
+        self._serving = False
+        self._watch_ok = False
+        self._watch_rev = 0  # every change up to this revision has been handled
+        self._backoff = BACKOFF_MIN
+        self._waiting: trio.CancelScope | None = None
+        self._resume: trio.Event | None = None  # set while paused (test hook)
+        self._closed = False
+
+    @property
+    def invalid_values(self) -> int:
+        """Hand-written flag values rejected by this instance's watcher (logged, not applied)."""
+        return self._cache.invalid_values
+
+    @property
+    def unknown_keys(self) -> int:
+        """Keys of flags that do not exist, seen by this instance's watcher (logged, ignored)."""
+        return self._cache.unknown_keys
+
+    async def aclose(self) -> None:
+        """Close the connections; a running :meth:`serve_events` returns."""
+        self._closed = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+        self._conn.close()
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    async def _read(self, meeting_id: str, revision: int = 0) -> Read:
+        # One range covers controls/* and meta, which sort next to each other.
+        response = await self._conn.kv("Range", rpc.RangeRequest(
+            key=self._keys.home(meeting_id, "controls/"),
+            range_end=self._keys.home(meeting_id, "meta\0"), revision=revision,
+        ))
+        read = Read(response.header.revision)
+        for kv in response.kvs:
+            read.absorb(self._keys.split(kv.key)[1], kv)
+        return read
+
+    async def get(self, meeting_id: str) -> MeetingMeta | None:
+        try:
+            key = self._keys.meta(meeting_id)
+        except MeetingNotFound:
+            return None
+        response = await self._conn.kv("Range", rpc.RangeRequest(key=key))
+        return meta_from(meeting_id, response.kvs[0].value) if response.kvs else None
+
+    async def list(self) -> Sequence[MeetingMeta]:
+        root = self._keys.root
+        response = await self._conn.kv("Range", rpc.RangeRequest(
+            key=root, range_end=prefix_end(root)
+        ))
+        out = []
+        for kv in response.kvs:
+            meeting_id, sub = self._keys.split(kv.key)
+            if sub == "meta":
+                out.append(meta_from(meeting_id, kv.value))
+        return out
+
+    async def controls(self, meeting_id: str) -> Controls:
+        read = await self._read(meeting_id)
+        if read.meta is None:
+            raise MeetingNotFound(meeting_id)
+        return Controls(
+            self._cache.values(meeting_id, read), self._cache.revision(meeting_id, read)
+        )
+
+    async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
+        """Every change, oldest first: API changes recorded in their own transaction, the
+        operator's and the timer's by the first instance whose watcher saw them."""
+        trail = self._keys.audit(meeting_id)
+        response = await self._conn.txn([], [
+            range_op(self._keys.meta(meeting_id)), range_op(trail, prefix_end(trail)),
+        ])
+        if not response.responses[0].response_range.kvs:
+            raise MeetingNotFound(meeting_id)
+        entries = []
+        for kv in response.responses[1].response_range.kvs:
+            try:
+                data = json.loads(kv.value)
+                entries.append(AuditEntry(
+                    meeting_id, str(data["flag"]), bool(data["old"]), bool(data["new"]),
+                    int(data.get("revision") or kv.create_revision), str(data["actor"]),
+                    float(data["at"]),
+                ))
+            except (ValueError, TypeError, KeyError):
+                log.warning("meeting %s: unreadable audit record %r", meeting_id, kv.key)
+        entries.sort(key=lambda e: (e.revision, e.flag))
+        return entries
+
+    async def ready(self) -> bool:
+        """False while the watch is down (when serving) or etcd does not answer within 1 s."""
+        if self._serving and not self._watch_ok:
+            return False
+        root = self._keys.root
+        try:
+            await self._conn.kv("Range", rpc.RangeRequest(
+                key=root, range_end=prefix_end(root), limit=1, keys_only=True,
+            ), timeout=min(1.0, self._conn.timeout))
+        except (StoreUnavailable, grpc.RpcError):
+            return False
+        return True
+
+    # --- writes ---------------------------------------------------------------------------------
+    # Each is one transaction. A call retried after a lost reply recognises its own landed
+    # write (the same meta, or its ``txn`` token in the actor key / end marker).
+
+    async def create(self, meta: MeetingMeta, controls: Mapping[str, bool]) -> Controls:
+        if not meta.meeting_id or "/" in meta.meeting_id:
+            raise ValueError(f"invalid meeting id {meta.meeting_id!r}")
+        values = validate_changes(controls) if controls else {}
+        home, meta_key = self._keys.home(meta.meeting_id), self._keys.meta(meta.meeting_id)
+        raw = meta_bytes(meta, uuid.uuid4().hex)
+        puts = [put_op(meta_key, raw)] + [
+            put_op(self._keys.flag(meta.meeting_id, f), flag_bytes(v)) for f, v in values.items()
+        ]
+        for _ in range(TXN_ATTEMPTS):
+            # Only into an empty prefix, so leftover keys never leak into a new meeting.
+            response = await self._conn.txn(
+                [compare(home, "version", "==", 0, range_end=prefix_end(home))],
+                puts, [range_op(meta_key)],
+            )
+            if response.succeeded:
+                return Controls.from_partial(values, response.header.revision)
+            found = response.responses[0].response_range.kvs
+            if found:
+                if found[0].value == raw:  # an earlier attempt of ours landed
+                    return Controls.from_partial(values, found[0].mod_revision)
+                raise ValueError(f"meeting {meta.meeting_id} exists")
+            # Keys without a meta (an operator's, a half-done end): clear them, then retry.
+            await self._conn.txn(
+                [compare(meta_key, "version", "==", 0)], [delete_op(home, prefix_end(home))]
+            )
+        raise StoreUnavailable(f"could not create meeting {meta.meeting_id}: prefix keeps changing")
+
+    async def end(self, meeting_id: str, *, reason: str) -> bool:
+        try:
+            home = self._keys.home(meeting_id)
+        except MeetingNotFound:
+            return False
+        # The reason rides along in the same revision, so every watcher reports it.
+        marker, token = self._keys.end_marker(meeting_id), uuid.uuid4().hex
+        response = await self._conn.txn(
+            [compare(self._keys.meta(meeting_id), "version", ">", 0)],
+            [delete_op(home, prefix_end(home)),
+             put_op(marker, json.dumps({"reason": reason, "txn": token}).encode())],
+            [range_op(marker)],
+        )
+        ended = bool(response.succeeded) or _txn_of(response) == token
+        if ended:
+            try:  # the marker has done its job once the deletion's revision is in the log
+                await self._conn.kv("DeleteRange", rpc.DeleteRangeRequest(key=marker))
+            except StoreUnavailable:
+                log.warning("meeting %s: could not remove the end marker", meeting_id)
+        return ended
+
+    async def set_controls(
+        self,
+        meeting_id: str,
+        changes: Mapping[str, bool],
+        *,
+        actor: str,
+        expected_revision: int | None = None,
+        ttl: float | None = None,
+    ) -> Controls:
+        changes = validate_changes(changes)
+        keys, token = self._keys, uuid.uuid4().hex
+        # A timed change rides on a lease: when it runs out etcd deletes the flag keys (the
+        # defaults return) even if no instance is alive. A later put without the lease detaches
+        # the key. A lease left unused by a failed attempt holds no key and simply expires.
+        lease = await self._conn.lease_grant(max(1, math.ceil(ttl))) if ttl is not None else 0
+        for _ in range(TXN_ATTEMPTS):
+            read = await self._read(meeting_id)
+            if read.meta is None:
+                raise MeetingNotFound(meeting_id)
+            if expected_revision is not None and not await self._unchanged_since(
+                meeting_id, expected_revision, read
+            ):
+                raise RevisionConflict(expected_revision, self._cache.revision(meeting_id, read))
+            old = self._cache.values(meeting_id, read)
+            new = {**old, **changes}
+            now = self._clock()
+            ops = [put_op(keys.flag(meeting_id, f), flag_bytes(v), lease)
+                   for f, v in changes.items()]
+            ops.append(put_op(keys.actor(meeting_id), json.dumps({
+                "actor": actor, "ttl": ttl, "expires_at": now + ttl if ttl is not None else None,
+                "txn": token,
+            }).encode()))
+            ops += [put_op(keys.audit(meeting_id, f"{token}-{f}"), json.dumps({
+                "flag": f, "old": old[f], "new": new[f], "actor": actor, "at": now,
+            }).encode()) for f in FLAGS if old[f] != new[f]]
+            # Nothing of the meeting changed since the read, so the old values above are true.
+            compares = [compare(keys.meta(meeting_id), "mod", "==", read.meta_mod)] + [
+                compare(keys.flag(meeting_id, f), "mod", "==", read.mods.get(f, 0))
+                for f in FLAGS
+            ]
+            response = await self._conn.txn(compares, ops, [range_op(keys.actor(meeting_id))])
+            if response.succeeded:
+                return Controls(new, response.header.revision)
+            if _txn_of(response) == token:  # a retried call whose first attempt landed
+                return Controls(new, response.responses[0].response_range.kvs[0].mod_revision)
+        raise StoreUnavailable(f"controls of meeting {meeting_id} keep changing")
+
+    async def _unchanged_since(self, meeting_id: str, revision: int, now: Read) -> bool:
+        """Exact compare-and-set: no meta or flag key changed (nor was deleted) after it."""
+        if revision <= 0 or now.last_change > revision:
+            return False
+        try:
+            then = await self._read(meeting_id, revision)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # compacted, or from the future
+                return False
+            raise
+        return then.meta_mod == now.meta_mod and then.mods == now.mods
+
+    async def _audit_observed(self, task: AuditTask, actor: str) -> None:
+        """Record a change nobody recorded when making it (etcdctl, a lease running out).
+
+        Every instance sees it; the key is the revision and the flag, created only if absent,
+        so exactly one record is kept. Best effort: if etcd is unreachable, another instance
+        may still write it.
+        """
+        meeting_id, revision, changed = task
+        keys = {f: self._keys.audit(meeting_id, f"{revision:020d}-{f}") for f in changed}
+        now = self._clock()
+        try:
+            await self._conn.txn(
+                [compare(self._keys.meta(meeting_id), "version", ">", 0)]
+                + [compare(k, "version", "==", 0) for k in keys.values()],
+                [put_op(k, json.dumps({
+                    "flag": f, "old": changed[f][0], "new": changed[f][1],
+                    "revision": revision, "actor": actor, "at": now,
+                }).encode()) for f, k in keys.items()],
+            )
+        except (StoreUnavailable, grpc.RpcError) as exc:
+            log.warning("meeting %s: audit of revision %d not written: %s",
+                        meeting_id, revision, exc)
+
+    # --- events ---------------------------------------------------------------------------------
+
+    async def serve_events(
+        self, handler: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Load every meeting, open the watch, report started, then hand each change to
+        ``handler`` in revision order until cancelled.
+
+        The one watch covers ``<prefix>/meetings/``. If it breaks (etcd down, restarted,
+        leaderless) the store is not ready until it is back; it is re-opened with backoff
+        (0.1 s to 2 s) from the last handled revision + 1, so nothing is missed or repeated.
+        If that revision was compacted meanwhile, a fresh snapshot is compared with what this
+        instance knew: ``ControlsChanged`` (actor ``"snapshot"``) for meetings whose flags
+        differ, ``MeetingEnded`` for those that are gone. Waiting for etcd at startup is part
+        of the start: put a deadline around ``nursery.start`` if startup must not wait.
+        """
+        if self._serving:
+            raise RuntimeError("serve_events is already running on this store")
+        self._serving, self._watch_ok = True, False
+        unstarted: trio.TaskStatus[None] | None = task_status
+        try:
+            await self._resync(None)
+            while not self._closed:
+                if self._resume is not None:
+                    await self._resume.wait()
+                outcome = await self._follow(handler, unstarted)
+                unstarted = None if self._watch_ok else unstarted
+                if outcome == "compacted":
+                    await self._resync(handler)
+                elif outcome == "failed" and not self._closed:
+                    self._watch_ok = False
+                    self._conn.fail_over()
+                    await trio.sleep(self._backoff)
+                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        finally:
+            self._serving = self._watch_ok = False
+
+    async def _follow(self, handler: Handler, task_status: trio.TaskStatus[None] | None) -> str:
+        """One watch session from the last revision + 1, until it fails, compacts or pauses;
+        ``task_status`` is told once the watch is established."""
+        send, receive = trio.open_memory_channel[WatchItem](WATCH_BUFFER)
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(item: WatchItem) -> None:  # in the watch thread; blocks while full
+            trio.from_thread.run(send.send, item, trio_token=token)
+
+        session = WatchSession(self._conn.channel, self._keys.root, self._watch_rev + 1, deliver)
+        started = False
+        with receive:  # closing it releases a watch thread blocked in deliver()
+            session.start()
+            try:
+                while self._resume is None:
+                    deadline = math.inf
+                    if not started and len(self._conn.endpoints) > 1:
+                        deadline = trio.current_time() + WATCH_START_TIMEOUT
+                    # Only the wait is cancellable by pause/failover, never a running handler.
+                    with trio.CancelScope(deadline=deadline) as scope:
+                        self._waiting = scope
+                        item = await receive.receive()
+                    self._waiting = None
+                    if scope.cancelled_caught:
+                        return "paused" if self._resume is not None else "failed"
+                    if isinstance(item, WatchStarted):
+                        started, self._watch_ok, self._backoff = True, True, BACKOFF_MIN
+                        if task_status is not None:
+                            task_status.started()
+                            task_status = None
+                    elif isinstance(item, WatchEvents):
+                        await self._handle(item, handler)
+                    elif isinstance(item, WatchProgress):
+                        self._watch_rev = max(self._watch_rev, item.revision)
+                    elif isinstance(item, WatchCompacted):
+                        log.warning("etcd watch compacted at %d: resyncing", item.compact_revision)
+                        return "compacted"
+                    else:
+                        log.warning("etcd watch broke (%s): re-watching", item.reason)
+                        return "failed"
+            finally:
+                self._waiting = None
+                session.stop()
+        return "paused"
+
+    def _pause_watch(self) -> None:
+        """Test hook: stop watching (changes pile up in etcd) until :meth:`_resume_watch`."""
+        self._resume = trio.Event()
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _resume_watch(self) -> None:
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            resume.set()
+
+    async def _handle(self, batch: WatchEvents, handler: Handler) -> None:
+        # Group by revision, then by meeting: one transaction is one change of one meeting.
+        groups: dict[int, dict[str, list[Change]]] = {}
+        for revision, change in batch.changes:
+            meeting_id, _ = self._keys.split(change.key)
+            groups.setdefault(revision, {}).setdefault(meeting_id, []).append(change)
+        for revision, meetings in groups.items():
+            for meeting_id, changes in meetings.items():
+                event, audit = self._cache.apply(meeting_id, revision, changes)
+                if audit and isinstance(event, ControlsChanged):
+                    await self._audit_observed((meeting_id, revision, dict(event.changed)),
+                                               event.actor)
+                if event is not None:
+                    await handler(event)
+            self._watch_rev = revision
+
+    async def _resync(self, handler: Handler | None) -> None:
+        """Rebuild the cache from a snapshot; with a handler, report how it differs."""
+        root = self._keys.root
+        while True:
+            try:
+                response = await self._conn.kv("Range", rpc.RangeRequest(
+                    key=root, range_end=prefix_end(root)
+                ))
+                break
+            except StoreUnavailable:
+                self._watch_ok = False
+                await trio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        events, audits = self._cache.replace(response.header.revision, response.kvs)
+        self._watch_rev = response.header.revision
+        if handler is None:
+            return
+        for task in audits:
+            await self._audit_observed(task, "operator")
+        for event in events:
+            await handler(event)
+
+
+def _txn_of(response: Any) -> str | None:
+    """The ``txn`` token in the key read by a failed transaction's failure branch."""
+    kvs = response.responses[0].response_range.kvs if response.responses else []
+    return json_field(kvs[0].value, "txn") if kvs else None
+
+
+@asynccontextmanager
+async def open_etcd_meeting_store(
+    endpoints: Sequence[str], *, prefix: str = "/rmeeting", timeout: float = 2.0
+) -> AsyncIterator[EtcdMeetingStore]:
+    """An :class:`EtcdMeetingStore`, closed on exit."""
+    store = EtcdMeetingStore(endpoints, prefix=prefix, timeout=timeout)
+    try:
+        yield store
+    finally:
+        await store.aclose()
