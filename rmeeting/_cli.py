@@ -1,4 +1,5 @@
-"""``rmeeting``: the command line. ``rmeeting serve`` runs an instance."""
+"""``rmeeting``: the command line. ``rmeeting serve`` runs an instance; ``rmeeting bench``
+loads one."""
 
 from __future__ import annotations
 
@@ -35,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--shards", type=int, help="fan-out shards (default 8)")
     serve.add_argument("--log-format", choices=("auto", "json", "text"))
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    from .bench import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="load a server: fanout, join, idle or flip (docs/benchmarks.md)",
+        description="Load an rmeeting server (--url, or --spawn one) and report latency, "
+        "throughput, losses and memory.",
+    )
+    add_bench_arguments(bench)
     return parser
 
 
@@ -42,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "bench":
+        from .bench import run_from_args
+
+        return run_from_args(args, sys.argv[1:] if argv is None else list(argv))
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -1,0 +1,204 @@
+"""``rmeeting bench``: each scenario at a tiny scale, and the counters on made-up faults.
+
+The scale runs prove the bench sees a healthy server as healthy (nothing lost, nothing out of
+order, every delivery counted); the made-up inputs prove it would notice if it were not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from array import array
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from rmeeting.bench import main as bench_main
+from rmeeting.bench.client import Member, Poller
+from rmeeting.bench.protocol import Seed, chat_text
+from rmeeting.bench.report import analyse_sequence, format_text, percentiles, summarize
+from rmeeting.bench.runner import run_bench
+from rmeeting.bench.scenarios import Options, PartResult
+from rmeeting.config import Config
+from rmeeting.server import RunningServer
+
+from .conftest import make_config
+
+
+@pytest.fixture
+def server_config() -> Config:
+    return make_config(chat_rate=1e6, chat_burst=1_000_000)
+
+
+async def _run(server: RunningServer, **options: Any) -> dict[str, Any]:
+    opts = Options(url=server.url, **options)
+    with trio.fail_after(20):
+        parts, facts = await run_bench(opts, server_pid=os.getpid())
+        while server.hub.statistics()["members"]:  # the members' leaves are done
+            await trio.sleep(0.01)
+    result = summarize(opts, parts, server=facts, command="test")
+    assert format_text(result)  # the summary renders
+    assert result["joined"] == opts.members and not result["join_errors"]
+    assert not result["timed_out"] and not result["errors"]
+    return result
+
+
+def _sane_fanout(result: dict[str, Any], members: int, messages: int) -> None:
+    assert result["sent"] == messages
+    assert result["deliveries"] == result["expected_deliveries"] == members * messages
+    assert result["lost"] == result["duplicated"] == result["out_of_order"] == 0
+    latency = result["latency_ms"]
+    assert 0 < latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"] < 10_000
+    assert result["deliveries_per_s"] > 0 and result["timeline"]
+    assert result["cdf"][-1][1] == 1.0
+
+
+async def test_fanout_unthrottled_and_at_a_rate(server: RunningServer) -> None:
+    _sane_fanout(await _run(server, scenario="fanout", members=6, messages=40), 6, 40)
+    result = await _run(server, scenario="fanout", members=4, messages=10, rate=200.0)
+    _sane_fanout(result, 4, 10)
+    assert 100 < result["send_rate"] < 400
+
+
+async def test_fanout_without_epoll(server: RunningServer) -> None:
+    result = await _run(server, scenario="fanout", members=3, messages=15, use_epoll=False)
+    _sane_fanout(result, 3, 15)
+
+
+async def test_flip_join_and_idle(server: RunningServer) -> None:
+    flip = await _run(server, scenario="flip", members=5, flips=6, gap=0.0)
+    assert flip["flips"] == 6 and flip["flips_incomplete"] == 0 and flip["told_per_flip"] == 5
+    assert 0 < flip["last_told_ms"]["p50"] <= flip["last_told_ms"]["max"] < 5000
+    assert flip["each_told_ms"]["max"] == flip["last_told_ms"]["max"]
+
+    join = await _run(server, scenario="join", members=12, concurrency=4)
+    assert join["joins_per_s"] > 0 and join["join_latency_ms"]["p50"] > 0
+
+    idle = await _run(server, scenario="idle", members=10, room_size=4)
+    assert idle["server"]["rss_kib_joined"] > 0
+    assert isinstance(idle["server"]["rss_per_member_bytes"], int)
+    assert len(await server.service.meetings.list()) >= 3  # 10 members, 4 a meeting
+
+
+def test_spawned_server_two_processes_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "fanout.json"
+    code = bench_main(["fanout", "--spawn", "--procs", "2", "-n", "6", "-m", "25",
+                       "--json", str(out), "-q", "--duration", "30"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    _sane_fanout(result, 6, 25)
+    assert result["options"]["procs"] == 2
+    assert result["server"]["spawned"] and result["server"]["measured_cpu_s"] >= 0
+    assert result["command"].startswith("rmeeting bench fanout --spawn")
+    assert result["machine"]["nproc"] >= 1 and result["machine"]["python"]
+
+
+def test_bad_arguments() -> None:
+    assert bench_main(["fanout"]) == 2  # neither --url nor --spawn
+    assert bench_main(["fanout", "--url", "http://127.0.0.1:1", "-n", "0"]) == 2
+
+
+# --- the counters, on made-up input -------------------------------------------------------
+
+
+def test_sequence_analysis_counts_duplicates_reorders_and_losses() -> None:
+    assert analyse_sequence(range(5)) == (5, 0, 0)
+    assert analyse_sequence([0, 1, 1, 2]) == (3, 1, 0)  # one duplicate
+    assert analyse_sequence([0, 2, 1, 3]) == (4, 0, 1)  # 1 came after 2
+    assert analyse_sequence([3, 0, 1, 2]) == (4, 0, 3)
+    assert analyse_sequence([0, 2, 2, 1, 1]) == (3, 2, 1)
+    assert analyse_sequence([0, 3]) == (2, 0, 0)  # gaps are losses, counted against what was sent
+    assert analyse_sequence([]) == (0, 0, 0)
+
+
+def test_summary_reports_faults() -> None:
+    opts = Options(scenario="fanout", url="http://x", members=2, messages=4)
+    part = PartResult(0, members=2, joined=2, sent=4, first_send_ns=1_000_000,
+                      last_send_ns=2_000_000, last_recv_ns=11_000_000)
+    for seqs in ([0, 1, 1, 3, 2], [0, 1]):  # member 1: dup + reorder; member 2: lost 2
+        distinct, duplicated, out_of_order = analyse_sequence(seqs)
+        part.distinct += distinct
+        part.duplicated += duplicated
+        part.out_of_order += out_of_order
+        part.deliveries += len(seqs)
+    part.latencies = array("q", [3_000_000, 1_000_000, 2_000_000] + [4_000_000] * 4)
+    result = summarize(opts, [part], host={"nproc": 2, "cpu": "x", "memory_gib": 1,
+                                           "python": "3", "os": "y"})
+    assert result["deliveries"] == 7 and result["expected_deliveries"] == 8
+    assert result["lost"] == 2 and result["duplicated"] == 1 and result["out_of_order"] == 1
+    assert result["deliveries_per_s"] == 700.0  # 7 in the 10 ms from first send to last receipt
+    assert "lost 2  duplicated 1  out of order 1" in format_text(result)
+
+
+def test_percentiles_nearest_rank() -> None:
+    values = sorted(range(1, 101))
+    stats = percentiles(values, scale=1)
+    assert (stats["p50"], stats["p90"], stats["p99"], stats["max"]) == (50, 90, 99, 100)
+    assert percentiles([]) == {}
+
+
+def test_frames_split_anywhere_are_parsed_once() -> None:
+    """Chat, notices and a ping, cut at every byte boundary: the same counts every time."""
+    frames = [_server_frame(json.dumps({"notice": chat_text(i, 5, 40), "name": "a"},
+                                       separators=(",", ":")).encode()) for i in range(3)]
+    frames.insert(1, _server_frame(b'{"is_mute":false,"user_uid":"u"}'))
+    frames.insert(2, bytes((0x89, 1)) + b"k")  # a ping
+    frames.append(_server_frame('{"notice":"会议室状态发送变更","isMute":true}'.encode()))
+    frames.append(_server_frame(b"x" * 300))  # a 16-bit length, not ours
+    stream = b"".join(frames)
+    for cut in range(1, len(stream)):
+        ours, theirs = socket.socketpair()
+        try:
+            poller = Poller(Seed())
+            member = Member(0, ours)
+            poller.feed(member, stream[:cut], 10)
+            poller.feed(member, stream[cut:], 20)
+            assert list(member.seqs) == [0, 1, 2]
+            assert all(lat in (5, 15) for lat in member.lat)
+            assert member.t_joined and len(member.controls) == 1 and poller.controls == 1
+            assert member.pending == b"" and poller.chats == 3
+            pong = theirs.recv(64)
+            assert pong[0] == 0x8A and pong[1] == 0x81  # a masked pong of one byte
+            assert bytes([pong[6] ^ pong[2]]) == b"k"
+        finally:
+            ours.close()
+            theirs.close()
+
+
+def _server_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+
+
+def test_client_frames_are_masked() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        member = Member(0, ours)
+        for payload in (b"", b"hi", b"y" * 200, b"z" * 70000):
+            frame = member.frame(0x1, payload)
+            n = len(payload)
+            head = 2 if n < 126 else 4 if n < 65536 else 10
+            assert frame[1] & 0x80 and frame[head:head + 4] == member.mask
+            body = frame[head + 4:]
+            assert bytes(b ^ member.mask[i % 4] for i, b in enumerate(body)) == payload
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_png_without_matplotlib_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rmeeting.bench import plot
+
+    def missing(name: str) -> Any:
+        raise ImportError(name)
+
+    monkeypatch.setattr(plot.importlib, "import_module", missing)
+    with pytest.raises(plot.PlotUnavailable, match=r"pip install 'rmeeting\[bench\]'"):
+        plot.write_png({"scenario": "fanout", "joined": 1}, str(tmp_path / "x.png"))
