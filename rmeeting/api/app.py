@@ -12,6 +12,7 @@ from quart_trio import QuartTrio
 from ..service import Denied, MeetingService
 from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
+from ..web import console_blueprint
 from ._http import BadRequest, json_response
 from .seed import seed_blueprint, seed_session
 from .v1_http import v1_blueprint
@@ -39,6 +40,7 @@ def create_app(service: MeetingService, *, ready: Callable[[], Awaitable[bool]])
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
     app.register_blueprint(seed_blueprint(service))
     app.register_blueprint(v1_blueprint(service))
+    app.register_blueprint(console_blueprint())  # the web console: /, /m/<id>, /console/*
 
     @app.get("/healthz")
     async def healthz() -> Any:
