@@ -18,7 +18,7 @@ import trio
 
 from rmeeting.bench import main as bench_main
 from rmeeting.bench.client import Member, Poller
-from rmeeting.bench.protocol import Seed, chat_text
+from rmeeting.bench.protocol import V1, Seed, SocketIO, chat_text
 from rmeeting.bench.report import analyse_sequence, format_text, percentiles, summarize
 from rmeeting.bench.runner import run_bench
 from rmeeting.bench.scenarios import Options, PartResult
@@ -96,9 +96,64 @@ def test_spawned_server_two_processes_and_json(tmp_path: Path) -> None:
     assert result["machine"]["nproc"] >= 1 and result["machine"]["python"]
 
 
+async def test_v1_protocol_fanout_and_flips(server: RunningServer) -> None:
+    result = await _run(server, scenario="fanout", protocol="v1", members=5, messages=30)
+    _sane_fanout(result, 5, 30)
+    for via in ("member", "api"):
+        flip = await _run(server, scenario="flip", protocol="v1", members=4, flips=4, gap=0.0,
+                          via=via)
+        assert flip["via"] == via and flip["flips"] == 4 and flip["told_per_flip"] == 4
+        assert flip["flips_incomplete"] == 0 and flip["last_told_ms"]["max"] < 5000
+        assert flip["write_ms"]["p50"] > 0
+
+
+def test_v1_fanout_on_a_spawned_server(tmp_path: Path) -> None:
+    out = tmp_path / "v1.json"
+    code = bench_main(["fanout", "--spawn", "--protocol", "v1", "-n", "6", "-m", "20",
+                       "--json", str(out), "-q", "--duration", "30"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    _sane_fanout(result, 6, 20)
+    assert result["protocol"] == "v1"
+
+
+def test_flip_via_etcd_on_a_two_instance_cluster(tmp_path: Path) -> None:
+    """The bench starts a local cluster, spreads 6 members over its 2 instances and flips `mic`
+    with puts straight into etcd: every member is told of every flip."""
+    out = tmp_path / "flip.json"
+    code = bench_main(["flip", "--cluster", "2", "--via", "etcd", "-n", "6", "--flips", "5",
+                       "--gap", "0", "--json", str(out), "-q", "--duration", "60"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["joined"] == 6 and not result["join_errors"] and not result["errors"]
+    assert result["via"] == "etcd" and result["flips"] == 5
+    assert result["told_per_flip"] == 6 and result["flips_incomplete"] == 0
+    assert 0 < result["last_told_ms"]["p50"] <= result["last_told_ms"]["max"] < 5000
+    assert 0 < result["first_told_ms"]["min"] <= result["last_told_ms"]["min"]
+    assert 0 < result["write_ms"]["p50"] <= result["write_ms"]["max"] < 5000
+    cluster = result["server"]["cluster"]
+    assert len(cluster["instances"]) == 2 and not cluster["through_nginx"]
+    assert sorted(result["urls"]) == sorted(i["url"] for i in cluster["instances"])
+    assert result["server"]["measured_cpu_s"] >= 0 and "etcd" in result["server"]["helpers"]
+    assert "2 instances" in format_text(result)
+
+
 def test_bad_arguments() -> None:
     assert bench_main(["fanout"]) == 2  # neither --url nor --spawn
     assert bench_main(["fanout", "--url", "http://127.0.0.1:1", "-n", "0"]) == 2
+    assert bench_main(["fanout", "--spawn", "--cluster", "2"]) == 2
+    assert bench_main(["fanout", "--spawn", "--nginx"]) == 2
+    assert bench_main(["fanout", "--spawn", "--via", "etcd"]) == 2  # flips only
+    assert bench_main(["flip", "--urls", "http://127.0.0.1:1", "--via", "etcd"]) == 2
+    assert bench_main(["flip", "--url", "http://127.0.0.1:1", "--protocol", "socketio"]) == 2
+    assert bench_main(["fanout", "--spawn", "--server-pid", "1"]) == 2
+
+
+def test_flip_via_etcd_without_etcd_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    code = bench_main(["flip", "--spawn", "--via", "etcd", "--etcd", "http://127.0.0.1:1",
+                       "-n", "2", "--flips", "2", "-q", "--duration", "30"])
+    assert code == 1
+    assert "etcd put /rmeeting/meetings/" in capsys.readouterr().err
 
 
 # --- the counters, on made-up input -------------------------------------------------------
@@ -166,6 +221,41 @@ def test_frames_split_anywhere_are_parsed_once() -> None:
         finally:
             ours.close()
             theirs.close()
+
+
+def test_v1_and_socketio_frames_are_recognised() -> None:
+    """Each adapter's chat pattern and notices, on frames as their servers write them."""
+    v1_chat = json.dumps({"type": "chat", "seq": 7, "ts": 1.5,
+                          "from": {"id": "ab", "name": "m0", "role": "host"},
+                          "text": chat_text(3, 9, 40)}, separators=(",", ":")).encode()
+    io_chat = b'42["chat",' + json.dumps(chat_text(4, 9, 40)).encode() + b"]"
+    cases: list[tuple[Any, list[bytes], int]] = [
+        (V1(), [b'{"type":"welcome","you":{}}', v1_chat,
+                b'{"type":"member_joined","member":{}}',
+                b'{"type":"controls","controls":{},"revision":3}',
+                b'{"type":"ack","of":"chat","seq":7}'], 3),
+        (SocketIO(), [b'0{"sid":"x","pingInterval":25000}', b'40{"sid":"y"}', io_chat, b"2"], 4),
+    ]
+    for protocol, payloads, seq in cases:
+        ours, theirs = socket.socketpair()
+        try:
+            poller = Poller(protocol)
+            member = Member(0, ours)
+            poller.feed(member, b"".join(map(_server_frame, payloads)), 10)
+            assert list(member.seqs) == [seq] and list(member.lat) == [1]
+            assert member.t_joined and not member.errors
+            if protocol.name == "v1":
+                assert poller.controls == 1 and poller.join_notices == 1
+            else:  # the Engine.IO ping is answered with a pong, "3"
+                pong = theirs.recv(64)
+                assert pong[0] == 0x81 and pong[1] == 0x81 and pong[6] ^ pong[2] == ord("3")
+        finally:
+            ours.close()
+            theirs.close()
+    assert SocketIO().chat("a\"b") == b'42["chat","a\\"b"]'
+    assert json.loads(V1().chat("hi")) == {"type": "chat", "text": "hi"}
+    assert json.loads(V1().control(Seed().created({"meetingUid": "m", "userUid": "k"}), True)) \
+        == {"type": "set_controls", "controls": {"mic": False}}
 
 
 def _server_frame(payload: bytes) -> bytes:

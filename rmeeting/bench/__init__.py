@@ -2,7 +2,10 @@
 
 Scenarios: ``fanout`` (N members, one sender, M messages: latency, deliveries/s, lost, duplicated,
 out of order), ``join`` (joins per second), ``idle`` (server memory per idle member), ``flip`` (a
-control change until the last member is told). See docs/benchmarks.md for the measured numbers.
+control change until the last member is told: from the host's connection, the v1 API or a put
+straight into etcd). Against one server (``--url``, ``--spawn``) or several instances
+(``--urls``, or ``--cluster K``: a local cluster started for the run). See docs/benchmarks.md for
+the measured numbers.
 
 The package is split by concern: :mod:`.protocol` (what is said, per wire protocol),
 :mod:`.client` (raw sockets, one epoll), :mod:`.scenarios` (one process's part of a run),
@@ -32,14 +35,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", choices=("fanout", "join", "idle", "flip"),
                         help="fanout: one sender to N members; join: joins per second; idle: "
                         "server memory per idle member; flip: a control change to N members")
-    where = parser.add_argument_group("the server")
+    where = parser.add_argument_group(
+        "the server (exactly one of --url, --urls, --spawn, --cluster)")
     where.add_argument("--url", help="the server to load, http://HOST:PORT")
+    where.add_argument("--urls", metavar="URL1,URL2,...",
+                       help="several instances of one cluster: member i connects to the "
+                       "(i mod count)-th; meetings are created and the API called on the first")
     where.add_argument("--spawn", action="store_true",
                        help="start `python -m rmeeting serve --bind 127.0.0.1:0` for the run")
-    where.add_argument("--server-pid", type=int,
-                       help="with --url: read this process's memory and CPU from /proc")
-    where.add_argument("--protocol", default="seed", choices=("seed",),
-                       help="the wire protocol the members speak (default seed)")
+    where.add_argument("--cluster", type=int, metavar="K",
+                       help="start a local cluster (etcd, Redis, K instances, nginx) for the run "
+                       "and spread the members over the instances; stopped at the end")
+    where.add_argument("--nginx", action="store_true",
+                       help="with --cluster: members connect through the cluster's nginx instead "
+                       "of to the instances directly")
+    where.add_argument("--server-pid", metavar="PID[,PID...]",
+                       help="with --url/--urls: read these processes' memory and CPU from /proc "
+                       "(added up)")
+    where.add_argument("--protocol", default="seed", choices=("seed", "v1", "socketio"),
+                       help="the wire protocol the members speak (default seed; socketio: the "
+                       "comparison peer bench/socketio_peer.py, fanout/join/idle only)")
+    where.add_argument("--etcd", metavar="URL",
+                       help="flip --via etcd: the cluster's etcd (given by --cluster)")
+    where.add_argument("--etcd-prefix", default="/rmeeting",
+                       help="the servers' etcd key prefix (default /rmeeting)")
     load = parser.add_argument_group("the load")
     load.add_argument("-n", "--members", type=int,
                       help="members (default: fanout/flip 100, join/idle 1000)")
@@ -56,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--flips", type=int, default=200, help="flip: changes made (default 200)")
     load.add_argument("--gap", type=float, default=0.005,
                       help="flip: seconds between two changes (default 0.005)")
+    load.add_argument("--via", choices=("member", "api", "etcd"), default="member",
+                      help="flip: the host's control frame on its connection (default), "
+                      "PATCH /v1/meetings/{id}/controls with the host key, or a put of "
+                      "<prefix>/meetings/<id>/controls/mic straight into etcd")
     load.add_argument("--hold", type=float, default=0.0,
                       help="idle: seconds to stay connected after joining (default 0)")
     load.add_argument("--procs", type=int, default=1,
@@ -78,16 +101,52 @@ def _raise_fd_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def _usage_error(args: argparse.Namespace) -> str | None:
+    sources = [bool(args.url), bool(args.urls), bool(args.spawn), args.cluster is not None]
+    if sum(sources) != 1:
+        return "give exactly one of --url, --urls, --spawn and --cluster"
+    if args.cluster is not None and args.cluster < 1:
+        return "--cluster needs at least 1 instance"
+    if args.nginx and args.cluster is None:
+        return "--nginx goes with --cluster"
+    if args.via != "member" and args.scenario != "flip":
+        return "--via is for the flip scenario"
+    if args.via == "etcd" and not (args.etcd or args.cluster):
+        return "flip --via etcd needs --etcd URL (or --cluster K, which has one)"
+    if args.protocol == "socketio" and (args.scenario == "flip" or args.cluster is not None):
+        return "the socketio protocol is for a socket.io peer: fanout, join or idle with --url"
+    if args.server_pid and not (args.url or args.urls):
+        return "--server-pid goes with --url or --urls"
+    return None
+
+
+def _pids(text: str | None) -> list[int]:
+    return [int(p) for p in text.split(",") if p.strip()] if text else []
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def run_from_args(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Run the bench the parsed ``args`` ask for; ``argv`` is recorded as the command line."""
     import trio
 
     from .report import format_text, summarize
-    from .runner import BenchError, SpawnedServer, run_bench
+    from .runner import BenchCluster, BenchError, SpawnedServer, run_bench
     from .scenarios import Options
 
-    if bool(args.url) == bool(args.spawn):
-        print("rmeeting bench: give exactly one of --url and --spawn", file=sys.stderr)
+    problem = _usage_error(args)
+    server_pids: list[int] = []
+    if problem is None:
+        try:
+            server_pids = _pids(args.server_pid)
+        except ValueError:
+            problem = f"--server-pid: not a list of numbers: {args.server_pid!r}"
+    if problem is not None:
+        print(f"rmeeting bench: {problem}", file=sys.stderr)
         return 2
     members = _DEFAULT_MEMBERS[args.scenario] if args.members is None else args.members
     room = _DEFAULT_ROOM[args.scenario] if args.room_size is None else args.room_size
@@ -96,29 +155,54 @@ def run_from_args(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print("rmeeting bench: counts must be at least 1, --duration positive",
               file=sys.stderr)
         return 2
+    urls = tuple(u.strip() for u in (args.urls or "").split(",") if u.strip())
     opts = Options(
-        scenario=args.scenario, url=args.url or "", protocol=args.protocol, members=members,
+        scenario=args.scenario, url=urls[0] if urls else args.url or "", urls=urls,
+        protocol=args.protocol, members=members,
         messages=args.messages, rate=args.rate, size=args.size, room_size=room,
         concurrency=args.concurrency, flips=args.flips, gap=args.gap, procs=args.procs,
-        duration=args.duration, drain=args.drain, hold=args.hold,
+        duration=args.duration, drain=args.drain, hold=args.hold, via=args.via,
+        etcd=args.etcd or "", etcd_prefix=args.etcd_prefix,
     )
     _raise_fd_limit(members + 1024)
     command = shlex.join(["rmeeting", *argv])
     spawned = SpawnedServer(members) if args.spawn else None
+    cluster = BenchCluster(args.cluster, members, through_nginx=args.nginx) \
+        if args.cluster is not None else None
+    helpers: dict[str, int] = {}
+    facts: dict[str, Any] = {}
+    failure = ""
     try:
         if spawned is not None:
             opts = replace(opts, url=spawned.start())
-        pid = spawned.pid if spawned is not None else args.server_pid
+            server_pids = [spawned.pid]
+        if cluster is not None:
+            cluster.start()
+            opts = replace(opts, url=cluster.urls[0], urls=cluster.urls,
+                           etcd=opts.etcd or cluster.etcd)
+            server_pids, helpers = cluster.pids, cluster.helpers
         progress = None if args.quiet else sys.stderr
-        parts, server = trio.run(lambda: run_bench(opts, server_pid=pid, progress=progress))
-    except (BenchError, OSError, ValueError, trio.TooSlowError) as exc:
-        print(f"rmeeting bench: {exc}", file=sys.stderr)
-        return 1
+        parts, server = trio.run(lambda: run_bench(
+            opts, server_pids=server_pids, helper_pids=helpers, progress=progress))
+    except Exception as exc:  # only the expected kinds are reported; anything else is raised
+        expected = (BenchError, OSError, ValueError, trio.TooSlowError)
+        leaves = _leaves(exc)
+        if not all(isinstance(leaf, expected) for leaf in leaves):
+            raise
+        failure = "; ".join(str(leaf) for leaf in leaves)
     finally:
         if spawned is not None:
             spawned.stop()
+        if cluster is not None and cluster.cluster is not None:
+            facts = cluster.facts()
+            cluster.stop()
+    if failure:
+        print(f"rmeeting bench: {failure}", file=sys.stderr)
+        return 1
     if spawned is not None:
         server.update(spawned=True, command=spawned.command, log=spawned.log.name)
+    if cluster is not None:
+        server.update(cluster=facts)
     result = summarize(opts, parts, server=server, command=command)
     print(format_text(result))
     return _write_outputs(args, result)

@@ -78,12 +78,14 @@ class Target:
 
 
 async def http_json(
-    target: Target, method: str, path: str, body: Any = None, *, timeout: float = 10.0
+    target: Target, method: str, path: str, body: Any = None, *, timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """One HTTP/1.1 request with a JSON body, ``Connection: close``; (status, decoded JSON)."""
     data = b"" if body is None else json.dumps(body).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (f"{method} {path} HTTP/1.1\r\nHost: {target.authority}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n{extra}"
             "Connection: close\r\n\r\n").encode()
     raw = b""
     eof = False
@@ -102,9 +104,9 @@ async def http_json(
         raise OSError(f"{method} {path}: no complete answer from {target.authority} "
                       f"in {timeout:.0f} s")
     status_line, _, rest = raw.partition(b"\r\n")
-    headers, _, payload = rest.partition(b"\r\n\r\n")
+    answer_head, _, payload = rest.partition(b"\r\n\r\n")
     status = int(status_line.split(b" ", 2)[1])
-    if b"transfer-encoding: chunked" in headers.lower():
+    if b"transfer-encoding: chunked" in answer_head.lower():
         payload = _dechunk(payload)
     try:
         return status, json.loads(payload) if payload.strip() else None
@@ -257,6 +259,7 @@ class Poller:
     def __init__(self, protocol: WireProtocol, *, use_epoll: bool = True) -> None:
         self._match = protocol.chat_re.match
         self._kinds = protocol.kinds
+        self._pong = protocol.pong
         self.members: dict[int, Member] = {}
         self._epoll = select.epoll() if use_epoll and hasattr(select, "epoll") else None
         self._nursery: trio.Nursery | None = None
@@ -270,6 +273,8 @@ class Poller:
         self.timeline: dict[int, int] = {}
         self.controls = 0
         self.on_control: Callable[[], None] | None = None
+        #: other members' join notices seen (all members together)
+        self.join_notices = 0
         #: members whose connection ended without the bench closing it
         self.disconnected = 0
 
@@ -431,6 +436,10 @@ class Poller:
                     self.controls += 1
                     if self.on_control is not None:
                         self.on_control()
+                elif kind == "joined":
+                    self.join_notices += 1
+                elif kind == "ping":
+                    member.write_nowait(member.frame(OP_TEXT, self._pong))
                 elif kind == "error":
                     member.errors += 1
                     member.error_text = buf[start:min(end, start + 300)].decode("utf-8", "replace")

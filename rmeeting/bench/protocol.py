@@ -7,14 +7,20 @@ The bench's members never decode JSON on the hot path. An adapter gives the clie
 - ``chat_re``: a bytes pattern matched at the start of each incoming text frame, whose two groups
   are the bench's sequence number and send time; a frame it matches is one delivery;
 - ``kinds``: payload prefixes of the few other frames the bench cares about (``welcome``: the
-  join is confirmed; ``control``: a control change reached the member; ``error``), tried in
-  order on frames that are not chat;
-- ``create_meeting`` / ``control``: how a meeting is made and how its host flips a control.
+  join is confirmed; ``control``: a control change reached the member; ``joined``: another
+  member's join notice, counted only; ``ping``: answered at once with ``pong``; ``error``), tried
+  in order on frames that are not chat;
+- ``hello``: what a member sends right after the handshake (nothing for rmeeting's protocols);
+- ``create_request`` / ``control``: how a meeting is made and how its host flips a control from
+  its own connection.
 
-The seed protocol (``../shared/seed/wire-protocol.md``) is the one spoken today. A v1 adapter
-(``/v1/meetings/{id}/ws``, JSON frames whose first key is ``"type"``) fits the same shape:
-``chat_re`` on ``{"type":"chat",…"text":"#b…``, ``kinds`` on ``{"type":"welcome"`` and
-``{"type":"controls"``, and it registers itself in :data:`PROTOCOLS`.
+Three adapters, in :data:`PROTOCOLS`:
+
+- ``seed``: RMeetingControl's protocol (``../shared/seed/wire-protocol.md``);
+- ``v1``: rmeeting's typed JSON protocol (``/v1/meetings/{id}/ws``, docs/protocol.md);
+- ``socketio``: Socket.IO v5 over Engine.IO v4, WebSocket transport only, against the
+  comparison peer ``bench/socketio_peer.py`` (a room per meeting, ``chat`` events emitted to the
+  room). Not a general Socket.IO client: just what the fan-out comparison needs.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-__all__ = ["PROTOCOLS", "Meeting", "Seed", "WireProtocol", "chat_text", "get_protocol"]
+__all__ = ["PROTOCOLS", "Meeting", "Seed", "SocketIO", "V1", "WireProtocol", "chat_text",
+           "get_protocol"]
 
 #: the marker the bench puts at the start of every chat text it sends
 CHAT_MARK = "#b"
@@ -48,6 +55,12 @@ class WireProtocol(Protocol):
     name: str
     chat_re: re.Pattern[bytes]
     kinds: tuple[tuple[bytes, str], ...]
+    #: sent by every member right after the WebSocket handshake (b"": nothing)
+    hello: bytes
+    #: the answer to a frame of kind ``ping``
+    pong: bytes
+    #: whether ``control`` works (the host can flip a flag from its connection)
+    controls: bool
 
     def create_request(self, name: str) -> tuple[str, str, dict[str, Any]]:
         """(method, path, JSON body) that creates a meeting."""
@@ -69,10 +82,14 @@ class Seed:
     """RMeetingControl's protocol: ``POST /CreateMeeting``, ``GET /AddMeeting``, plain chat."""
 
     name: str = "seed"
+    hello: bytes = b""
+    pong: bytes = b""
+    controls: bool = True
     chat_re: re.Pattern[bytes] = re.compile(rb'\{"notice":"#b(\d+)\.(\d+)\.')
     kinds: tuple[tuple[bytes, str], ...] = (
         (b'{"is_mute":', "welcome"),  # the room state a member receives after joining
         ('{"notice":"会议室状态发送变更"'.encode(), "control"),
+        ('{"notice":"有成员加入会议室"'.encode(), "joined"),
         (b'{"error":', "error"),
     )
 
@@ -97,7 +114,86 @@ class Seed:
         return ("特殊消息1" + json.dumps(body, separators=(",", ":"))).encode()
 
 
-PROTOCOLS: dict[str, WireProtocol] = {"seed": Seed()}
+class V1:
+    """rmeeting's v1 protocol: ``POST /v1/meetings``, ``/v1/meetings/{id}/ws``, typed frames.
+
+    A chat event is ``{"type":"chat","seq":…,"ts":…,"from":{…},"text":"#b…"}``; the pattern
+    skips to the first ``"text":"`` after the type (the sender's name is the bench's own ``m<i>``,
+    which holds no quote)."""
+
+    name: str = "v1"
+    hello: bytes = b""
+    pong: bytes = b""
+    controls: bool = True
+    chat_re: re.Pattern[bytes] = re.compile(
+        rb'\{"type":"chat",[^{]*\{[^}]*\},"text":"#b(\d+)\.(\d+)\.')
+    kinds: tuple[tuple[bytes, str], ...] = (
+        (b'{"type":"welcome"', "welcome"),
+        (b'{"type":"controls"', "control"),
+        (b'{"type":"member_joined"', "joined"),
+        (b'{"type":"error"', "error"),
+    )
+
+    def create_request(self, name: str) -> tuple[str, str, dict[str, Any]]:
+        return "POST", "/v1/meetings", {"name": name}
+
+    def created(self, body: dict[str, Any]) -> Meeting:
+        return Meeting(str(body["id"]), str(body["host_key"]))
+
+    def join_path(self, meeting: Meeting, name: str, *, host: bool) -> str:
+        query = {"name": name}
+        if host:
+            query["host_key"] = meeting.host_key
+        return f"/v1/meetings/{meeting.meeting_id}/ws?" + urlencode(query)
+
+    def chat(self, text: str) -> bytes:
+        return json.dumps({"type": "chat", "text": text}, separators=(",", ":")).encode()
+
+    def control(self, meeting: Meeting, value: bool) -> bytes:
+        # the seed's isMute=value is mic=not value: both adapters flip the same flag the same way
+        body = {"type": "set_controls", "controls": {"mic": not value}}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+class SocketIO:
+    """Socket.IO v5 over Engine.IO v4 on a WebSocket, as ``bench/socketio_peer.py`` serves it.
+
+    ``GET /socket.io/?EIO=4&transport=websocket&room=…&name=…``: the server opens with
+    ``0{"sid":…}``; the member sends ``40`` (connect to ``/``) at once; the peer's connect handler
+    puts it in the room named in the query, then answers ``40{"sid":…}`` (the join is confirmed).
+    Chat is ``42["chat","<text>"]`` both ways. Engine.IO pings (``2``) are answered (``3``).
+    A room is made with ``POST /rooms`` on the peer."""
+
+    name: str = "socketio"
+    hello: bytes = b"40"
+    pong: bytes = b"3"
+    controls: bool = False
+    chat_re: re.Pattern[bytes] = re.compile(rb'42\["chat","#b(\d+)\.(\d+)\.')
+    kinds: tuple[tuple[bytes, str], ...] = (
+        (b"40", "welcome"),
+        (b"2", "ping"),
+        (b"44", "error"),  # CONNECT_ERROR
+        (b"41", "error"),  # DISCONNECT from the server
+    )
+
+    def create_request(self, name: str) -> tuple[str, str, dict[str, Any]]:
+        return "POST", "/rooms", {"name": name}
+
+    def created(self, body: dict[str, Any]) -> Meeting:
+        return Meeting(str(body["room"]), "")
+
+    def join_path(self, meeting: Meeting, name: str, *, host: bool) -> str:
+        query = {"EIO": "4", "transport": "websocket", "room": meeting.meeting_id, "name": name}
+        return "/socket.io/?" + urlencode(query)
+
+    def chat(self, text: str) -> bytes:
+        return b'42["chat",' + json.dumps(text).encode() + b"]"
+
+    def control(self, meeting: Meeting, value: bool) -> bytes:
+        raise ValueError("the socketio adapter has no controls: it measures fan-out only")
+
+
+PROTOCOLS: dict[str, WireProtocol] = {"seed": Seed(), "v1": V1(), "socketio": SocketIO()}
 
 
 def get_protocol(name: str) -> WireProtocol:

@@ -118,6 +118,7 @@ def summarize(
         "scenario": opts.scenario,
         "protocol": opts.protocol,
         "url": opts.url,
+        "urls": list(opts.member_urls),
         "command": command,
         "options": asdict(opts),
         "machine": dict(host) if host is not None else machine(),
@@ -183,8 +184,10 @@ def _fanout(opts: Options, parts: Sequence[PartResult], joined: int) -> dict[str
 
 def _flip(opts: Options, parts: Sequence[PartResult]) -> dict[str, Any]:
     sent = [t for p in parts for t in p.flip_sent_ns]
+    acked = [t for p in parts for t in p.flip_acked_ns]
     told = [times for p in parts for times in p.flip_told_ns]
     last: list[int] = []
+    first: list[int] = []
     every: list[int] = []
     incomplete = 0
     for k, t0 in enumerate(sent):
@@ -194,14 +197,20 @@ def _flip(opts: Options, parts: Sequence[PartResult]) -> dict[str, Any]:
             incomplete += 1
         if arrivals:
             last.append(max(arrivals))
+            first.append(min(arrivals))
+    write = sorted(a - t0 for t0, a in zip(sent, acked, strict=False))
     last.sort()
+    first.sort()
     every.sort()
     return {
+        "via": opts.via,
         "flips": len(sent),
         "flips_incomplete": incomplete,
         "told_per_flip": len(told),
         "last_told_ms": percentiles(last),
+        "first_told_ms": percentiles(first),
         "each_told_ms": percentiles(every),
+        "write_ms": percentiles(write),
         "cdf": _cdf(last),
     }
 
@@ -219,7 +228,9 @@ def _ms(stats: Mapping[str, float]) -> str:
 def format_text(result: Mapping[str, Any]) -> str:
     """The human summary printed at the end of a run."""
     r = result
-    lines = [f"rmeeting bench {r['scenario']} ({r['protocol']} protocol) against {r['url']}"]
+    urls = r.get("urls") or [r["url"]]
+    where = r["url"] if len(urls) < 2 else f"{len(urls)} instances ({', '.join(urls)})"
+    lines = [f"rmeeting bench {r['scenario']} ({r['protocol']} protocol) against {where}"]
     joined = f"{r['joined']} of {r['members']}"
     if r["join_errors"]:
         joined += "  failed: " + ", ".join(f"{n}× {why}" for why, n in r["join_errors"].items())
@@ -239,10 +250,17 @@ def format_text(result: Mapping[str, Any]) -> str:
                                f"({r['duration_s']:.2f} s, first send to last receipt)"))
         lines.append(_line("latency ms", _ms(r["latency_ms"])))
     if r["scenario"] == "flip":
+        via = {"member": "the host's connection", "api": "PATCH /v1/…/controls",
+               "etcd": "a put into etcd"}.get(r.get("via", "member"), r.get("via"))
         lines.append(_line("flips", f"{r['flips']} to {r['told_per_flip']} members, "
-                           f"{r['flips_incomplete']} incomplete"))
+                           f"{r['flips_incomplete']} incomplete; made by {via}"))
         lines.append(_line("last told ms", _ms(r["last_told_ms"])))
         lines.append(_line("each told ms", _ms(r["each_told_ms"])))
+        if r.get("first_told_ms"):
+            lines.append(_line("first told ms", _ms(r["first_told_ms"])))
+        if r.get("write_ms"):
+            lines.append(_line("write ms", _ms(r["write_ms"]) + "  (until the write was "
+                               "acknowledged)"))
     server = r.get("server") or {}
     if r["scenario"] == "idle" and server.get("rss_per_member_bytes") is not None:
         lines.append(_line("server memory", (
@@ -254,6 +272,11 @@ def format_text(result: Mapping[str, Any]) -> str:
         lines.append(_line("server CPU", f"{server['measured_cpu_s']:.2f} s in the measured "
                            f"{wall:.2f} s ({100 * server['measured_cpu_s'] / wall:.0f} % of a "
                            f"core), RSS {server.get('rss_kib_end', 0) / 1024:.1f} MiB"))
+    helpers = server.get("helpers") or {}
+    if wall and helpers:
+        lines.append(_line("helpers CPU", ", ".join(
+            f"{name} {100 * facts['measured_cpu_s'] / wall:.0f} %"
+            for name, facts in helpers.items() if facts.get("measured_cpu_s") is not None)))
     if r["measured_wall_s"]:
         lines.append(_line("client CPU", (
             f"{r['client_measured_cpu_s']:.2f} s in the measured {r['measured_wall_s']:.2f} s "

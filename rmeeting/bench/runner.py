@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, TextIO
@@ -23,7 +23,8 @@ from .client import Target, http_json
 from .protocol import Meeting, get_protocol
 from .scenarios import Options, PartResult, PartSpec, run_part
 
-__all__ = ["BenchError", "SpawnedServer", "run_bench", "server_stats"]
+__all__ = ["BenchCluster", "BenchError", "SpawnedServer", "bench_limits", "run_bench",
+           "server_stats", "servers_stats"]
 
 #: how long the idle scenario lets the server settle before reading its memory
 IDLE_SETTLE = 1.0
@@ -31,6 +32,15 @@ IDLE_SETTLE = 1.0
 
 class BenchError(Exception):
     pass
+
+
+def servers_stats(pids: Sequence[int]) -> dict[str, float]:
+    """:func:`server_stats` of several processes, added up (the instances of a cluster)."""
+    out: dict[str, float] = {}
+    for pid in pids:
+        for key, value in server_stats(pid).items():
+            out[key] = out.get(key, 0) + value
+    return out
 
 
 def server_stats(pid: int) -> dict[str, float]:
@@ -49,20 +59,24 @@ def server_stats(pid: int) -> dict[str, float]:
     return out
 
 
-class SpawnedServer:
-    """``python -m rmeeting serve --bind 127.0.0.1:0`` for the length of a run.
+def bench_limits(members: int) -> dict[str, str]:
+    """The server's limits that would refuse the bench's load (20 chat messages/s per member,
+    1000 members per meeting), raised; those the environment already sets are left alone."""
+    defaults = {
+        "RMEETING_CHAT_RATE": "1000000",
+        "RMEETING_CHAT_BURST": "1000000",
+        "RMEETING_MAX_MEMBERS": str(max(1000, members + 16)),
+        "RMEETING_MAX_MEETINGS": str(max(10000, members + 16)),
+    }
+    return {k: v for k, v in defaults.items() if k not in os.environ}
 
-    The bench's own limits would refuse its load (20 chat messages/s per member, 1000 members
-    per meeting), so they are raised unless the environment already sets them."""
+
+class SpawnedServer:
+    """``python -m rmeeting serve --bind 127.0.0.1:0`` for the length of a run, with
+    :func:`bench_limits`."""
 
     def __init__(self, members: int) -> None:
-        self.defaults = {
-            "RMEETING_CHAT_RATE": "1000000",
-            "RMEETING_CHAT_BURST": "1000000",
-            "RMEETING_MAX_MEMBERS": str(max(1000, members + 16)),
-            "RMEETING_MAX_MEETINGS": str(max(10000, members + 16)),
-        }
-        self.env = {k: v for k, v in self.defaults.items() if k not in os.environ}
+        self.env = bench_limits(members)
         self.argv = [sys.executable, "-m", "rmeeting", "serve", "--bind", "127.0.0.1:0"]
         self.log = tempfile.NamedTemporaryFile(
             prefix="rmeeting-bench-server-", suffix=".log", delete=False)
@@ -116,6 +130,72 @@ class SpawnedServer:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.log.close()
+
+
+def _child_pid(server: object) -> int | None:
+    """The pid of a launcher child (etcd, Redis and nginx keep their Popen to themselves)."""
+    for attr in ("_process", "_proc"):
+        proc = getattr(server, attr, None)
+        if isinstance(proc, subprocess.Popen) and proc.poll() is None:
+            return proc.pid
+    return None
+
+
+class BenchCluster:
+    """A :class:`~rmeeting.cluster.launcher.LocalCluster` of ``size`` instances (etcd, Redis,
+    nginx) for the length of a run, with :func:`bench_limits` in every instance's environment.
+
+    The members connect to the instances' own URLs, round-robin (member 0, the fanout sender,
+    on the first), or all through nginx with ``through_nginx``."""
+
+    def __init__(self, size: int, members: int, *, through_nginx: bool = False) -> None:
+        self.size = size
+        self.env = bench_limits(members)
+        self.through_nginx = through_nginx
+        self.cluster: Any = None
+
+    def start(self) -> None:
+        from ..cluster.launcher import LocalCluster
+
+        try:
+            self.cluster = LocalCluster(self.size, env=self.env).start()
+        except (RuntimeError, OSError) as exc:
+            raise BenchError(f"the local cluster did not start: {exc}") from exc
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        if self.through_nginx:
+            return (str(self.cluster.url),)
+        return tuple(str(i.url) for i in self.cluster.instances)
+
+    @property
+    def etcd(self) -> str:
+        return str(self.cluster.etcd.endpoint)
+
+    @property
+    def pids(self) -> list[int]:
+        return [int(i.pid) for i in self.cluster.instances if i.pid]
+
+    @property
+    def helpers(self) -> dict[str, int]:
+        out = {}
+        for name in ("etcd", "redis", "nginx"):
+            pid = _child_pid(getattr(self.cluster, name))
+            if pid:
+                out[name] = pid
+        return out
+
+    def facts(self) -> dict[str, Any]:
+        c = self.cluster
+        return {"instances": [{"name": i.name, "url": i.url, "pid": i.pid} for i in c.instances],
+                "nginx": c.url, "through_nginx": self.through_nginx,
+                "etcd": c.etcd.endpoint, "redis": c.redis.url,
+                "env": " ".join(f"{k}={v}" for k, v in self.env.items())}
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
 
 
 @dataclass
@@ -265,28 +345,39 @@ def split(opts: Options, meetings: tuple[Meeting, ...]) -> list[PartSpec]:
 
 async def run_bench(
     opts: Options, *, server_pid: int | None = None, progress: TextIO | None = None,
+    server_pids: Sequence[int] = (), helper_pids: Mapping[str, int] | None = None,
 ) -> tuple[list[PartResult], dict[str, Any]]:
-    """Create the meetings, run the parts, read the server; (parts' results, server facts)."""
+    """Create the meetings, run the parts, read the server; (parts' results, server facts).
+
+    The server's memory and CPU are those of ``server_pid`` and ``server_pids`` added up (the
+    instances of a cluster); ``helper_pids`` (etcd, Redis, nginx, …) are reported one by one."""
     target = await Target.resolve(opts.url)
     protocol = get_protocol(opts.protocol)
+    if opts.scenario == "flip" and opts.via == "member" and not protocol.controls:
+        raise BenchError(f"the {protocol.name} protocol has no controls to flip")
     meetings = []
     for n in range(opts.meetings):
         method, path, body = protocol.create_request(f"bench {opts.scenario} {n}")
         status, answer = await http_json(target, method, path, body)
-        if status != 200 or not isinstance(answer, dict):
+        if status not in (200, 201) or not isinstance(answer, dict):
             raise BenchError(f"{method} {path} answered {status}: {answer}")
         meetings.append(protocol.created(answer))
-    server: dict[str, Any] = {"pid": server_pid}
-    before = server_stats(server_pid) if server_pid else {}
+    pids = ([server_pid] if server_pid else []) + [p for p in server_pids if p != server_pid]
+    helpers = dict(helper_pids or {})
+    server: dict[str, Any] = {"pid": server_pid if len(pids) <= 1 else pids}
+    before = servers_stats(pids) if pids else {}
+    helpers_before = {name: server_stats(pid) for name, pid in helpers.items()}
     marks: dict[str, tuple[float, dict[str, float]]] = {}
+    helper_marks: dict[str, dict[str, dict[str, float]]] = {}
 
     async def on_barrier(name: str) -> None:
-        if not server_pid:
+        if not pids:
             return
         if name == "joined" and opts.scenario == "idle":
             await trio.sleep(IDLE_SETTLE)
         if name in ("start", "joined", "settled", "done"):
-            marks[name] = (time.monotonic(), server_stats(server_pid))
+            marks[name] = (time.monotonic(), servers_stats(pids))
+            helper_marks[name] = {n: server_stats(pid) for n, pid in helpers.items()}
 
     specs = split(opts, tuple(meetings))
     coordinator = Coordinator(len(specs), on_barrier)
@@ -300,9 +391,32 @@ async def run_bench(
         nursery.cancel_scope.cancel()
     if progress is not None and progress.isatty():
         progress.write("\r\x1b[K")
-    if server_pid:
+    if pids:
         _server_facts(server, before, marks, opts, sum(p.joined for p in parts))
+    if helpers:
+        server["helpers"] = _helper_facts(helpers, helpers_before, helper_marks, opts)
     return parts, server
+
+
+def _helper_facts(
+    helpers: Mapping[str, int],
+    before: Mapping[str, Mapping[str, float]],
+    marks: Mapping[str, Mapping[str, Mapping[str, float]]],
+    opts: Options,
+) -> dict[str, dict[str, Any]]:
+    """Each helper process's CPU time in the measured phase and its RSS at the end."""
+    start = marks.get("start") or marks.get("settled") or marks.get("joined") or before
+    end = marks.get("joined") if opts.scenario == "idle" else marks.get("done")
+    out: dict[str, dict[str, Any]] = {}
+    for name, pid in helpers.items():
+        facts: dict[str, Any] = {"pid": pid}
+        first, last = start.get(name, {}), (end or {}).get(name, {})
+        if "cpu_s" in first and "cpu_s" in last:
+            facts["measured_cpu_s"] = round(last["cpu_s"] - first["cpu_s"], 3)
+        if "rss_kib" in last:
+            facts["rss_kib_end"] = last["rss_kib"]
+        out[name] = facts
+    return out
 
 
 def _server_facts(

@@ -3,27 +3,37 @@
 A run is split into ``procs`` parts (members ``first``..``stop`` each). Parts meet at named
 barriers (:class:`Sync`): "joined" before the measured phase starts, and one per control flip, so
 a part in another process starts sending only when every member everywhere is in. Member 0 (in
-part 0) is the fanout sender and the flip host. Every wait is bounded (``duration`` overall).
+part 0) is the fanout sender and the flip host; part 0 also makes the flips that do not come from
+the host's connection (``via`` ``api``: the v1 HTTP API; ``etcd``: a put straight into etcd).
+Member ``i`` connects to ``urls[i % len(urls)]`` (several instances of a cluster, round-robin).
+Every wait is bounded (``duration`` overall).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from array import array
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import trio
 
-from .client import HandshakeError, Member, Poller, Target, connect_ws
+from .client import OP_TEXT, HandshakeError, Member, Poller, Target, connect_ws, http_json
 from .protocol import Meeting, WireProtocol, chat_text, get_protocol
 from .report import analyse_sequence
 
-__all__ = ["SCENARIOS", "Options", "PartResult", "PartSpec", "Sync", "run_part"]
+__all__ = ["FLIP_VIA", "SCENARIOS", "FlipFailed", "Options", "PartResult", "PartSpec", "Sync",
+           "run_part"]
 
 SCENARIOS = ("fanout", "join", "idle", "flip")
+#: where a flip comes from: the host's own connection, the v1 HTTP API, or a put into etcd
+FLIP_VIA = ("member", "api", "etcd")
+#: the flag the flips toggle (the seed's isMute is ``not mic``)
+FLIP_FLAG = "mic"
 #: how long one member may take to be confirmed, and one flip to reach everyone
 JOIN_TIMEOUT = 10.0
 FLIP_TIMEOUT = 5.0
@@ -36,7 +46,10 @@ SETTLE_MAX = 20.0
 @dataclass(frozen=True)
 class Options:
     scenario: str
+    #: where meetings are created, the API is called and member 0 connects
     url: str = ""
+    #: where the members connect, round-robin by index (empty: all to ``url``)
+    urls: tuple[str, ...] = ()
     protocol: str = "seed"
     members: int = 100
     messages: int = 200
@@ -59,6 +72,15 @@ class Options:
     #: idle: how long to keep the members connected once joined (s)
     hold: float = 0.0
     use_epoll: bool = True
+    #: flip: where each change comes from (see FLIP_VIA)
+    via: str = "member"
+    #: flip --via etcd: the endpoint(s), comma-separated, and the server's key prefix
+    etcd: str = ""
+    etcd_prefix: str = "/rmeeting"
+
+    @property
+    def member_urls(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
 
     def room_of(self, index: int) -> int:
         return index // self.room_size if self.room_size else 0
@@ -98,6 +120,9 @@ class PartResult:
     last_recv_ns: int = 0
     refused: int = 0
     flip_sent_ns: list[int] = field(default_factory=list)
+    #: when each flip's write was acknowledged (etcd's put or the API answered; the host's frame
+    #: was in its socket)
+    flip_acked_ns: list[int] = field(default_factory=list)
     flip_told_ns: list[list[int]] = field(default_factory=list)
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
@@ -119,11 +144,16 @@ class Sync(Protocol):
 
 
 class _Part:
-    def __init__(self, spec: PartSpec, sync: Sync, target: Target) -> None:
+    def __init__(
+        self, spec: PartSpec, sync: Sync, target: Target, members_at: list[Target]
+    ) -> None:
         self.spec = spec
         self.opts = spec.options
         self.sync = sync
+        #: where the API is called
         self.target = target
+        #: member i connects to members_at[i % len(members_at)]
+        self.targets = members_at
         self.protocol: WireProtocol = get_protocol(self.opts.protocol)
         self.poller = Poller(self.protocol, use_epoll=self.opts.use_epoll)
         self.result = PartResult(spec.index, members=spec.stop - spec.first)
@@ -158,18 +188,21 @@ class _Part:
 
         async def one(index: int) -> None:
             async with limit:
-                host = self.opts.scenario == "flip" and index == 0
+                host = self.opts.scenario == "flip" and self.opts.via == "member" and index == 0
                 path = self.protocol.join_path(self.meeting_of(index), f"m{index}", host=host)
+                target = self.targets[index % len(self.targets)]
                 started = time.monotonic_ns()
                 try:
                     with trio.fail_after(JOIN_TIMEOUT):
-                        sock, leftover = await connect_ws(self.target, path)
+                        sock, leftover = await connect_ws(target, path)
                 except (OSError, HandshakeError, trio.TooSlowError) as exc:
                     result.join_errors[_reason(exc)] += 1
                     return
                 member = Member(index, sock)
                 member.t_start = started
                 self.members.append(member)
+                if self.protocol.hello:
+                    member.write_nowait(member.frame(OP_TEXT, self.protocol.hello))
                 self.poller.add(member, leftover)
                 with trio.move_on_after(JOIN_TIMEOUT):
                     await member.joined.wait()
@@ -302,34 +335,156 @@ async def _idle(part: _Part) -> None:
     await part.sync.barrier("done")
 
 
+class FlipFailed(OSError):
+    """A change could not be made: the run stops (the next one would not be a change)."""
+
+
+class _Flipper(Protocol):
+    async def flip(self, mute: bool) -> tuple[int, int] | None:
+        """Make one change (``mute``: the seed's isMute, so the flag ``mic`` is ``not mute``);
+        the monotonic ns taken just before it was written and when the write was acknowledged,
+        or None if there is no host to make it (it left). Raises :class:`FlipFailed` if the
+        server or etcd refused it."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class _HostFlipper:
+    """The host's own connection: the protocol's control frame."""
+
+    def __init__(self, part: _Part) -> None:
+        self.part = part
+        self.host = part.member(0)
+        self.meeting = part.meeting_of(0)
+
+    async def flip(self, mute: bool) -> tuple[int, int] | None:
+        host = self.host
+        if host is None or host.closed:
+            return None
+        sent = time.monotonic_ns()
+        await host.send(host.frame(OP_TEXT, self.part.protocol.control(self.meeting, mute)))
+        return sent, time.monotonic_ns()
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _ApiFlipper:
+    """``PATCH /v1/meetings/{id}/controls`` with the host key as Bearer, one connection each."""
+
+    def __init__(self, part: _Part) -> None:
+        self.part = part
+        self.meeting = part.meeting_of(0)
+
+    async def flip(self, mute: bool) -> tuple[int, int] | None:
+        meeting = self.meeting
+        sent = time.monotonic_ns()
+        try:
+            status, answer = await http_json(
+                self.part.target, "PATCH", f"/v1/meetings/{meeting.meeting_id}/controls",
+                {"controls": {FLIP_FLAG: not mute}}, timeout=FLIP_TIMEOUT,
+                headers={"Authorization": f"Bearer {meeting.host_key}"})
+        except OSError as exc:
+            status, answer = 0, str(exc)
+        acked = time.monotonic_ns()
+        if status != 200:
+            raise FlipFailed(f"PATCH controls answered {status}: {answer}"[:300])
+        return sent, acked
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _EtcdFlipper:
+    """A put of ``<prefix>/meetings/<id>/controls/mic`` = ``true|false`` with the etcd3 client
+    (synchronous gRPC), in a worker thread; the time is taken in that thread just before it."""
+
+    def __init__(self, part: _Part) -> None:
+        opts = part.opts
+        if not opts.etcd:
+            raise ValueError("flip --via etcd needs the etcd endpoint (--etcd or --cluster)")
+        self.part = part
+        self.key = (f"{opts.etcd_prefix.rstrip('/')}/meetings/{part.meeting_of(0).meeting_id}"
+                    f"/controls/{FLIP_FLAG}")
+        self.endpoint = opts.etcd.split(",")[0].strip()
+        self.client: Any = None
+        self.limiter = trio.CapacityLimiter(1)
+
+    def _connect(self) -> Any:
+        # etcd3 0.12's generated protobuf modules load only with the pure-Python runtime
+        os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+        import etcd3
+
+        parts = urlsplit(self.endpoint if "://" in self.endpoint else "http://" + self.endpoint)
+        if not parts.hostname:
+            raise ValueError(f"no host in the etcd endpoint {self.endpoint!r}")
+        client = etcd3.client(parts.hostname, parts.port or 2379, timeout=FLIP_TIMEOUT)
+        client.get(self.key)  # fails here, not at the first flip, if etcd is not there
+        return client
+
+    def _put(self, value: str) -> tuple[int, int]:
+        sent = time.monotonic_ns()
+        self.client.put(self.key, value)
+        return sent, time.monotonic_ns()
+
+    async def flip(self, mute: bool) -> tuple[int, int] | None:
+        try:
+            if self.client is None:
+                self.client = await trio.to_thread.run_sync(self._connect, limiter=self.limiter)
+            return await trio.to_thread.run_sync(
+                self._put, "false" if mute else "true", limiter=self.limiter)
+        except (ImportError, ValueError):
+            raise
+        except Exception as exc:  # grpc and etcd3 errors have no common base
+            raise FlipFailed(f"etcd put {self.key} at {self.endpoint}: "
+                             f"{type(exc).__name__}: {exc}"[:300]) from exc
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await trio.to_thread.run_sync(self.client.close, limiter=self.limiter)
+            self.client = None
+
+
+_FLIPPERS: dict[str, Callable[[_Part], _Flipper]] = {
+    "member": _HostFlipper, "api": _ApiFlipper, "etcd": _EtcdFlipper,
+}
+
+
 async def _flip(part: _Part) -> None:
     opts, result = part.opts, part.result
     await part.open_members()
     await part.sync.barrier("joined")
     await part.settle()
     part.phase, part.done = "flipping", 0
+    # part 0 makes the changes; the others only count what reaches their members
+    flipper = _FLIPPERS[opts.via](part) if part.spec.index == 0 else None
     part.mark()
     joined = part.joined
-    host = part.member(0)
-    meeting = part.meeting_of(0)
-    for flip in range(opts.flips):
-        told = trio.Event()
-        want = len(joined) * (flip + 1)
+    try:
+        for flip in range(opts.flips):
+            told = trio.Event()
+            want = len(joined) * (flip + 1)
 
-        def counted(told: trio.Event = told, want: int = want) -> None:
-            if part.poller.controls >= want:
-                told.set()
+            def counted(told: trio.Event = told, want: int = want) -> None:
+                if part.poller.controls >= want:
+                    told.set()
 
-        part.poller.on_control = counted
-        counted()
-        if host is not None and not host.closed:
-            result.flip_sent_ns.append(time.monotonic_ns())
-            await host.send(host.frame(0x1, part.protocol.control(meeting, flip % 2 == 0)))
-        with trio.move_on_after(FLIP_TIMEOUT):
-            await told.wait()
-        await part.sync.barrier(f"flip {flip}")
-        part.done = flip + 1
-        await trio.sleep(opts.gap)
+            part.poller.on_control = counted
+            counted()
+            made = await flipper.flip(flip % 2 == 0) if flipper is not None else None
+            if made is not None:
+                result.flip_sent_ns.append(made[0])
+                result.flip_acked_ns.append(made[1])
+            with trio.move_on_after(FLIP_TIMEOUT):
+                await told.wait()
+            await part.sync.barrier(f"flip {flip}")
+            part.done = flip + 1
+            await trio.sleep(opts.gap)
+    finally:
+        if flipper is not None:
+            with trio.CancelScope(shield=True):
+                await flipper.aclose()
     part.mark()
     result.flip_told_ns = [m.controls for m in joined]
     await part.sync.barrier("done")
@@ -343,21 +498,26 @@ _RUN: dict[str, Callable[[_Part], Awaitable[None]]] = {
 async def run_part(spec: PartSpec, sync: Sync) -> PartResult:
     """Run one part of a scenario against ``spec.options.url``; bounded by ``duration``."""
     cpu_start = time.process_time()
-    part = _Part(spec, sync, await Target.resolve(spec.options.url))
-    with trio.move_on_after(spec.options.duration) as cap:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(part.poller.run)
+    targets = [await Target.resolve(url) for url in spec.options.member_urls]
+    part = _Part(spec, sync, await Target.resolve(spec.options.url), targets)
+    try:
+        with trio.move_on_after(spec.options.duration) as cap:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(part.poller.run)
 
-            async def report() -> None:
-                while True:
-                    sync.progress(part.phase, part.done)
-                    await trio.sleep(0.2)
+                async def report() -> None:
+                    while True:
+                        sync.progress(part.phase, part.done)
+                        await trio.sleep(0.2)
 
-            nursery.start_soon(report)
-            await _RUN[spec.options.scenario](part)
-            sync.progress(part.phase, part.done)
-            part.finish()
-            nursery.cancel_scope.cancel()
+                nursery.start_soon(report)
+                await _RUN[spec.options.scenario](part)
+                sync.progress(part.phase, part.done)
+                part.finish()
+                nursery.cancel_scope.cancel()
+    finally:  # a run that failed leaves no connection open
+        for member in part.members:
+            part.poller.close(member)
     if cap.cancelled_caught:
         part.result.timed_out = True
         part.finish()
