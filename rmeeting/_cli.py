@@ -45,6 +45,18 @@ def _parser() -> argparse.ArgumentParser:
         "throughput, losses and memory.",
     )
     add_bench_arguments(bench)
+    from .cluster.cli import add_arguments as add_cluster_arguments
+
+    cluster = sub.add_parser(
+        "cluster",
+        help="start etcd, Redis, N instances and nginx on this machine (no Docker needed)",
+        description="Start a local cluster on loopback: etcd, Redis (AOF), N rmeeting instances "
+        "and nginx in front of them; print their URLs; stop them all on Ctrl-C or SIGTERM.",
+    )
+    add_cluster_arguments(cluster)
+    from .ops import add_commands as add_ops_commands
+
+    add_ops_commands(sub)  # meetings, controls, attendance, chat (docs/operations.md)
     return parser
 
 
@@ -56,6 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bench import run_from_args
 
         return run_from_args(args, sys.argv[1:] if argv is None else list(argv))
+    if args.command == "cluster":
+        from .cluster.cli import run_from_args as run_cluster
+
+        return run_cluster(args)
+    if getattr(args, "ops", None) is not None:
+        from .ops import run as run_ops
+
+        return run_ops(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

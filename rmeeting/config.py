@@ -17,6 +17,9 @@ from typing import Any
 __all__ = ["Config", "ConfigError", "load_config"]
 
 ENV_PREFIX = "RMEETING_"
+#: read by the operator CLI (``rmeeting meetings ...``), not settings of a server: skipped here so
+#: a shell set up for the CLI can still run ``rmeeting serve``
+CLIENT_ENV = frozenset({"RMEETING_URL", "RMEETING_HOST_KEY"})
 
 
 class ConfigError(ValueError):
@@ -35,6 +38,9 @@ class Config:
     redis_prefix: str = "rmeeting"
     #: this instance's id in the cluster (default: a random one)
     instance_id: str = ""
+    #: seconds the instance's liveness lease in etcd outlives it: after a crash, the others
+    #: clean up its members within about this plus a second (cluster mode)
+    instance_ttl: float = 5.0
     shards: int = 8
     #: largest WebSocket message accepted, in bytes (larger: close 1009)
     max_frame_bytes: int = 65536
@@ -55,6 +61,8 @@ class Config:
     welcome_history: int = 50
     #: seconds members get to go when the server stops
     shutdown_grace: float = 5.0
+    #: bearer token for operator routes (``GET /v1/meetings``); empty turns them off
+    admin_token: str = field(default="", repr=False)
     #: "auto" (JSON when stderr is not a terminal), "json" or "text"
     log_format: str = "auto"
     log_level: str = "info"
@@ -81,6 +89,8 @@ class Config:
         for name in ("chat_rate", "ping_interval", "ping_timeout", "shutdown_grace"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.instance_ttl < 1:
+            raise ConfigError("instance_ttl must be at least 1 (etcd leases count seconds)")
         if self.log_format not in ("auto", "json", "text"):
             raise ConfigError("log_format must be auto, json or text")
         if self.welcome_history < 0 or self.welcome_history > self.history_limit:
@@ -142,7 +152,7 @@ def load_config(
     from_env = {
         k[len(ENV_PREFIX):].lower(): v
         for k, v in env.items()
-        if k.startswith(ENV_PREFIX) and k != ENV_PREFIX + "CONFIG"
+        if k.startswith(ENV_PREFIX) and k != ENV_PREFIX + "CONFIG" and k not in CLIENT_ENV
     }
     _apply(values, from_env, "the environment (RMEETING_*)")
     _apply(values, {k: v for k, v in (overrides or {}).items() if v is not None}, "flags")

@@ -16,6 +16,7 @@ the intake of new events, never drops one.
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import trio
 
 from .controls import Controls
-from .stores.base import BusEvent, ControlsChanged, MeetingEnded
+from .stores.base import BusEvent, ControlsChanged, MeetingEnded, MemberRecord
 from .transport.websocket import text_frame
 from .wire import seed, v1
 
@@ -68,15 +69,26 @@ class Subscriber:
     #: set when the server ended this presence (leave via API, kick, replaced, meeting ended),
     #: so the session does not record a second leave for it
     evicted: bool = False
+    #: this presence as the member store has it (its ``joined_at`` tells it from a newer
+    #: presence of the same member); ``registered`` once the store has it, ``gone`` once the
+    #: session is over. The liveness code re-registers presences the store has lost.
+    record: MemberRecord | None = None
+    registered: bool = False
+    gone: bool = False
     _awaiting_join: bool = field(default=True, repr=False)
 
 
 class _Meeting:
-    __slots__ = ("by_protocol", "controls")
+    __slots__ = ("by_protocol", "controls", "last_seq", "since")
 
     def __init__(self, controls: Controls) -> None:
         self.by_protocol: dict[str, dict[str, Subscriber]] = {"seed": {}, "v1": {}}
         self.controls = controls
+        #: the last chat seq fanned out: chat at or below it is a copy (a relay catch-up after
+        #: an outage re-delivers from history) and is dropped
+        self.last_seq = 0
+        #: since when (epoch seconds) this instance has members of it
+        self.since = time.time()
 
     def __len__(self) -> int:
         return sum(len(m) for m in self.by_protocol.values())
@@ -96,6 +108,8 @@ class _Shard:
         self.meetings: dict[str, _Meeting] = {}
         self.send, self.receive = trio.open_memory_channel[tuple[str, Any, Any]](inbox_size)
         self.delivered = 0
+        #: called after a control change was fanned out (the propagation metric)
+        self.on_controls: Callable[[ControlsChanged], None] | None = None
 
     async def run(self) -> None:
         async for op, a, b in self.receive:
@@ -108,6 +122,10 @@ class _Shard:
                     self._detach(a)
                 elif op == "close_all":
                     self._close_all(a, b)
+                elif op == "seq":
+                    meeting = self.meetings.get(a)
+                    if meeting is not None:
+                        meeting.last_seq = b
             except Exception:  # one bad event must not take the shard (and its meetings) down
                 log.exception("shard %d failed on %s", self.index, op)
 
@@ -145,6 +163,10 @@ class _Shard:
                 return  # older than what members already have (a late duplicate)
             meeting.controls = event.controls
         seq = event.seq if isinstance(event, BusEvent) else 0
+        if seq:
+            if seq <= meeting.last_seq:
+                return
+            meeting.last_seq = seq
         for protocol, members in meeting.by_protocol.items():
             if not members:
                 continue
@@ -161,6 +183,8 @@ class _Shard:
             self._after_member_event(meeting, event)
         elif isinstance(event, MeetingEnded):
             self._close_meeting(meeting_id, meeting, CLOSE_MEETING_ENDED, "meeting ended")
+        elif self.on_controls is not None:
+            self.on_controls(event)
 
     def _after_member_event(self, meeting: _Meeting, event: BusEvent) -> None:
         sub = meeting.find(str(event.data.get("id", "")))
@@ -173,6 +197,10 @@ class _Shard:
                     text_frame(seed.room_state(meeting.controls, sub.user_uid))
                 )
         elif event.kind == "left" and "close" in event.data:
+            presence = event.data.get("joined_at")
+            if presence is not None and sub.record is not None and \
+                    sub.record.joined_at != presence:
+                return  # a newer presence of the member (it reconnected here): not this one
             code, reason = event.data["close"]
             sub.evicted = True
             sub.outlet.close_nowait(int(code), str(reason))
@@ -194,13 +222,26 @@ class _Shard:
 
 
 class Hub:
-    def __init__(self, shards: int = 8, *, inbox_size: int = 4096) -> None:
+    def __init__(
+        self,
+        shards: int = 8,
+        *,
+        inbox_size: int = 4096,
+        on_controls_delivered: Callable[[ControlsChanged], None] | None = None,
+    ) -> None:
         if shards < 1:
             raise ValueError("need at least one shard")
         self._shards = [_Shard(i, inbox_size, self._count) for i in range(shards)]
+        for shard in self._shards:
+            shard.on_controls = on_controls_delivered
+        #: times a producer found a shard's inbox full and had to wait
+        self.inbox_full = 0
         self._members = 0
         self._empty = trio.Event()
         self._empty.set()
+        #: every attached connection, from attach until detach, kept here in the caller's task
+        #: (not in a shard) so that it is current the moment attach returns
+        self._local: set[Subscriber] = set()
 
     def _count(self, delta: int) -> None:
         self._members += delta
@@ -223,21 +264,56 @@ class Hub:
                 nursery.start_soon(shard.run)
             task_status.started()
 
+    async def _put(self, shard: _Shard, item: tuple[str, Any, Any]) -> None:
+        """``shard.send.send(item)``, counting the times it has to wait."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            shard.send.send_nowait(item)
+        except trio.WouldBlock:
+            self.inbox_full += 1  # the inbox's overflow policy: wait (module docstring)
+            await shard.send.send(item)
+        else:
+            # what MemorySendChannel.send does after queueing: yield, but never cancel a sent item
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
     async def attach(self, sub: Subscriber, controls: Controls) -> None:
-        await self._shard(sub.meeting_id).send.send(("attach", sub, controls))
+        self._local.add(sub)
+        await self._put(self._shard(sub.meeting_id), ("attach", sub, controls))
 
     async def detach(self, sub: Subscriber) -> None:
-        await self._shard(sub.meeting_id).send.send(("detach", sub, None))
+        self._local.discard(sub)
+        await self._put(self._shard(sub.meeting_id), ("detach", sub, None))
 
     async def deliver(self, event: HubEvent) -> None:
-        await self._shard(event.meeting_id).send.send(("event", event.meeting_id, event))
+        await self._put(self._shard(event.meeting_id), ("event", event.meeting_id, event))
 
     async def close_all(self, code: int, reason: str) -> None:
         for shard in self._shards:
-            await shard.send.send(("close_all", code, reason))
+            await self._put(shard, ("close_all", code, reason))
+
+    async def set_last_seq(self, meeting_id: str, seq: int) -> None:
+        """Set the meeting's last delivered chat seq (in order with its events); only for a
+        chat log that restarted its numbering (a Redis that lost its data)."""
+        await self._put(self._shard(meeting_id), ("seq", meeting_id, seq))
 
     def has_meeting(self, meeting_id: str) -> bool:
         return meeting_id in self._shard(meeting_id).meetings
+
+    def subscribers(self) -> list[Subscriber]:
+        """This instance's attached connections, now."""
+        return list(self._local)
+
+    def meeting_ids(self) -> list[str]:
+        """The meetings this instance has members of, now."""
+        return sorted({sub.meeting_id for sub in self._local})
+
+    def chat_position(self, meeting_id: str) -> tuple[int, float]:
+        """(the last chat seq fanned out to the meeting's members here, 0 if none yet; since
+        when this instance has members of it)."""
+        meeting = self._shard(meeting_id).meetings.get(meeting_id)
+        if meeting is None:
+            return 0, time.time()
+        return meeting.last_seq, meeting.since
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -246,4 +322,5 @@ class Hub:
             "members": self._members,
             "deliveries": sum(s.delivered for s in self._shards),
             "queued": sum(s.send.statistics().current_buffer_used for s in self._shards),
+            "inbox_full": self.inbox_full,
         }

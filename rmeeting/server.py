@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -12,14 +12,16 @@ import trio
 
 from . import auth
 from .api.app import create_app, ws_router
+from .cluster.tasks import ClusterTasks
 from .config import Config
 from .hub import Hub
+from .instance_metrics import InstanceMetrics
 from .service import MeetingService
 from .stores.base import ChatLog, MeetingStore, MemberStore
 from .stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
 from .transport.frontdoor import FrontDoor, WsLimits
 from .transport.http_bridge import HttpBridge
-from .transport.websocket import CLOSE_GOING_AWAY
+from .transport.websocket import CLOSE_GOING_AWAY, CLOSE_RESTART
 
 __all__ = ["RunningServer", "open_stores", "serve_rmeeting"]
 
@@ -34,8 +36,11 @@ class Stores:
 
 
 @asynccontextmanager
-async def open_stores(config: Config) -> AsyncIterator[Stores]:
-    """Memory stores unless etcd / Redis addresses are configured; closed on exit."""
+async def open_stores(
+    config: Config, *, on_relay_state: Callable[[bool], None] | None = None
+) -> AsyncIterator[Stores]:
+    """Memory stores unless etcd / Redis addresses are configured; closed on exit.
+    ``on_relay_state``: told when the Redis chat relay goes down or comes back."""
     closers: list[Any] = []
     meetings: MeetingStore = MemoryMeetingStore()
     members: MemberStore = MemoryMemberStore()
@@ -53,7 +58,8 @@ async def open_stores(config: Config) -> AsyncIterator[Stores]:
             redis_members = RedisMemberStore(config.redis, prefix=config.redis_prefix)
             closers.append(redis_members)
             redis_chat = RedisChatLog(
-                config.redis, prefix=config.redis_prefix, history_limit=config.history_limit
+                config.redis, prefix=config.redis_prefix, history_limit=config.history_limit,
+                on_relay_state=on_relay_state,
             )
             closers.append(redis_chat)
             members, chat = redis_members, redis_chat
@@ -88,12 +94,17 @@ async def serve_rmeeting(
     shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until ``shutdown`` is set (or this task is cancelled), then drain: members get a
-    1001 close and ``shutdown_grace`` seconds to go, and their leaves are recorded."""
+    """Serve until ``shutdown`` is set (or this task is cancelled), then drain: no more joins
+    (``/readyz`` answers 503), members are closed and get ``shutdown_grace`` seconds to go, and
+    their leaves are recorded. The close code says where to go: 1012 (service restart) in
+    cluster mode, where another instance takes them in; 1001 (going away) when embedded."""
     shutdown = trio.Event() if shutdown is None else shutdown
     instance_id = config.instance_id or auth.new_id()
-    async with open_stores(config) as stores, trio.open_nursery() as nursery:
-        hub = Hub(config.shards)
+    cluster = ClusterTasks(config)  # liveness, relay outages: only what the config calls for
+    async with open_stores(config, on_relay_state=cluster.on_relay_state) as stores, \
+            trio.open_nursery() as nursery:
+        metrics = InstanceMetrics()
+        hub = Hub(config.shards, on_controls_delivered=metrics.on_controls_delivered)
         service = MeetingService(
             config,
             meetings=stores.meetings,
@@ -101,6 +112,7 @@ async def serve_rmeeting(
             chat=stores.chat,
             hub=hub,
             instance_id=instance_id,
+            metrics=metrics,
         )
 
         async def ready() -> bool:
@@ -122,24 +134,39 @@ async def serve_rmeeting(
             ping_timeout=config.ping_timeout,
         )
         front = FrontDoor(bridge, ws_router(service, v1_session), limits)
+        metrics.bind(instance_id=instance_id, cluster=config.cluster, hub=hub,
+                     meetings=stores.meetings, chat=stores.chat, service=service,
+                     tcp_connections=lambda: front.connections)
         await nursery.start(hub.serve)
         await nursery.start(stores.meetings.serve_events, service.on_meeting_event)
-        await nursery.start(stores.chat.serve, service.on_bus_event)
+        on_bus_event = await cluster.start(nursery, service)
+        await nursery.start(stores.chat.serve, on_bus_event)
         await nursery.start(bridge.serve)
         host, port = config.host_port
         bound_host, bound_port = await nursery.start(front.serve, host, port)
         running = RunningServer(bound_host, bound_port, instance_id, service, hub, shutdown)
         log.info("listening", extra={"url": running.url, "instance": instance_id})
+        cluster.announce(running.url)
         task_status.started(running)
         try:
             await shutdown.wait()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(config.shutdown_grace):
-                await _drain(service, hub)
+            with trio.CancelScope(shield=True), \
+                    trio.move_on_after(config.shutdown_grace) as grace:
+                await _drain(service, hub, cluster=config.cluster)
+            if grace.cancelled_caught:
+                log.warning("shutdown_grace passed: %d member(s) cut off",
+                            hub.statistics()["members"])
             nursery.cancel_scope.cancel()
 
 
-async def _drain(service: MeetingService, hub: Hub) -> None:
-    service.accepting = False
-    await hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+async def _drain(service: MeetingService, hub: Hub, *, cluster: bool) -> None:
+    service.accepting = False  # joins are refused (1012 "draining") and /readyz says 503
+    code = CLOSE_RESTART if cluster else CLOSE_GOING_AWAY
+    log.info("draining", extra={"members": hub.statistics()["members"], "close_code": code})
+    if cluster:
+        await hub.close_all(CLOSE_RESTART, "instance restarting: reconnect")
+    else:
+        await hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
     await hub.wait_empty()
+    log.info("drained")

@@ -20,7 +20,8 @@ import trio
 from . import auth
 from .config import Config
 from .controls import Controls, validate_changes
-from .hub import CLOSE_KICKED, CLOSE_LEFT, Hub, Subscriber
+from .hub import CLOSE_KICKED, CLOSE_LEFT, CLOSE_REPLACED, Hub, Subscriber
+from .instance_metrics import InstanceMetrics
 from .stores.base import (
     AttendanceRecord,
     AuditEntry,
@@ -105,6 +106,7 @@ class MeetingService:
         chat: ChatLog,
         hub: Hub,
         instance_id: str,
+        metrics: InstanceMetrics | None = None,
     ) -> None:
         self.config = config
         self.meetings = meetings
@@ -113,13 +115,16 @@ class MeetingService:
         self.hub = hub
         self.instance_id = instance_id
         self.accepting = True
+        self.metrics = metrics or InstanceMetrics()
 
     # --- events from the stores, to the hub ---------------------------------------------
 
     async def on_meeting_event(self, event: MeetingEvent) -> None:
+        self.metrics.on_meeting_event(event)
         await self.hub.deliver(event)
 
     async def on_bus_event(self, event: BusEvent) -> None:
+        self.metrics.on_bus_event(event)
         await self.hub.deliver(event)
 
     # --- meetings -----------------------------------------------------------------------
@@ -269,15 +274,20 @@ class MeetingService:
         )
         if await self.members.is_banned(meeting_id, record.member_id):
             raise Denied("kicked", "you were removed from this meeting")
-        sub = Subscriber(meeting_id, record.member_id, protocol, outlet, user_uid=user_uid)
+        sub = Subscriber(meeting_id, record.member_id, protocol, outlet, user_uid=user_uid,
+                         record=record)
         # listen before announcing: the member must see its own join and all that follows
         await self.chat.subscribe(meeting_id)
         await self.hub.attach(sub, controls)
         try:
             previous = await self.members.get(meeting_id, record.member_id)
             if previous is not None:
-                await self._announce_left(previous, "replaced", close=None)
+                # the instance holding the old socket (maybe this one) closes it
+                await self._announce_left(
+                    previous, "replaced", close=(CLOSE_REPLACED, "replaced by a newer connection")
+                )
             await self.members.join(record, max_members=self.config.max_members)
+            sub.registered = True
             await self.chat.publish(meeting_id, "joined", record.public())
         except MeetingFull as exc:
             await self._unlisten(sub)
@@ -294,10 +304,15 @@ class MeetingService:
 
     async def disconnected(self, joined: Joined, reason: str) -> None:
         """The member's connection is over: leave (once), stop listening for it."""
+        self.metrics.on_disconnected(reason)
+        joined.sub.gone = True
+        presence = joined.sub.record or joined.record
         with trio.CancelScope(shield=True):
             try:
                 if not joined.sub.evicted:
-                    await self.leave(joined.record.meeting_id, joined.record.member_id, reason)
+                    # only this presence: the member may already be back, here or elsewhere
+                    await self.leave(joined.record.meeting_id, joined.record.member_id, reason,
+                                     instance_id=self.instance_id, joined_at=presence.joined_at)
             except Exception:
                 log.exception("leave failed", extra={"meeting": joined.record.meeting_id})
             finally:
@@ -310,8 +325,12 @@ class MeetingService:
         reason: str,
         *,
         close: tuple[int, str] | None = None,
+        instance_id: str | None = None,
+        joined_at: float | None = None,
     ) -> MemberRecord | None:
-        record = await self.members.leave(meeting_id, member_id, reason=reason)
+        record = await self.members.leave(
+            meeting_id, member_id, reason=reason, instance_id=instance_id, joined_at=joined_at
+        )
         if record is not None:
             await self._announce_left(record, reason, close=close)
         return record
@@ -319,8 +338,10 @@ class MeetingService:
     async def _announce_left(
         self, record: MemberRecord, reason: str, *, close: tuple[int, str] | None
     ) -> None:
+        # joined_at names the presence, so that a newer one of the member is not closed
         data: dict[str, Any] = {"id": record.member_id, "name": record.name,
-                                "role": record.role, "reason": reason}
+                                "role": record.role, "reason": reason,
+                                "joined_at": record.joined_at}
         if close is not None:
             data["close"] = list(close)
         await self.chat.publish(record.meeting_id, "left", data)
@@ -391,11 +412,13 @@ class MeetingService:
             raise Denied("rate_limited", "too many messages; slow down")
         current = await self.members.get(record.meeting_id, record.member_id)
         name = current.name if current is not None else record.name
-        return await self.chat.publish(
+        event = await self.chat.publish(
             record.meeting_id,
             "chat",
             {"id": record.member_id, "name": name, "role": record.role, "text": text},
         )
+        self.metrics.chat_in.inc()
+        return event
 
     async def update_member(
         self, joined: Joined, changes: Mapping[str, Any]
@@ -425,6 +448,8 @@ class MeetingService:
         if updated is None:
             raise Denied("not_member", "you are not in this meeting")
         joined.record = replace(record, name=updated.name)
+        if joined.sub.record is not None and joined.sub.record.joined_at == updated.joined_at:
+            joined.sub.record = updated  # still this presence (not a newer one elsewhere)
         await self.chat.publish(
             record.meeting_id, "updated", {**updated.public(), "changes": clean}
         )

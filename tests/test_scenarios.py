@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,15 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         instance.stop(timeout=10)
 
 
+@asynccontextmanager
+async def seed_in(url: str, meeting: str, name: str, uid: str | None = None) -> AsyncIterator[Any]:
+    """A seed member that has joined: its room state came, so it hears whoever joins next (the
+    WebSocket handshake alone does not mean the join is done)."""
+    async with open_seed(url, meeting, name, uid) as ws:
+        await recv_until(ws, lambda m: "user_uid" in m)
+        yield ws
+
+
 async def _meeting(api: Api) -> tuple[str, str]:
     created = await api.create_seed_meeting(meeting_name="scenario")
     return created["meetingUid"], created["userUid"]
@@ -75,8 +85,8 @@ async def test_joins_and_one_chat_order_across_instances(target: Target) -> None
         mid, _host = await _meeting(api)
     names = ["m1", "m2", "m3", "m4"]
     with trio.fail_after(30):
-        async with open_seed(target.url, mid, "m1") as m1, open_seed(target.url, mid, "m2") as m2, \
-                open_seed(target.url, mid, "m3") as m3, open_seed(target.url, mid, "m4") as m4, \
+        async with seed_in(target.url, mid, "m1") as m1, seed_in(target.url, mid, "m2") as m2, \
+                seed_in(target.url, mid, "m3") as m3, seed_in(target.url, mid, "m4") as m4, \
                 open_v1(target.url, mid, name="v1") as v1:
             seeds = [m1, m2, m3, m4]
             for ws in seeds:
@@ -114,7 +124,7 @@ async def test_controls_flip_reaches_everyone(target: Target) -> None:
     async with Api(target.url) as api:
         mid, host = await _meeting(api)
         with trio.fail_after(20):
-            async with open_seed(target.url, mid, "a") as a, open_seed(target.url, mid, "b") as b, \
+            async with seed_in(target.url, mid, "a") as a, seed_in(target.url, mid, "b") as b, \
                     open_v1(target.url, mid, name="c") as c:
                 for ws in (a, b):
                     await recv_until(ws, lambda m: m.get("name") == "c")
@@ -155,11 +165,10 @@ async def test_leave_kick_and_end(target: Target) -> None:
         mid, key = created["id"], created["host_key"]
         auth = {"Authorization": f"Bearer {key}"}
         with trio.fail_after(30):
-            async with open_seed(target.url, mid, "stay") as stay, \
-                    open_seed(target.url, mid, "leaver", "leaver-uid") as leaver, \
+            async with seed_in(target.url, mid, "stay") as stay, \
+                    seed_in(target.url, mid, "leaver", "leaver-uid"), \
                     open_v1(target.url, mid, name="kicked") as kicked:
                 await recv_until(stay, lambda m: m.get("name") == "kicked")
-                await recv_until(leaver, lambda m: "user_uid" in m)
                 # the leave may land on another instance than the leaver's socket
                 left = await api.request("PUT", "/LeaveMeeting", json={
                     "username": "leaver", "meetingUid": mid, "userUid": "leaver-uid"})

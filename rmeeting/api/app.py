@@ -7,6 +7,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from quart import Response
 from quart_trio import QuartTrio
 
 from ..service import Denied, MeetingService
@@ -27,6 +28,8 @@ DENIED_STATUS = {
     "member_not_found": 404,
     "unauthorized": 401,
     "not_host": 403,
+    "not_admin": 403,
+    "admin_disabled": 403,
     "kicked": 403,
     "locked": 423,
     "meeting_full": 429,
@@ -51,6 +54,11 @@ def create_app(service: MeetingService, *, ready: Callable[[], Awaitable[bool]])
         if await ready():
             return json_response({"status": "ready"})
         return json_response({"status": "not ready"}, 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        return Response(service.metrics.expose(),
+                        content_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.errorhandler(BadRequest)
     async def bad_request(exc: BadRequest) -> Any:
@@ -96,12 +104,22 @@ _V1_WS = re.compile(r"^/v1/meetings/([A-Za-z0-9_.-]{1,64})/ws$")
 def ws_router(
     service: MeetingService, v1: Callable[[MeetingService, Handshake], Awaitable[None]] | None
 ) -> Callable[[str], tuple[Handler, dict[str, str]] | None]:
+    metrics = service.metrics
+
     async def seed(hs: Handshake) -> None:
-        await seed_session(service, hs)
+        metrics.on_websocket("seed", +1)
+        try:
+            await seed_session(service, hs)
+        finally:
+            metrics.on_websocket("seed", -1)
 
     async def modern(hs: Handshake) -> None:
         assert v1 is not None
-        await v1(service, hs)
+        metrics.on_websocket("v1", +1)
+        try:
+            await v1(service, hs)
+        finally:
+            metrics.on_websocket("v1", -1)
 
     def route(path: str) -> tuple[Handler, dict[str, str]] | None:
         if path == "/AddMeeting":

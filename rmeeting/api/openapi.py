@@ -31,6 +31,7 @@ _ERROR = _json(_ref("Error"), "refused; `error` says why, `code` is stable")
 _MEETING_ID = {"name": "meeting_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _MEMBER_ID = {"name": "member_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _HOST: list[dict[str, list[str]]] = [{"hostKey": []}]
+_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -142,6 +143,16 @@ _PATHS: dict[str, Any] = {
         "get": {"summary": "This document", "responses": {"200": _json({}, "OpenAPI 3.1")}},
     },
     "/v1/meetings": {
+        "get": {
+            "summary": "Every meeting, oldest first (operators; needs the admin_token setting)",
+            "security": _ADMIN,
+            "responses": {"200": _json({"type": "object", "properties": {"meetings": {
+                "type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "members": {"type": "integer"}, "join_url": {"type": "string"}}}}}},
+                "the meetings"), **_errors(401, 403)},
+        },
         "post": {
             "summary": "Create a meeting",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -249,7 +260,11 @@ def openapi_document() -> dict[str, Any]:
         "paths": _PATHS,
         "components": {
             "schemas": _SCHEMAS,
-            "securitySchemes": {"hostKey": {"type": "http", "scheme": "bearer",
-                                            "description": "the meeting's host_key"}},
+            "securitySchemes": {
+                "hostKey": {"type": "http", "scheme": "bearer",
+                            "description": "the meeting's host_key"},
+                "adminToken": {"type": "http", "scheme": "bearer",
+                               "description": "the server's admin_token setting"},
+            },
         },
     }

@@ -155,7 +155,10 @@ async def _serve_frames(
             ws.send_text_nowait(seed.error(denied.message))
         except StoreUnavailable:
             # said plainly, so a message never vanishes without the sender knowing
-            ws.send_text_nowait(seed.error("chat is unavailable right now; not delivered"))
+            if isinstance(message, str) and message.startswith(seed.CONTROL_PREFIX):
+                ws.send_text_nowait(seed.error("the controls cannot be changed right now"))
+            else:
+                ws.send_text_nowait(seed.error("chat is unavailable right now; not delivered"))
 
 
 async def _control(service: MeetingService, joined: Joined, meeting_id: str, rest: str) -> None:

@@ -106,6 +106,17 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
             raise Denied("unauthorized", "host routes need Authorization: Bearer <host_key>")
         await service.require_host(meeting_id, key)
 
+    def require_admin() -> None:
+        token = service.config.admin_token
+        if not token:
+            raise Denied("admin_disabled", "this route needs the server's admin_token setting, "
+                         "which is not set")
+        given = auth.bearer(request.headers.get("Authorization"))
+        if given is None:
+            raise Denied("unauthorized", "admin routes need Authorization: Bearer <admin_token>")
+        if not auth.secret_matches(given, auth.hash_secret(token)):
+            raise Denied("not_admin", "that is not the admin token")
+
     def join_url(meeting_id: str) -> str:
         scheme = "wss" if request.scheme == "https" else "ws"
         return f"{scheme}://{request.host}/v1/meetings/{meeting_id}/ws"
@@ -133,6 +144,18 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
         }, 201)
         response.headers["Location"] = f"/v1/meetings/{meta.meeting_id}"
         return response
+
+    @bp.get("/meetings")
+    async def list_meetings() -> Any:
+        """Every meeting, oldest first (operators: ``rmeeting meetings list``)."""
+        require_admin()
+        listed = []
+        for meta in sorted(await service.meetings.list(), key=lambda m: m.created_at):
+            roster = await service.members.roster(meta.meeting_id)
+            listed.append({"id": meta.meeting_id, "name": meta.name,
+                           "created_at": iso(meta.created_at), "members": len(roster),
+                           "join_url": join_url(meta.meeting_id)})
+        return json_response({"meetings": listed})
 
     @bp.get("/meetings/<meeting_id>")
     async def get_meeting(meeting_id: str) -> Any:

@@ -1,1 +1,2 @@
-"""Running several instances as one: the local cluster launcher and its server processes."""
+"""Running several instances as one: liveness and the clean-up after lost instances, Redis
+outages, and the local cluster launcher with its server processes."""

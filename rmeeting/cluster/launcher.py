@@ -3,7 +3,8 @@
 ``rmeeting cluster`` runs one on loopback, prints its URLs and stops everything on Ctrl-C. The
 tests and the benchmarks use the same :class:`LocalCluster`, so what they measure is what an
 operator runs. Every process is a child of this one, on free ports, with its files in one
-temporary directory; :meth:`LocalCluster.stop` always ends them all.
+temporary directory; :meth:`LocalCluster.stop` always ends them all. Children run in sessions
+of their own, so a terminal's Ctrl-C reaches only the launcher, which stops them in order.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class Instance:
         env = {**os.environ, "RMEETING_LOG_FORMAT": "json", **self.env}
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env
+                command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env
             )
         assert self._proc.stdout is not None
         deadline = time.monotonic() + START_DEADLINE
@@ -159,7 +161,8 @@ http {{
             # as root nginx would switch its workers to "nobody"; keep them as this user
             command[-1] = "daemon off; user root;"
         with open(self.dir / "nginx-stderr.log", "ab") as log:
-            self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=log)
+            self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=log,
+                                          start_new_session=True)
         deadline = time.monotonic() + START_DEADLINE
         while True:
             if self._proc.poll() is not None:

@@ -139,6 +139,7 @@ class RedisServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + START_DEADLINE
         while time.monotonic() < deadline:
@@ -220,7 +221,8 @@ class EtcdServer:
         assert self._process is None, "already running"
         with open(self._log, "ab") as log:
             self._process = subprocess.Popen(
-                self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self._wait_healthy()
         self._started_once = True

@@ -212,10 +212,11 @@ class MeetingCache:
         if created or not changed:  # creation is not a change; an invalid value changes nothing
             return None, False
         if actor is not None:  # set_controls recorded it in the same transaction
-            expires = actor.get("expires_at")
+            expires, at = actor.get("expires_at"), actor.get("at")
             return ControlsChanged(
                 meeting_id, entry.controls(), changed, str(actor.get("actor", "operator")),
                 float(expires) if isinstance(expires, int | float) else None,
+                written_at=float(at) if isinstance(at, int | float) else None,
             ), False
         who = "timer" if timer else "operator"
         return ControlsChanged(meeting_id, entry.controls(), changed, who), True

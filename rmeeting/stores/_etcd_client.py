@@ -146,13 +146,31 @@ class Connection:
         response = await self._call("leasestub", "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl), None)
         return int(response.ID)
 
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh the lease once; its TTL from now, 0 if it no longer exists."""
+        request = rpc.LeaseKeepAliveRequest(ID=lease_id)
+        response = await self._call("leasestub", "LeaseKeepAlive", request, None, stream=True)
+        return int(response.TTL) if response is not None else 0
+
+    async def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
+        """Revoke the lease: etcd deletes every key attached to it at once."""
+        request = rpc.LeaseRevokeRequest(ID=lease_id)
+        try:
+            await self._call("leasestub", "LeaseRevoke", request, timeout)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # gone already: nothing to revoke
+                raise
+
     async def txn(self, compares: Sequence[Any], success: Sequence[Any],
                   failure: Sequence[Any] = ()) -> Any:
         request = rpc.TxnRequest(compare=compares, success=success, failure=failure)
         return await self.kv("Txn", request)
 
-    async def _call(self, stub: str, method: str, request: Any, timeout: float | None) -> Any:
+    async def _call(
+        self, stub: str, method: str, request: Any, timeout: float | None, *, stream: bool = False
+    ) -> Any:
         """One call, retried on "no etcd" until ``timeout`` (default: the store's) runs out.
+        ``stream``: a bidi-streaming method, sent ``request`` alone; its first answer (or None).
 
         Retrying writes is safe here because every write of the store is a transaction whose
         compare fails if an earlier attempt already landed, and the store recognises its own
@@ -166,9 +184,10 @@ class Connection:
             # With several endpoints, leave time for another one after a dead one.
             attempt = remaining if len(self._clients) == 1 else max(remaining / 2, 0.05)
             fn = getattr(getattr(self._clients[self._current], stub), method)
+            once = partial(_first_answer, fn) if stream else fn
             try:
                 response = await trio.to_thread.run_sync(
-                    partial(fn, request, timeout=attempt), abandon_on_cancel=True
+                    partial(once, request, timeout=attempt), abandon_on_cancel=True
                 )
             except grpc.RpcError as exc:
                 if exc.code() not in _RETRYABLE:
@@ -182,6 +201,17 @@ class Connection:
             return response
         detail = last.details() if last is not None else "no time left"
         raise StoreUnavailable(f"etcd did not answer {method} within {budget}s: {detail}")
+
+
+def _first_answer(fn: Any, request: Any, *, timeout: float) -> Any:
+    """A bidi stream used as one call (LeaseKeepAlive): send one request, half-close, read the
+    first response; ``timeout`` bounds the whole stream, so a silent etcd cannot hold the
+    thread."""
+    responses = fn(iter((request,)), timeout=timeout)
+    try:
+        return next(iter(responses), None)
+    finally:
+        responses.cancel()
 
 
 # --- the watch stream ------------------------------------------------------------------------

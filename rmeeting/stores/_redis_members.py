@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -56,11 +57,16 @@ redis.call('HSET', KEYS[2], ARGV[1], (n - 1) .. ' ' .. ARGV[7])
 return {1, old, old_open}
 """
 
-# ARGV: member, now, reason (JSON). HGET and HDEL in one script: one caller gets the record.
-# Returns false, or {record, open value or false}.
+# ARGV: member, now, reason (JSON), instance id or '', joined_at or ''. HGET and HDEL in one
+# script: one caller gets the record. Returns false, or {record, open value or false}.
+# joined_at compares as numbers: both sides are Python's shortest repr, parsed by strtod.
 _LEAVE = _CLOSE + """
 local record = redis.call('HGET', KEYS[1], ARGV[1])
 if not record then return false end
+if ARGV[4] ~= '' and cjson.decode(record)['instance_id'] ~= ARGV[4] then return false end
+if ARGV[5] ~= '' and cjson.decode(record)['joined_at'] ~= tonumber(ARGV[5]) then
+  return false
+end
 redis.call('HDEL', KEYS[1], ARGV[1])
 return {record, close(ARGV[1], record, ARGV[2], ARGV[3])}
 """
@@ -176,8 +182,17 @@ class RedisMemberStore:
         if not await call(work):
             raise MeetingFull(record.meeting_id)
 
-    async def leave(self, meeting_id: str, member_id: str, *, reason: str) -> MemberRecord | None:
-        args = [member_id, dumps(self._clock()), dumps(reason)]
+    async def leave(
+        self,
+        meeting_id: str,
+        member_id: str,
+        *,
+        reason: str,
+        instance_id: str | None = None,
+        joined_at: float | None = None,
+    ) -> MemberRecord | None:
+        args = [member_id, dumps(self._clock()), dumps(reason), instance_id or "",
+                "" if joined_at is None else dumps(joined_at)]
 
         def work() -> MemberRecord | None:
             result = self._leave(keys=self._keys.members(meeting_id), args=args)
@@ -256,6 +271,19 @@ class RedisMemberStore:
             if stale:
                 self._redis.srem(index, *stale)
             return sorted(found.values(), key=lambda r: (r.meeting_id, r.joined_at, r.member_id))
+
+        return await call(work)
+
+    async def instances(self) -> Sequence[str]:
+        """The instances with an index (an empty set is deleted by Redis, so an instance whose
+        members all left has none). SCAN walks the keyspace: call it rarely (liveness sweeps)."""
+        head = self._keys.instance("")
+
+        def work() -> list[str]:
+            pattern = re.sub(r"([*?\[\]\\])", r"\\\1", head) + "*"  # the prefix, literally
+            found = self._redis.scan_iter(match=pattern, count=1000)
+            return sorted({(k.decode() if isinstance(k, bytes) else k)[len(head):]
+                           for k in found})
 
         return await call(work)
 

@@ -85,6 +85,10 @@ class ControlsChanged:
     actor: str
     #: when the change returns to the default, for a timed change.
     expires_at: float | None = None
+    #: epoch seconds when the change was written, if the writer recorded it (API writes), and
+    #: when this instance's watch received it: for the propagation metrics, not part of equality
+    written_at: float | None = field(default=None, compare=False)
+    received_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -204,9 +208,21 @@ class MemberStore(Protocol):
         with reason ``replaced``)."""
         ...
 
-    async def leave(self, meeting_id: str, member_id: str, *, reason: str) -> MemberRecord | None:
+    async def leave(
+        self,
+        meeting_id: str,
+        member_id: str,
+        *,
+        reason: str,
+        instance_id: str | None = None,
+        joined_at: float | None = None,
+    ) -> MemberRecord | None:
         """Remove and close its attendance session. Exactly one caller gets the record back;
-        the rest get None, so a leave is announced once however many paths race to it."""
+        the rest get None, so a leave is announced once however many paths race to it.
+        With ``instance_id``, only a presence through that instance leaves: a member who
+        already reconnected elsewhere (a drain's 1012) is not ended by its old instance.
+        With ``joined_at`` (a ``MemberRecord.joined_at``, unique per presence), only that very
+        presence leaves: a newer one of the same member, on any instance, is left alone."""
         ...
 
     async def get(self, meeting_id: str, member_id: str) -> MemberRecord | None: ...
@@ -226,6 +242,11 @@ class MemberStore(Protocol):
     async def is_banned(self, meeting_id: str, member_id: str) -> bool: ...
 
     async def by_instance(self, instance_id: str) -> Sequence[MemberRecord]: ...
+
+    async def instances(self) -> Sequence[str]:
+        """Ids of the instances that may hold present members (a superset: ``by_instance``
+        decides). It finds the members of an instance that died while nobody was watching."""
+        ...
 
     async def clear_meeting(self, meeting_id: str, *, reason: str) -> Sequence[MemberRecord]:
         """Everyone leaves (meeting ended); returns who was present. The ledger is kept."""

@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import etcd3.etcdrpc as rpc
@@ -125,6 +126,7 @@ class EtcdMeetingStore:
         self._waiting: trio.CancelScope | None = None
         self._resume: trio.Event | None = None  # set while paused (test hook)
         self._closed = False
+        self._reconnects = 0
 
     @property
     def invalid_values(self) -> int:
@@ -135,6 +137,21 @@ class EtcdMeetingStore:
     def unknown_keys(self) -> int:
         """Keys of flags that do not exist, seen by this instance's watcher (logged, ignored)."""
         return self._cache.unknown_keys
+
+    @property
+    def watch_up(self) -> bool:
+        """True while the watch is established."""
+        return self._watch_ok
+
+    @property
+    def watch_revision(self) -> int:
+        """Every change up to this etcd revision has been handled."""
+        return self._watch_rev
+
+    @property
+    def watch_reconnects(self) -> int:
+        """Times the watch was re-opened after a failure or a compaction."""
+        return self._reconnects
 
     async def aclose(self) -> None:
         """Close the connections; a running :meth:`serve_events` returns."""
@@ -301,9 +318,10 @@ class EtcdMeetingStore:
             now = self._clock()
             ops = [put_op(keys.flag(meeting_id, f), flag_bytes(v), lease)
                    for f, v in changes.items()]
+            # "at" lets every instance time the change from its write to its fan-out
             ops.append(put_op(keys.actor(meeting_id), json.dumps({
                 "actor": actor, "ttl": ttl, "expires_at": now + ttl if ttl is not None else None,
-                "txn": token,
+                "txn": token, "at": now,
             }).encode()))
             ops += [put_op(keys.audit(meeting_id, f"{token}-{f}"), json.dumps({
                 "flag": f, "old": old[f], "new": new[f], "actor": actor, "at": now,
@@ -382,6 +400,8 @@ class EtcdMeetingStore:
                     await self._resume.wait()
                 outcome = await self._follow(handler, unstarted)
                 unstarted = None if self._watch_ok else unstarted
+                if outcome in ("compacted", "failed") and not self._closed:
+                    self._reconnects += 1
                 if outcome == "compacted":
                     await self._resync(handler)
                 elif outcome == "failed" and not self._closed:
@@ -450,6 +470,7 @@ class EtcdMeetingStore:
 
     async def _handle(self, batch: WatchEvents, handler: Handler) -> None:
         # Group by revision, then by meeting: one transaction is one change of one meeting.
+        received = self._clock()
         groups: dict[int, dict[str, list[Change]]] = {}
         for revision, change in batch.changes:
             meeting_id, _ = self._keys.split(change.key)
@@ -460,6 +481,8 @@ class EtcdMeetingStore:
                 if audit and isinstance(event, ControlsChanged):
                     await self._audit_observed((meeting_id, revision, dict(event.changed)),
                                                event.actor)
+                if isinstance(event, ControlsChanged):
+                    event = replace(event, received_at=received)
                 if event is not None:
                     await handler(event)
             self._watch_rev = revision
@@ -483,7 +506,10 @@ class EtcdMeetingStore:
             return
         for task in audits:
             await self._audit_observed(task, "operator")
+        received = self._clock()
         for event in events:
+            if isinstance(event, ControlsChanged):
+                event = replace(event, received_at=received)
             await handler(event)
 
 

@@ -132,7 +132,9 @@ class MemoryMeetingStore:
             for flag in changes:
                 self._timers[(meeting_id, flag)] = expiry
             await self._send.send(expiry)
-        await self._send.send(ControlsChanged(meeting_id, after, changed, actor, expires_at))
+        await self._send.send(
+            ControlsChanged(meeting_id, after, changed, actor, expires_at, written_at=now)
+        )
 
     async def _expire(self, expiry: _Expiry) -> None:
         await trio.sleep_until(expiry.deadline)
@@ -188,10 +190,22 @@ class MemoryMemberStore:
             )
         )
 
-    async def leave(self, meeting_id: str, member_id: str, *, reason: str) -> MemberRecord | None:
-        record = self._present.get(meeting_id, {}).pop(member_id, None)
-        if record is None:
+    async def leave(
+        self,
+        meeting_id: str,
+        member_id: str,
+        *,
+        reason: str,
+        instance_id: str | None = None,
+        joined_at: float | None = None,
+    ) -> MemberRecord | None:
+        present = self._present.get(meeting_id, {})
+        record = present.get(member_id)
+        if record is None or (instance_id is not None and record.instance_id != instance_id):
             return None
+        if joined_at is not None and record.joined_at != joined_at:
+            return None  # a newer presence of the same member: not this leave's to end
+        del present[member_id]
         self._close_session(record, reason)
         return record
 
@@ -235,6 +249,10 @@ class MemoryMemberStore:
             r for members in self._present.values() for r in members.values()
             if r.instance_id == instance_id
         ]
+
+    async def instances(self) -> Sequence[str]:
+        return sorted({r.instance_id for members in self._present.values()
+                       for r in members.values()})
 
     async def clear_meeting(self, meeting_id: str, *, reason: str) -> Sequence[MemberRecord]:
         present = self._present.pop(meeting_id, {})

@@ -19,6 +19,7 @@ __all__ = [
     "NOTICE_JOINED",
     "NOTICE_LEFT",
     "SEED_FLAGS",
+    "SERVER_NOTICES",
     "encode_event",
     "error",
     "room_state",
@@ -28,6 +29,12 @@ NOTICE_JOINED = "有成员加入会议室"
 NOTICE_LEFT = "有成员离开会议室"
 NOTICE_CHANGED = "会议室状态发送变更"
 NOTICE_ENDED = "会议已结束"
+#: a server notice (``notice`` events): code -> text; the frame also carries the code
+SERVER_NOTICES: Mapping[str, str] = {
+    "chat_unavailable": "聊天暂时不可用，消息不会送达",
+    "chat_available": "聊天已恢复",
+    "chat_gap": "部分聊天消息未能恢复",
+}
 #: a control frame starts with these four characters, then one digit, then a JSON object
 CONTROL_PREFIX = "特殊消息"
 
@@ -63,6 +70,9 @@ def encode_event(event: BusEvent | ControlsChanged | MeetingEnded) -> bytes | No
             return dumps({"notice": NOTICE_JOINED, "name": data["name"]})
         if event.kind == "left":
             return dumps({"notice": NOTICE_LEFT, "name": data["name"]})
+        if event.kind == "notice":
+            code = str(data["code"])
+            return dumps({"notice": SERVER_NOTICES.get(code, str(data["message"])), "code": code})
         return None
     if isinstance(event, ControlsChanged):
         out: dict[str, Any] = {"notice": NOTICE_CHANGED}

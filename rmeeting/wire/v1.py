@@ -93,6 +93,8 @@ def encode_event(event: BusEvent | ControlsChanged | MeetingEnded) -> bytes | No
         data = event.data
         if event.kind == "chat":
             return dumps(chat(event))
+        if event.kind == "notice":  # from this instance, not a member: {code, message, ...}
+            return dumps({"type": "notice", **data, "ts": event.ts})
         kind = _KINDS.get(event.kind)
         if kind is None:
             return None

@@ -112,3 +112,51 @@ async def test_by_instance_and_clear(member_store: Any) -> None:
     assert {m.member_id for m in cleared} == {a.member_id, b.member_id}
     assert await member_store.roster(meeting) == []
     assert {e.reason for e in await member_store.attendance(meeting)} == {"ended"}
+
+
+async def test_leave_by_an_instance_the_member_moved_from(member_store: Any) -> None:
+    """A member drained off i1 reconnects through i2 before i1 records its leave: i1's late
+    leave must not end the presence on i2 (the rolling restart relies on it)."""
+    meeting = uuid.uuid4().hex
+    on_i1 = _member(meeting, instance="i1")
+    await member_store.join(on_i1, max_members=10)
+    on_i2 = MemberRecord(meeting, on_i1.member_id, on_i1.name, "member", "i2", time.time(),
+                         on_i1.key_hash)
+    await member_store.join(on_i2, max_members=10)  # replaces the presence through i1
+    assert await member_store.leave(meeting, on_i1.member_id, reason="server shutdown",
+                                    instance_id="i1") is None
+    assert await member_store.get(meeting, on_i1.member_id) == on_i2
+    sessions = await member_store.attendance(meeting)
+    assert [(s.reason, s.left_at is None) for s in sessions] == [("replaced", False), (None, True)]
+    left = await member_store.leave(meeting, on_i1.member_id, reason="closed", instance_id="i2")
+    assert left == on_i2 and await member_store.roster(meeting) == []
+
+
+async def test_leave_of_one_presence_keeps_a_newer_one(member_store: Any) -> None:
+    """A member reconnects (a newer presence, even through the same instance); the old socket's
+    leave names its own presence by joined_at and must not end the new one."""
+    meeting = uuid.uuid4().hex
+    old = _member(meeting)
+    await member_store.join(old, max_members=10)
+    new = MemberRecord(meeting, old.member_id, old.name, "member", old.instance_id,
+                       old.joined_at + 0.000123, old.key_hash)
+    await member_store.join(new, max_members=10)
+    assert await member_store.leave(meeting, old.member_id, reason="closed",
+                                    joined_at=old.joined_at) is None
+    assert await member_store.get(meeting, old.member_id) == new
+    left = await member_store.leave(meeting, new.member_id, reason="closed",
+                                    joined_at=new.joined_at)
+    assert left == new and await member_store.roster(meeting) == []
+    assert [s.reason for s in await member_store.attendance(meeting)] == ["replaced", "closed"]
+
+
+async def test_instances_names_those_with_present_members(member_store: Any) -> None:
+    meeting = uuid.uuid4().hex
+    a = _member(meeting, instance="inst-a-" + meeting)
+    b = _member(meeting, instance="inst-b-" + meeting)
+    await member_store.join(a, max_members=10)
+    await member_store.join(b, max_members=10)
+    assert {a.instance_id, b.instance_id} <= set(await member_store.instances())
+    await member_store.leave(meeting, a.member_id, reason="closed")
+    assert a.instance_id not in await member_store.instances()
+    assert b.instance_id in await member_store.instances()
