@@ -296,6 +296,12 @@ class Hub:
         chat log that restarted its numbering (a Redis that lost its data)."""
         await self._put(self._shard(meeting_id), ("seq", meeting_id, seq))
 
+    def controls_of(self, meeting_id: str) -> Controls | None:
+        """The controls this instance's members of the meeting were last told (None if it has
+        none): what the chat check uses, so no store round trip is paid per message."""
+        meeting = self._shard(meeting_id).meetings.get(meeting_id)
+        return meeting.controls if meeting is not None else None
+
     def has_meeting(self, meeting_id: str) -> bool:
         return meeting_id in self._shard(meeting_id).meetings
 

@@ -405,17 +405,20 @@ class MeetingService:
         if len(text) > self.config.max_chat_chars:
             raise Denied("too_long", f"chat is limited to {self.config.max_chat_chars} characters")
         if record.role != "host":
-            controls = await self.meetings.controls(record.meeting_id)
+            # the hub's copy is what the members were last told, kept current by the store's
+            # event stream; a store read per message would cost a round trip in cluster mode
+            controls = self.hub.controls_of(record.meeting_id)
+            if controls is None:
+                controls = await self.meetings.controls(record.meeting_id)
             if not controls["chat"]:
                 raise Denied("chat_disabled", "the host has turned chat off")
         if not limiter.allow():
             raise Denied("rate_limited", "too many messages; slow down")
-        current = await self.members.get(record.meeting_id, record.member_id)
-        name = current.name if current is not None else record.name
+        # the sender's name: only its own session renames it, and keeps joined.record current
         event = await self.chat.publish(
             record.meeting_id,
             "chat",
-            {"id": record.member_id, "name": name, "role": record.role, "text": text},
+            {"id": record.member_id, "name": record.name, "role": record.role, "text": text},
         )
         self.metrics.chat_in.inc()
         return event
