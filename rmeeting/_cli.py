@@ -4,6 +4,7 @@ loads one."""
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -108,6 +109,11 @@ def _serve(args: argparse.Namespace) -> int:
                 nursery.cancel_scope.cancel()  # drained: stop waiting for signals
 
             running = await nursery.start(server)
+            # Start-up objects live for the whole run: keep them out of every collection.
+            # With many members the allocation rate is high and the default thresholds run
+            # full collections that stall fan-out for 50-150 ms (docs/benchmarks.md).
+            gc.freeze()
+            gc.set_threshold(100_000, 50, 1000)
             print(f"rmeeting listening on {running.url}", flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
