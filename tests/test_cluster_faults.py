@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -25,6 +27,14 @@ pytestmark = [pytest.mark.cluster, pytest.mark.etcd, pytest.mark.redis]
 LEFT = "有成员离开会议室"
 #: the default instance_ttl (5 s) plus the survivors' poll and the clean-up: the issue's bound
 LOST_WITHIN = 15.0
+
+
+@asynccontextmanager
+async def _seed_in(url: str, meeting: str, name: str) -> AsyncIterator[WebSocketConnection]:
+    """A seed member whose join is done (its room state came), not just its handshake."""
+    async with open_seed(url, meeting, name) as ws:
+        await recv_until(ws, lambda m: "user_uid" in m)
+        yield ws
 
 
 async def _meeting(url: str) -> tuple[str, dict[str, str]]:
@@ -81,7 +91,7 @@ async def test_killed_instance_members_are_removed_once() -> None:
         with trio.fail_after(40):
             async with open_v1(survivors[0].url, mid, name="obs1") as obs1, \
                     open_v1(survivors[1].url, mid, name="obs2") as obs2, \
-                    open_seed(survivors[1].url, mid, "seedobs") as seed_obs, \
+                    _seed_in(survivors[1].url, mid, "seedobs") as seed_obs, \
                     open_v1(doomed_at.url, mid, name="v1-doomed"), \
                     open_seed(doomed_at.url, mid, "seed-doomed"):
                 doomed = {name: await _joined(obs1, name) for name in ("v1-doomed", "seed-doomed")}
