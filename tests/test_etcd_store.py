@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,13 +19,13 @@ from rmeeting.controls import DEFAULTS
 from rmeeting.stores.base import (
     ControlsChanged,
     MeetingEnded,
-    MeetingEvent,
     MeetingMeta,
     RevisionConflict,
     StoreUnavailable,
 )
 from rmeeting.stores.etcd import EtcdMeetingStore, open_etcd_meeting_store
 
+from .conformance.test_meeting_store import Events as ConformanceEvents
 from .etcd_server import EtcdServer, running_etcd
 
 pytestmark = pytest.mark.etcd
@@ -39,27 +39,8 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
     yield from running_etcd(tmp_path)
 
 
-class Events:
-    """A handler that records what it is given and lets a test wait for it."""
-
-    def __init__(self) -> None:
-        self.items: list[MeetingEvent] = []
-        self._changed = trio.Event()
-
-    async def __call__(self, event: MeetingEvent) -> None:
-        self.items.append(event)
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(
-        self, predicate: Callable[[MeetingEvent], bool], timeout: float = 5
-    ) -> MeetingEvent:
-        with trio.fail_after(timeout):
-            while True:
-                for item in self.items:
-                    if predicate(item):
-                        return item
-                await self._changed.wait()
+class Events(ConformanceEvents):
+    """The conformance suite's recording handler, plus taking changes one at a time."""
 
     async def next_change(self, meeting_id: str, timeout: float = 5) -> ControlsChanged:
         """The first ControlsChanged of that meeting not taken yet (taking it)."""

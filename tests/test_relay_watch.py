@@ -11,6 +11,7 @@ import trio
 
 from rmeeting.cluster.presence import Presence
 from rmeeting.cluster.relay_watch import ChatRelayWatch
+from rmeeting.config import Config
 from rmeeting.hub import Hub
 from rmeeting.service import MeetingService
 from rmeeting.stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
@@ -36,15 +37,23 @@ class Outlet:
                 for f in self.frames if f.get("type") in ("chat", "notice")]
 
 
-async def test_outage_is_told_and_missed_chat_caught_up_once(nursery: trio.Nursery) -> None:
-    chat = MemoryChatLog()
+async def _wired(
+    nursery: trio.Nursery, chat: MemoryChatLog, config: Config
+) -> tuple[MeetingService, ChatRelayWatch]:
+    """A service on memory stores whose chat log reaches the hub through the relay watch."""
     hub = Hub(2)
-    service = MeetingService(make_config(), meetings=MemoryMeetingStore(),
-                             members=MemoryMemberStore(), chat=chat, hub=hub, instance_id="i1")
+    service = MeetingService(config, meetings=MemoryMeetingStore(), members=MemoryMemberStore(),
+                             chat=chat, hub=hub, instance_id="i1")
     watch = ChatRelayWatch()
     await nursery.start(hub.serve)
     await nursery.start(watch.serve, service, Presence(service))
     await nursery.start(chat.serve, watch.gate(service.on_bus_event))
+    return service, watch
+
+
+async def test_outage_is_told_and_missed_chat_caught_up_once(nursery: trio.Nursery) -> None:
+    chat = MemoryChatLog()
+    service, watch = await _wired(nursery, chat, make_config())
     mid = (await service.create_meeting("m")).meta.meeting_id
     outlet = Outlet()
     joined = await service.join(mid, name="ann", protocol="v1", outlet=outlet)
@@ -88,14 +97,7 @@ async def test_outage_is_told_and_missed_chat_caught_up_once(nursery: trio.Nurse
 
 async def test_what_history_no_longer_holds_is_told_as_a_gap(nursery: trio.Nursery) -> None:
     chat = MemoryChatLog(history_limit=2)
-    hub = Hub(1)
-    service = MeetingService(make_config(history_limit=2, welcome_history=2),
-                             meetings=MemoryMeetingStore(), members=MemoryMemberStore(),
-                             chat=chat, hub=hub, instance_id="i1")
-    watch = ChatRelayWatch()
-    await nursery.start(hub.serve)
-    await nursery.start(watch.serve, service, Presence(service))
-    await nursery.start(chat.serve, watch.gate(service.on_bus_event))
+    service, watch = await _wired(nursery, chat, make_config(history_limit=2, welcome_history=2))
     mid = (await service.create_meeting("m")).meta.meeting_id
     outlet = Outlet()
     await service.join(mid, name="ann", protocol="seed", outlet=outlet)

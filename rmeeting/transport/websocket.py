@@ -245,22 +245,23 @@ class WebSocket:
                 if data:
                     self._ws.receive_data(data)
                     self._last_heard = trio.current_time()
-                if True:  # wsproto may hold events from the handshake's leftover bytes
-                    for event in self._ws.events():
-                        if isinstance(event, TextMessage):
-                            size += len(event.data)
-                            if size > self._max_message:
-                                self._start_close(CLOSE_TOO_BIG, "message too big")
-                                return
-                            parts.append(event.data)
-                            if event.message_finished:
-                                text, parts, size = "".join(parts), [], 0
-                                await self._incoming_send.send(text or BadFrame("empty"))
-                        elif isinstance(event, BytesMessage):
-                            if event.message_finished:
-                                await self._incoming_send.send(BadFrame("binary"))
-                        elif not self._control(event):
+                # always drained, even without new data: wsproto may hold events from the
+                # bytes that came with the handshake
+                for event in self._ws.events():
+                    if isinstance(event, TextMessage):
+                        size += len(event.data)
+                        if size > self._max_message:
+                            self._start_close(CLOSE_TOO_BIG, "message too big")
                             return
+                        parts.append(event.data)
+                        if event.message_finished:
+                            text, parts, size = "".join(parts), [], 0
+                            await self._incoming_send.send(text or BadFrame("empty"))
+                    elif isinstance(event, BytesMessage):
+                        if event.message_finished:
+                            await self._incoming_send.send(BadFrame("binary"))
+                    elif not self._control(event):
+                        return
                 if self._ws.state is ConnectionState.CLOSED or self._aborted:
                     return
                 await trio.lowlevel.wait_readable(self._sock)
