@@ -202,3 +202,24 @@ async def open_v1(
         finally:
             with trio.CancelScope(shield=True):
                 await ws._stream.aclose()
+
+
+async def raw_close_code(stream: trio.SocketStream, timeout: float = 5) -> int:
+    """Read server frames off a raw socket until the close frame; its status code."""
+    data = b""
+    with trio.fail_after(timeout):
+        while True:
+            while len(data) >= 2:
+                n, start = data[1] & 0x7F, 2
+                if n == 126:
+                    if len(data) < 4:
+                        break
+                    n, start = int.from_bytes(data[2:4], "big"), 4
+                if len(data) < start + n:
+                    break
+                if data[0] & 0x0F == 0x8:
+                    return int.from_bytes(data[start:start + 2], "big")
+                data = data[start + n:]
+            chunk = await stream.receive_some(65536)
+            assert chunk, "the server closed the socket without a close frame"
+            data += chunk

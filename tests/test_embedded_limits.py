@@ -18,7 +18,15 @@ from trio_websocket import ConnectionClosed
 from rmeeting.config import Config
 from rmeeting.server import RunningServer
 
-from .clients import Api, masked_frame, open_raw_ws, open_seed, recv_json, recv_until
+from .clients import (
+    Api,
+    masked_frame,
+    open_raw_ws,
+    open_seed,
+    raw_close_code,
+    recv_json,
+    recv_until,
+)
 from .conftest import make_config
 
 
@@ -176,6 +184,7 @@ async def test_malformed_utf8_closes_with_1007_and_others_stay(
             stream = await open_raw_ws(server.url, path)
             try:
                 await stream.send_all(masked_frame(1, b"\xff\xfe bad utf-8"))
+                assert await raw_close_code(stream) == 1007
                 await recv_until(ann, lambda m: m.get("name") == "broken"
                                  and m["notice"] == "有成员离开会议室")
             finally:
