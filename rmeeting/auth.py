@@ -20,11 +20,13 @@ def new_id() -> str:
 def hash_secret(secret: str) -> str:
     # Secrets are 190-bit random strings (or the seed's uuid4 userUids): a plain digest is
     # enough, a slow KDF would only protect guessable passwords.
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+    # surrogatepass: a credential is compared, never written out; hashing must not raise
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def secret_matches(secret: str | None, stored_hash: str) -> bool:
-    if not secret or not stored_hash:
+def secret_matches(secret: object, stored_hash: str) -> bool:
+    """``secret`` comes from a client and may be anything (a number in a JSON frame)."""
+    if not isinstance(secret, str) or not secret or not stored_hash:
         return False
     return hmac.compare_digest(hash_secret(secret), stored_hash)
 

@@ -7,7 +7,6 @@ not bytes; only the manager's credential changes controls; a non-manager's Expor
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
@@ -21,6 +20,7 @@ from ..stores.base import StoreUnavailable
 from ..transport.frontdoor import Handshake
 from ..transport.websocket import CLOSE_SLOW_CONSUMER, BadFrame, WebSocket
 from ..wire import seed
+from ..wire._decode import BadInput, decode
 from ._http import BadRequest, field, json_body, json_response
 
 __all__ = ["DENIED_CLOSE_CODES", "leave_reason", "seed_blueprint", "seed_session"]
@@ -167,14 +167,17 @@ async def _control(service: MeetingService, joined: Joined, meeting_id: str, res
         raise Denied("bad_control", "unknown control flag; use 1 (isMute) or 2 (isVideo)")
     field_name, flag, inverted = seed.SEED_FLAGS[rest[0]]
     try:
-        body = json.loads(rest[1:])
-    except ValueError as exc:
-        raise Denied("bad_control", f"control frame: malformed JSON ({exc})") from exc
+        body = decode(rest[1:])
+    except BadInput as exc:
+        raise Denied("bad_control", f"control frame: {exc.message}") from exc
     if not isinstance(body, dict) or not isinstance(body.get(field_name), bool):
         raise Denied("bad_control", f"control frame needs {field_name}: true or false")
-    if body.get("meetingUid", meeting_id) != meeting_id:
+    user_uid, named = body.get("userUid"), body.get("meetingUid", meeting_id)
+    if not isinstance(user_uid, str) or not isinstance(named, str):
+        raise Denied("bad_control", "control frame: userUid and meetingUid must be strings")
+    if named != meeting_id:
         raise Denied("not_host", "control frame names another meeting")
-    if not await service.is_host(meeting_id, body.get("userUid")):
+    if not await service.is_host(meeting_id, user_uid):
         raise Denied("not_host", "only the meeting's manager may change its controls")
     value = body[field_name]
     await service.set_controls(

@@ -70,8 +70,10 @@ def _csv_cell(value: Any) -> str:
 
 
 def attendance_csv(sessions: Sequence[dict[str, Any]]) -> str:
+    """Every cell quoted: a spreadsheet that splits on ``;`` (many locales) must not see
+    ``x;=2+5;`` as three cells, one of them a formula."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL)
     writer.writerow(ATTENDANCE_COLUMNS)
     for session in sessions:
         writer.writerow([_csv_cell(session[c]) for c in ATTENDANCE_COLUMNS])
@@ -213,7 +215,9 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
         return [_session(e, now) for e in await service.attendance(meeting_id)]
 
     def csv_response(meeting_id: str, rows: list[dict[str, Any]]) -> Response:
-        response = Response(attendance_csv(rows), content_type="text/csv; charset=utf-8")
+        # "replace": a name stored before input was checked must not make the export fail
+        response = Response(attendance_csv(rows).encode("utf-8", "replace"),
+                            content_type="text/csv; charset=utf-8")
         response.headers["Content-Disposition"] = (
             f'attachment; filename="attendance-{meeting_id}.csv"'
         )

@@ -23,6 +23,7 @@ from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
 from ..transport.websocket import CLOSE_SLOW_CONSUMER, BadFrame, WebSocket, text_payload
 from ..wire import v1
+from ..wire._decode import BadInput, decode
 from .seed import DENIED_CLOSE_CODES, leave_reason
 
 __all__ = ["v1_session"]
@@ -333,9 +334,9 @@ def _decode(message: str | BadFrame) -> dict[str, Any]:
     if isinstance(message, BadFrame):
         raise Denied("bad_frame", f"{message.kind} frames are not supported; send JSON text")
     try:
-        frame = json.loads(message)
-    except ValueError as exc:
-        raise Denied("bad_json", f"malformed JSON: {exc}") from exc
+        frame = decode(message)
+    except BadInput as exc:
+        raise Denied(exc.code, exc.message) from exc
     if not isinstance(frame, dict):
         raise Denied("bad_request", "a frame must be a JSON object")
     reply_to = frame.get("id")
