@@ -42,14 +42,15 @@ async def open_stores(
     """Memory stores unless etcd / Redis addresses are configured; closed on exit.
     ``on_relay_state``: told when the Redis chat relay goes down or comes back."""
     closers: list[Any] = []
-    meetings: MeetingStore = MemoryMeetingStore()
+    meetings: MeetingStore = MemoryMeetingStore(audit_limit=config.audit_limit)
     members: MemberStore = MemoryMemberStore()
     chat: ChatLog = MemoryChatLog(history_limit=config.history_limit)
     try:
         if config.etcd:
             from .stores.etcd import EtcdMeetingStore
 
-            etcd_meetings = EtcdMeetingStore(list(config.etcd), prefix=config.etcd_prefix)
+            etcd_meetings = EtcdMeetingStore(list(config.etcd), prefix=config.etcd_prefix,
+                                             audit_limit=config.audit_limit)
             closers.append(etcd_meetings)
             meetings = etcd_meetings
         if config.redis:

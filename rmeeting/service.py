@@ -27,6 +27,7 @@ from .stores.base import (
     AuditEntry,
     BusEvent,
     ChatLog,
+    MeetingEnded,
     MeetingEvent,
     MeetingFull,
     MeetingMeta,
@@ -116,11 +117,15 @@ class MeetingService:
         self.instance_id = instance_id
         self.accepting = True
         self.metrics = metrics or InstanceMetrics()
+        #: meeting id -> its budget of control changes on this instance (dropped when it ends)
+        self._control_limits: dict[str, RateLimiter] = {}
 
     # --- events from the stores, to the hub ---------------------------------------------
 
     async def on_meeting_event(self, event: MeetingEvent) -> None:
         self.metrics.on_meeting_event(event)
+        if isinstance(event, MeetingEnded):
+            self._control_limits.pop(event.meeting_id, None)
         await self.hub.deliver(event)
 
     async def on_bus_event(self, event: BusEvent) -> None:
@@ -137,7 +142,7 @@ class MeetingService:
         host_key: str | None = None,
         meeting_id: str | None = None,
     ) -> Created:
-        if len(await self.meetings.list()) >= self.config.max_meetings:
+        if await self.meetings.count() >= self.config.max_meetings:
             raise Denied("too_many_meetings", "this server has its maximum number of meetings")
         try:
             initial = validate_changes(controls) if controls else {}
@@ -185,6 +190,7 @@ class MeetingService:
             raise Denied("bad_controls", str(exc).strip("'\"")) from exc
         if ttl is not None and not 0 < ttl <= 86400:
             raise Denied("bad_controls", "duration must be between 0 and 86400 seconds")
+        self.spend_control(meeting_id)
         try:
             controls = await self.meetings.set_controls(
                 meeting_id, valid, actor=actor, expected_revision=expected_revision, ttl=ttl
@@ -194,6 +200,16 @@ class MeetingService:
         if not valid.get("camera", True) or not valid.get("mic", True):
             await self._switch_off_members(meeting_id, valid)
         return controls
+
+    def spend_control(self, meeting_id: str) -> None:
+        """One control change of this meeting's budget, whoever asks (HTTP, v1, seed): a host
+        key shared too widely must not flood every member and the audit trail."""
+        limiter = self._control_limits.get(meeting_id)
+        if limiter is None:
+            limiter = self._control_limits[meeting_id] = RateLimiter(
+                self.config.meeting_control_rate, self.config.meeting_control_burst)
+        if not limiter.allow():
+            raise Denied("rate_limited", "too many control changes in this meeting; slow down")
 
     async def _switch_off_members(self, meeting_id: str, changes: Mapping[str, bool]) -> None:
         """A flag switched off turns that device off for every member (and tells everyone)."""

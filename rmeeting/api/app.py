@@ -35,6 +35,7 @@ DENIED_STATUS = {
     "locked": 423,
     "meeting_full": 429,
     "too_many_meetings": 429,
+    "rate_limited": 429,
     "draining": 503,
 }
 

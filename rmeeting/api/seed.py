@@ -14,6 +14,7 @@ from typing import Any
 import trio
 from quart import Blueprint, request
 
+from .. import auth
 from ..hub import CLOSE_KICKED
 from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import StoreUnavailable
@@ -143,11 +144,14 @@ async def _serve_frames(
     service: MeetingService, ws: WebSocket, joined: Joined, meeting_id: str
 ) -> None:
     limiter = RateLimiter(service.config.chat_rate, service.config.chat_burst)
+    controls_limiter = RateLimiter(service.config.control_rate, service.config.control_burst)
     async for message in ws.messages():
         try:
             if isinstance(message, BadFrame):
                 raise Denied(message.kind, f"{message.kind} frames are not supported")
             if message.startswith(seed.CONTROL_PREFIX):
+                if not controls_limiter.allow():
+                    raise Denied("rate_limited", "too many control frames; slow down")
                 await _control(service, joined, meeting_id, message[len(seed.CONTROL_PREFIX):])
             else:
                 await service.chat_message(joined, message, limiter)
@@ -177,7 +181,8 @@ async def _control(service: MeetingService, joined: Joined, meeting_id: str, res
         raise Denied("bad_control", "control frame: userUid and meetingUid must be strings")
     if named != meeting_id:
         raise Denied("not_host", "control frame names another meeting")
-    if not await service.is_host(meeting_id, user_uid):
+    # from what the session knows (no store read): it joined as the manager, with this userUid
+    if joined.record.role != "host" or not auth.secret_matches(user_uid, joined.record.key_hash):
         raise Denied("not_host", "only the meeting's manager may change its controls")
     value = body[field_name]
     await service.set_controls(

@@ -17,6 +17,7 @@ from typing import Any
 from quart import Blueprint, Response, request
 
 from .. import auth
+from ..config import Config
 from ..controls import Controls
 from ..service import Denied, MeetingService
 from ..stores.base import AttendanceRecord, MemberRecord
@@ -80,6 +81,28 @@ def attendance_csv(sessions: Sequence[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+#: names that always mean this very server, whatever it is bound to
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def own_host(host: str, server: tuple[str, int | None] | None, config: Config) -> str:
+    """``host`` (a request's Host header) if it names this server (its bind address, the
+    address the request came in on, or loopback), else that address: a forged Host must not
+    end up in a link that members are sent to."""
+    name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not name or (port and not port.isdigit()):
+        name, port = host, ""
+    ours = set(_LOOPBACK_NAMES) | {config.host_port[0]}
+    if server is not None:
+        ours.add(server[0])
+    if name.strip("[]").lower() in ours:
+        return host
+    if server is not None and server[1] is not None:
+        addr = server[0]
+        return f"[{addr}]:{server[1]}" if ":" in addr else f"{addr}:{server[1]}"
+    return config.bind
+
+
 def _expected_revision(body: dict[str, Any]) -> int | None:
     """From the body's ``expected_revision`` or an ``If-Match: "<revision>"`` header."""
     from_body = field(body, "expected_revision", int)
@@ -120,8 +143,13 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
             raise Denied("not_admin", "that is not the admin token")
 
     def join_url(meeting_id: str) -> str:
+        path = f"/v1/meetings/{meeting_id}/ws"
+        public = service.config.public_url.rstrip("/")
+        if public:
+            scheme, _, rest = public.partition("://")
+            return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{path}"
         scheme = "wss" if request.scheme == "https" else "ws"
-        return f"{scheme}://{request.host}/v1/meetings/{meeting_id}/ws"
+        return f"{scheme}://{own_host(request.host, request.server, service.config)}{path}"
 
     @bp.get("/openapi.json")
     async def openapi() -> Any:

@@ -253,6 +253,9 @@ class _Session:
         self.joined = joined
         # one budget for everything a member broadcasts (chat, renames, media changes)
         self.limiter = RateLimiter(service.config.chat_rate, service.config.chat_burst)
+        # host actions have their own, smaller budget (and the meeting has one more, for all)
+        self.control_limiter = RateLimiter(service.config.control_rate,
+                                           service.config.control_burst)
 
     @property
     def meeting_id(self) -> str:
@@ -265,6 +268,10 @@ class _Session:
     def spend(self) -> None:
         if not self.limiter.allow():
             raise Denied("rate_limited", "too many messages; slow down")
+
+    def spend_control(self) -> None:
+        if not self.control_limiter.allow():
+            raise Denied("rate_limited", "too many control frames; slow down")
 
     async def chat(self, frame: dict[str, Any]) -> dict[str, Any]:
         body = _fields(frame, {"text": "a string"})
@@ -289,6 +296,7 @@ class _Session:
         body = _fields(frame, {"controls": "an object"},
                        {"expected_revision": "an integer", "duration": "a number"})
         self.require_host()
+        self.spend_control()
         expected = body.get("expected_revision")
         if expected is not None and not 0 <= expected < 2**63:
             raise Denied("bad_request", "expected_revision must not be negative")
@@ -301,6 +309,7 @@ class _Session:
     async def kick(self, frame: dict[str, Any]) -> dict[str, Any]:
         body = _fields(frame, {"member_id": "a string"})
         self.require_host()
+        self.spend_control()
         if body["member_id"] == self.joined.record.member_id:
             raise Denied("bad_request", "you cannot kick yourself; close the connection instead")
         record = await self.service.remove_member(self.meeting_id, body["member_id"])

@@ -120,6 +120,11 @@ class MeetingStore(Protocol):
 
     async def list(self) -> Sequence[MeetingMeta]: ...
 
+    async def count(self) -> int:
+        """How many meetings exist, in O(1) (``create`` checks ``max_meetings`` with it): from
+        what the store keeps in memory, so in cluster mode as of the last change its watch saw."""
+        ...
+
     async def end(self, meeting_id: str, *, reason: str) -> bool:
         """Delete the meeting; True if it existed. Every instance learns MeetingEnded."""
         ...
@@ -143,7 +148,10 @@ class MeetingStore(Protocol):
         ``serve_events``, never from this call's caller."""
         ...
 
-    async def audit(self, meeting_id: str) -> Sequence[AuditEntry]: ...
+    async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
+        """The meeting's control changes, oldest first: at most the store's ``audit_limit``
+        newest (older ones are dropped as new ones are recorded)."""
+        ...
 
     async def serve_events(
         self,
@@ -203,7 +211,9 @@ class MemberStore(Protocol):
     """Live roster and the attendance ledger (memory, or Redis in cluster mode)."""
 
     async def join(self, record: MemberRecord, *, max_members: int) -> None:
-        """Add to the roster and open an attendance session; MeetingFull past ``max_members``.
+        """Add to the roster and open an attendance session; MeetingFull when ``max_members``
+        members are present (hosts do not count, and a host is never refused: it always has a
+        seat).
         Joining again with a present member id replaces the old presence (its session closes
         with reason ``replaced``)."""
         ...

@@ -47,12 +47,14 @@ class _Expiry:
 
 
 class MemoryMeetingStore:
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, audit_limit: int = 1000) -> None:
         self._clock = clock
+        self._audit_limit = audit_limit
         self._meta: dict[str, MeetingMeta] = {}
         self._values: dict[str, dict[str, bool]] = {}
         self._revision: dict[str, int] = {}
-        self._audit: dict[str, list[AuditEntry]] = defaultdict(list)
+        self._audit: dict[str, deque[AuditEntry]] = defaultdict(
+            lambda: deque(maxlen=self._audit_limit))  # full: the oldest entry is dropped
         # (meeting, flag) -> the timed change that still owns the flag's value
         self._timers: dict[tuple[str, str], _Expiry] = {}
         self._counter = itertools.count(1)
@@ -71,6 +73,9 @@ class MemoryMeetingStore:
 
     async def list(self) -> Sequence[MeetingMeta]:
         return list(self._meta.values())
+
+    async def count(self) -> int:
+        return len(self._meta)
 
     async def end(self, meeting_id: str, *, reason: str) -> bool:
         if self._meta.pop(meeting_id, None) is None:
@@ -176,7 +181,9 @@ class MemoryMemberStore:
         present = self._present[record.meeting_id]
         if record.member_id in present:
             await self.leave(record.meeting_id, record.member_id, reason="replaced")
-        elif len(present) >= max_members:
+        elif record.role != "host" and len(present) >= max_members and sum(
+            r.role != "host" for r in present.values()
+        ) >= max_members:  # the host always has a seat: max_members counts members
             raise MeetingFull(record.meeting_id)
         present[record.member_id] = record
         self._ledger[record.meeting_id].append(
