@@ -65,8 +65,8 @@ def create_app(service: MeetingService, *, ready: Callable[[], Awaitable[bool]])
     @app.errorhandler(BadRequest)
     async def bad_request(exc: BadRequest) -> Any:
         body = {"error": exc.message}
-        if exc.status == 400:
-            body["code"] = "bad_request"
+        if exc.status in (400, 429):
+            body["code"] = "bad_request" if exc.status == 400 else "rate_limited"
         return json_response(body, exc.status)
 
     @app.errorhandler(Denied)

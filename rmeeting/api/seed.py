@@ -62,17 +62,37 @@ def seed_blueprint(service: MeetingService) -> Blueprint:
             "userUid": user_uid,
         })
 
+    # userUids are credentials: a client that keeps guessing them is slowed down
+    guesses = auth.FailedGuesses(service.config.max_failed_guesses)
+
+    def client() -> str:
+        return auth.client_address(request.remote_addr, request.headers.get("X-Forwarded-For"))
+
+    def refuse_guesser(who: str) -> None:
+        if guesses.blocked(who):
+            raise BadRequest(f"too many failed attempts from {who}; wait a minute", 429)
+
+    async def require_meeting(meeting_id: str, who: str) -> None:
+        try:
+            await service.require_meeting(meeting_id)
+        except Denied:
+            guesses.failed(who)
+            raise
+
     @bp.put("/LeaveMeeting")
     async def leave_meeting() -> Any:
+        who = client()
+        refuse_guesser(who)
         body = await json_body(required=True)
         meeting_id = field(body, "meetingUid", str, "")
         user_uid = field(body, "userUid", str, "")
         username = field(body, "username", str, "")
         if not meeting_id or not user_uid:
             raise BadRequest("meetingUid and userUid are required")
-        await service.require_meeting(meeting_id)
+        await require_meeting(meeting_id, who)
         gone = await service.leave_by_key(meeting_id, user_uid)
         if not gone:
+            guesses.failed(who)
             return json_response({"error": "no member with that userUid in this meeting"}, 404)
         return json_response({
             "msg": "leaveMeeting success!",
@@ -82,9 +102,12 @@ def seed_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.get("/Export")
     async def export() -> Any:
+        who = client()
+        refuse_guesser(who)
         meeting_id = request.args.get("meetingUid", "")
-        await service.require_meeting(meeting_id)
+        await require_meeting(meeting_id, who)
         if not await service.is_host(meeting_id, request.args.get("userUid")):
+            guesses.failed(who)
             return json_response({"msg": "当前只能管理员能导出参会者"}, 403)
         seen: dict[str, str] = {}
         for entry in await service.attendance(meeting_id):
@@ -113,7 +136,10 @@ async def seed_session(service: MeetingService, hs: Handshake) -> None:
     """One seed client, from the upgrade of ``GET /AddMeeting`` to its leave."""
     meeting_id = hs.query.get("meetingUid", "")
     username = hs.query.get("username", "")
-    user_uid = hs.query.get("userUid") or str(uuid.uuid4())
+    # the userUid is the member's credential (LeaveMeeting, and the manager's for everything):
+    # one a client chose that could be guessed is replaced; the room state tells the client
+    given = hs.query.get("userUid") or ""
+    user_uid = given if auth.strong_user_uid(given) else str(uuid.uuid4())
     ws = hs.accept()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ws.run)

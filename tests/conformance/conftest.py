@@ -19,6 +19,8 @@ from ..etcd_server import EtcdServer, etcd_server  # noqa: F401  (the fixture, f
 from ..redis_server import RedisServer, redis_server  # noqa: F401  (the fixture, for Redis)
 
 MEETING_STORES = ["memory", "etcd"]
+#: audit records kept per meeting by the stores under test (small, so the bound is tested)
+AUDIT_LIMIT = 8
 MEMBER_STORES = ["memory", "redis"]
 CHAT_LOGS = ["memory", "redis"]
 
@@ -26,10 +28,12 @@ CHAT_LOGS = ["memory", "redis"]
 @pytest.fixture(params=MEETING_STORES)
 async def meeting_store(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     if request.param == "memory":
-        yield MemoryMeetingStore()
+        yield MemoryMeetingStore(audit_limit=AUDIT_LIMIT)
     elif request.param == "etcd":
         etcd: EtcdServer = request.getfixturevalue("etcd_server")  # a fresh etcd per test
-        async with open_etcd_meeting_store([etcd.endpoint]) as etcd_meetings:
+        async with open_etcd_meeting_store(
+            [etcd.endpoint], audit_limit=AUDIT_LIMIT
+        ) as etcd_meetings:
             yield etcd_meetings
 
 
