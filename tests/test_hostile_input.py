@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed
 
 from rmeeting.server import RunningServer
 from rmeeting.wire._decode import BadInput, decode
@@ -175,9 +174,5 @@ async def test_seed_bad_control_frames_get_an_error_not_1011(
             # still connected, still the manager
             await ws.send_message(f'特殊消息1{{"isMute": true, "userUid": "{key}"}}')
             assert (await recv_until(ws, lambda m: "isMute" in m))["isMute"] is True
-            await ws.send_message("still here")
+            await ws.send_message("still here")  # the connection was never closed (no 1011)
             assert (await recv_until(ws, lambda m: m.get("notice") == "still here"))
-        try:
-            await ws.get_message()
-        except ConnectionClosed as closed:
-            assert closed.reason.code != 1011
