@@ -190,7 +190,7 @@ class MeetingService:
             raise Denied("bad_controls", str(exc).strip("'\"")) from exc
         if ttl is not None and not 0 < ttl <= 86400:
             raise Denied("bad_controls", "duration must be between 0 and 86400 seconds")
-        self.spend_control(meeting_id)
+        self._spend_control(meeting_id)
         try:
             controls = await self.meetings.set_controls(
                 meeting_id, valid, actor=actor, expected_revision=expected_revision, ttl=ttl
@@ -201,7 +201,7 @@ class MeetingService:
             await self._switch_off_members(meeting_id, valid)
         return controls
 
-    def spend_control(self, meeting_id: str) -> None:
+    def _spend_control(self, meeting_id: str) -> None:
         """One control change of this meeting's budget, whoever asks (HTTP, v1, seed): a host
         key shared too widely must not flood every member and the audit trail."""
         limiter = self._control_limits.get(meeting_id)
