@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .closes import LeaveReason
+from .events import BusEvent, ControlsChanged, MeetingEvent
 from .metrics import Registry, Value
-from .stores.base import BusEvent, ControlsChanged, MeetingEvent
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -83,10 +84,10 @@ class InstanceMetrics:
         elif event.received_at:
             self._from_watch.observe(max(0.0, self._clock() - event.received_at))
 
-    def on_disconnected(self, reason: str) -> None:
-        if reason == "slow consumer":
+    def on_disconnected(self, reason: LeaveReason) -> None:
+        if reason is LeaveReason.SLOW_CONSUMER:
             self.slow_consumers.inc()
-        elif reason == "timeout":
+        elif reason is LeaveReason.TIMEOUT:
             self.keepalive_timeouts.inc()
 
     # --- read at scrape time ---------------------------------------------------------------------

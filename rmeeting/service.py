@@ -18,14 +18,15 @@ from typing import Any, Literal
 import trio
 
 from . import auth
+from .closes import Close, LeaveReason
 from .config import Config
 from .controls import Controls, validate_changes
-from .hub import CLOSE_KICKED, CLOSE_LEFT, CLOSE_REPLACED, Hub, Subscriber
+from .events import BusEvent, ChatPosted, MemberJoined, MemberLeft, MemberUpdated
+from .hub import Hub, Subscriber
 from .instance_metrics import InstanceMetrics
 from .stores.base import (
     AttendanceRecord,
     AuditEntry,
-    BusEvent,
     ChatLog,
     MeetingEnded,
     MeetingEvent,
@@ -218,14 +219,12 @@ class MeetingService:
             if any(getattr(record, dev) for dev in off):
                 updated = await self.members.update(meeting_id, record.member_id, off)
                 if updated is not None:
-                    await self.chat.publish(
-                        meeting_id, "updated", {**updated.public(), "changes": off}
-                    )
+                    await self.chat.publish(MemberUpdated.of(updated, off))
 
     async def end_meeting(self, meeting_id: str, *, reason: str = "ended by the host") -> bool:
         ended = await self.meetings.end(meeting_id, reason=reason)
         if ended:
-            await self.members.clear_meeting(meeting_id, reason="meeting ended")
+            await self.members.clear_meeting(meeting_id, reason=LeaveReason.MEETING_ENDED)
             # the history is kept for the attendance export; chat is dropped
             await self.chat.drop(meeting_id)
         return ended
@@ -300,11 +299,12 @@ class MeetingService:
             if previous is not None:
                 # the instance holding the old socket (maybe this one) closes it
                 await self._announce_left(
-                    previous, "replaced", close=(CLOSE_REPLACED, "replaced by a newer connection")
+                    previous, LeaveReason.REPLACED,
+                    close=(Close.REPLACED, "replaced by a newer connection"),
                 )
             await self.members.join(record, max_members=self.config.max_members)
             sub.registered = True
-            await self.chat.publish(meeting_id, "joined", record.public())
+            await self.chat.publish(MemberJoined.of(record))
         except MeetingFull as exc:
             await self._unlisten(sub)
             raise Denied("meeting_full", "the meeting is full") from exc
@@ -318,7 +318,7 @@ class MeetingService:
             await self.hub.detach(sub)
             await self.chat.unsubscribe(sub.meeting_id)
 
-    async def disconnected(self, joined: Joined, reason: str) -> None:
+    async def disconnected(self, joined: Joined, reason: LeaveReason) -> None:
         """The member's connection is over: leave (once), stop listening for it."""
         self.metrics.on_disconnected(reason)
         joined.sub.gone = True
@@ -338,9 +338,9 @@ class MeetingService:
         self,
         meeting_id: str,
         member_id: str,
-        reason: str,
+        reason: LeaveReason,
         *,
-        close: tuple[int, str] | None = None,
+        close: tuple[Close, str] | None = None,
         instance_id: str | None = None,
         joined_at: float | None = None,
     ) -> MemberRecord | None:
@@ -352,15 +352,11 @@ class MeetingService:
         return record
 
     async def _announce_left(
-        self, record: MemberRecord, reason: str, *, close: tuple[int, str] | None
+        self, record: MemberRecord, reason: LeaveReason, *, close: tuple[Close, str] | None
     ) -> None:
-        # joined_at names the presence, so that a newer one of the member is not closed
-        data: dict[str, Any] = {"id": record.member_id, "name": record.name,
-                                "role": record.role, "reason": reason,
-                                "joined_at": record.joined_at}
-        if close is not None:
-            data["close"] = list(close)
-        await self.chat.publish(record.meeting_id, "left", data)
+        # the event names the presence (joined_at), so that a newer one of the member is not
+        # closed
+        await self.chat.publish(MemberLeft.of(record, reason, close))
 
     async def leave_by_key(self, meeting_id: str, key: str) -> list[MemberRecord]:
         """The seed's LeaveMeeting: every presence of the member holding ``key`` leaves."""
@@ -368,7 +364,8 @@ class MeetingService:
         for record in await self.members.roster(meeting_id):
             if auth.secret_matches(key, record.key_hash):
                 left = await self.leave(
-                    meeting_id, record.member_id, "left", close=(CLOSE_LEFT, "left the meeting")
+                    meeting_id, record.member_id, LeaveReason.LEFT,
+                    close=(Close.LEFT, "left the meeting"),
                 )
                 if left is not None:
                     gone.append(left)
@@ -411,10 +408,12 @@ class MeetingService:
     async def kick(self, meeting_id: str, member_id: str) -> MemberRecord | None:
         await self.members.ban(meeting_id, member_id)
         return await self.leave(
-            meeting_id, member_id, "kicked", close=(CLOSE_KICKED, "removed by the host")
+            meeting_id, member_id, LeaveReason.KICKED, close=(Close.KICKED, "removed by the host")
         )
 
-    async def chat_message(self, joined: Joined, text: str, limiter: RateLimiter) -> BusEvent:
+    async def chat_message(
+        self, joined: Joined, text: str, limiter: RateLimiter
+    ) -> ChatPosted:
         record = joined.record
         if not text.strip():
             raise Denied("empty", "empty message")
@@ -432,9 +431,7 @@ class MeetingService:
             raise Denied("rate_limited", "too many messages; slow down")
         # the sender's name: only its own session renames it, and keeps joined.record current
         event = await self.chat.publish(
-            record.meeting_id,
-            "chat",
-            {"id": record.member_id, "name": record.name, "role": record.role, "text": text},
+            ChatPosted(record.meeting_id, record.member_id, record.name, record.role, text)
         )
         self.metrics.chat_in.inc()
         return event
@@ -469,9 +466,7 @@ class MeetingService:
         joined.record = replace(record, name=updated.name)
         if joined.sub.record is not None and joined.sub.record.joined_at == updated.joined_at:
             joined.sub.record = updated  # still this presence (not a newer one elsewhere)
-        await self.chat.publish(
-            record.meeting_id, "updated", {**updated.public(), "changes": clean}
-        )
+        await self.chat.publish(MemberUpdated.of(updated, clean))
         return updated
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from rmeeting.events import ChatPosted
 from rmeeting.server import RunningServer
 from rmeeting.wire._decode import BadInput, decode
 from rmeeting.wire._json import dumps
@@ -137,8 +138,8 @@ async def test_a_stored_bad_string_cannot_break_welcome_or_exports(
     with trio.fail_after(20):
         async with open_v1(server.url, mid, name="ann", host_key=key) as ann:
             me = ann.me["id"]
-            await server.service.chat.publish(mid, "chat", {
-                "id": me, "name": "ann", "role": "host", "text": "hi \ud800"})
+            await server.service.chat.publish(
+                ChatPosted(mid, me, "ann", "host", "hi \ud800"))
             await server.service.members.update(mid, me, {"name": "bad \udc00"})
             async with open_v1(server.url, mid, name="bob") as bob:
                 assert bob.welcome["chat"][-1]["text"] == "hi ?"

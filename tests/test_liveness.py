@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 
+from rmeeting import wire
 from rmeeting.cluster.liveness import Liveness
 from rmeeting.cluster.presence import Presence
 from rmeeting.hub import Hub
@@ -58,7 +59,8 @@ class Frozen(CountingPresence):
 def _service(etcd: EtcdServer, stores: Stores, instance_id: str) -> MeetingService:
     config = make_config(etcd=(etcd.endpoint,), instance_id=instance_id, instance_ttl=1)
     return MeetingService(config, meetings=stores.meetings, members=stores.members,
-                          chat=stores.chat, hub=Hub(1), instance_id=instance_id)
+                          chat=stores.chat, hub=Hub(1, encoders=wire.encoders()),
+                          instance_id=instance_id)
 
 
 def _record(meeting: str, instance: str, joined_at: float | None = None) -> MemberRecord:

@@ -15,11 +15,11 @@ import trio
 from quart import Blueprint, request
 
 from .. import auth
-from ..hub import CLOSE_KICKED
+from ..closes import Close, LeaveReason
 from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import StoreUnavailable
 from ..transport.frontdoor import Handshake
-from ..transport.websocket import CLOSE_SLOW_CONSUMER, BadFrame, WebSocket
+from ..transport.websocket import BadFrame, WebSocket
 from ..wire import seed
 from ..wire._decode import BadInput, decode
 from ._http import BadRequest, field, json_body, json_response
@@ -30,14 +30,14 @@ log = logging.getLogger("rmeeting.seed")
 
 #: why a join was refused -> the close code the client sees (docs/protocol.md)
 DENIED_CLOSE_CODES = {
-    "meeting_not_found": 4404,
-    "kicked": CLOSE_KICKED,
-    "not_host": 4403,
-    "bad_token": 4401,
-    "locked": 4423,
-    "meeting_full": 4429,
-    "too_many_meetings": 4429,
-    "draining": 1012,
+    "meeting_not_found": Close.NOT_FOUND,
+    "kicked": Close.KICKED,
+    "not_host": Close.NOT_HOST,
+    "bad_token": Close.BAD_TOKEN,
+    "locked": Close.LOCKED,
+    "meeting_full": Close.FULL,
+    "too_many_meetings": Close.FULL,
+    "draining": Close.RESTART,
 }
 
 
@@ -117,19 +117,19 @@ def seed_blueprint(service: MeetingService) -> Blueprint:
     return bp
 
 
-def leave_reason(ws: WebSocket, draining: bool) -> str:
+def leave_reason(ws: WebSocket, draining: bool) -> LeaveReason:
     if ws.timed_out:
-        return "timeout"
-    if ws.close_code == CLOSE_SLOW_CONSUMER:
-        return "slow consumer"
+        return LeaveReason.TIMEOUT
+    if ws.close_code == Close.SLOW_CONSUMER:
+        return LeaveReason.SLOW_CONSUMER
     if draining:
-        return "server shutdown"
-    return "closed"
+        return LeaveReason.SERVER_SHUTDOWN
+    return LeaveReason.CLOSED
 
 
 def refuse(ws: WebSocket, frame: bytes, denied: Denied) -> None:
     ws.send_text_nowait(frame)
-    ws.close_nowait(DENIED_CLOSE_CODES.get(denied.code, 4400), denied.message)
+    ws.close_nowait(DENIED_CLOSE_CODES.get(denied.code, Close.BAD_REQUEST), denied.message)
 
 
 async def seed_session(service: MeetingService, hs: Handshake) -> None:
@@ -155,13 +155,13 @@ async def seed_session(service: MeetingService, hs: Handshake) -> None:
             return
         except StoreUnavailable:
             ws.send_text_nowait(seed.error("the meeting service is unavailable; try again"))
-            ws.close_nowait(1013, "try again later")
+            ws.close_nowait(Close.TRY_AGAIN, "try again later")
             return
         try:
             await _serve_frames(service, ws, joined, meeting_id)
         except Exception:  # a bug costs this member its connection, not the server
             log.exception("seed session failed", extra={"meeting": meeting_id})
-            ws.close_nowait(1011, "internal error")
+            ws.close_nowait(Close.INTERNAL, "internal error")
         finally:
             await service.disconnected(joined, leave_reason(ws, not service.accepting))
 

@@ -18,10 +18,11 @@ from typing import Any
 import trio
 
 from .. import auth
+from ..closes import Close
 from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
-from ..transport.websocket import CLOSE_SLOW_CONSUMER, BadFrame, WebSocket, text_payload
+from ..transport.websocket import BadFrame, WebSocket, text_payload
 from ..wire import v1
 from ..wire._decode import BadInput, decode
 from .seed import DENIED_CLOSE_CODES, leave_reason
@@ -31,7 +32,7 @@ __all__ = ["v1_session"]
 log = logging.getLogger("rmeeting.v1")
 
 #: why a join was refused -> close code; the seed's, plus a store outage (try again later)
-CLOSE_CODES = {**DENIED_CLOSE_CODES, "unavailable": 1013}
+CLOSE_CODES = {**DENIED_CLOSE_CODES, "unavailable": Close.TRY_AGAIN}
 MAX_ID_CHARS = 128
 #: seconds the welcome waits for the member's own join to come back through the hub
 OWN_JOIN_TIMEOUT = 2.0
@@ -63,7 +64,7 @@ class _Gate:
             return False
         self._bytes += len(frame)
         if self._bytes > self._limit:
-            self.ws.close_nowait(CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
+            self.ws.close_nowait(Close.SLOW_CONSUMER, "slow consumer: outgoing queue full")
             self.own_join.set()
             return False
         msg = json.loads(text_payload(frame))  # only while held: a few frames per join
@@ -81,7 +82,7 @@ class _Gate:
         if msg.get("type") == "member_joined" and msg["member"].get("id") == self.member_id:
             self.own_join.set()
 
-    def close_nowait(self, code: int = 1000, reason: str = "") -> None:
+    def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None:
         self.ws.close_nowait(code, reason)
 
     def release(self, first: bytes, keep: Callable[[dict[str, Any]], bool]) -> None:
@@ -94,7 +95,7 @@ class _Gate:
 
 def _refuse(ws: WebSocket, code: str, message: str) -> None:
     ws.send_text_nowait(v1.error(code, message))
-    ws.close_nowait(CLOSE_CODES.get(code, 4400), message)
+    ws.close_nowait(CLOSE_CODES.get(code, Close.BAD_REQUEST), message)
 
 
 async def v1_session(service: MeetingService, hs: Handshake) -> None:
@@ -106,7 +107,7 @@ async def v1_session(service: MeetingService, hs: Handshake) -> None:
             await _session(service, hs, ws)
         except Exception:  # a bug must cost this member its connection, not the front door
             log.exception("v1 session failed", extra={"meeting": hs.params["meeting_id"]})
-            ws.close_nowait(1011, "internal error")
+            ws.close_nowait(Close.INTERNAL, "internal error")
 
 
 async def _session(service: MeetingService, hs: Handshake, ws: WebSocket) -> None:

@@ -3,18 +3,30 @@
 Each interface has a memory implementation (embedded mode) and a real one (etcd for meetings and
 controls, Redis for members and chat), and every implementation passes the same conformance suite
 (``tests/conformance``). Stores know nothing of connections: what they have to tell the server
-(a control changed, a meeting ended, a chat event arrived) they hand to one async handler.
+(a control changed, a meeting ended, a chat event arrived) they hand to one async handler, as
+the typed events of :mod:`rmeeting.events`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import trio
 
 from ..controls import Controls
+from ..events import (
+    BusEvent,
+    ChatPosted,
+    ControlsChanged,
+    MeetingEnded,
+    MeetingEvent,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+    Role,
+)
 
 __all__ = [
     "AttendanceRecord",
@@ -32,10 +44,12 @@ __all__ = [
     "MemberRecord",
     "MemberStore",
     "RevisionConflict",
+    "Role",
     "StoreUnavailable",
 ]
 
-Role = Literal["host", "member"]
+#: the events are defined in rmeeting.events; these names are kept here for the stores' users
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
 
 
 class MeetingNotFound(LookupError):
@@ -70,34 +84,6 @@ class MeetingMeta:
     #: sha256 hex of the host credential; the credential itself is never stored.
     host_key_hash: str
     extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ControlsChanged:
-    """One change of a meeting's flags, as every instance sees it."""
-
-    meeting_id: str
-    controls: Controls
-    #: flag -> (old, new), only flags whose value really changed.
-    changed: Mapping[str, tuple[bool, bool]]
-    #: who changed it: a member id, ``"operator"`` (etcdctl), ``"timer"`` (a timed change ran out)
-    #: or ``"snapshot"`` (a resync after a lost watch).
-    actor: str
-    #: when the change returns to the default, for a timed change.
-    expires_at: float | None = None
-    #: epoch seconds when the change was written, if the writer recorded it (API writes), and
-    #: when this instance's watch received it: for the propagation metrics, not part of equality
-    written_at: float | None = field(default=None, compare=False)
-    received_at: float | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class MeetingEnded:
-    meeting_id: str
-    reason: str
-
-
-MeetingEvent = ControlsChanged | MeetingEnded
 
 
 @dataclass(frozen=True)
@@ -269,19 +255,8 @@ class MemberStore(Protocol):
 
 
 @dataclass(frozen=True)
-class BusEvent:
-    """One event of a meeting's stream. ``seq`` numbers chat (1, 2, ...) and is 0 otherwise."""
-
-    meeting_id: str
-    kind: str
-    data: Mapping[str, Any]
-    seq: int = 0
-    ts: float = 0.0
-
-
-@dataclass(frozen=True)
 class History:
-    events: Sequence[BusEvent]
+    events: Sequence[ChatPosted]
     #: the last chat seq the meeting has (0 if none).
     last_seq: int
     #: False if some chat after the requested seq is no longer kept.
@@ -291,9 +266,10 @@ class History:
 class ChatLog(Protocol):
     """The meeting's ordered event stream: chat history plus the relay between instances."""
 
-    async def publish(self, meeting_id: str, kind: str, data: Mapping[str, Any]) -> BusEvent:
+    async def publish(self, event: _B) -> _B:
         """Append (chat gets the next seq and is kept in history) and deliver to every
-        subscribed instance; all of them see one meeting's events in one order."""
+        subscribed instance; all of them see one meeting's events in one order. Returns the
+        event as published: stamped with its time and, for chat, its seq."""
         ...
 
     async def history(self, meeting_id: str, after_seq: int, limit: int) -> History:

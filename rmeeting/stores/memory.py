@@ -11,11 +11,12 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from ..controls import DEFAULTS, Controls
+from ..events import ChatPosted, MemberJoined, MemberLeft, MemberUpdated, stamped
 from .base import (
     AttendanceRecord,
     AuditEntry,
@@ -35,6 +36,8 @@ __all__ = ["MemoryChatLog", "MemoryMeetingStore", "MemoryMemberStore"]
 
 #: Events waiting for the handler. When full, writers wait: a change is never dropped.
 EVENT_BUFFER = 1024
+
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
 
 
 class _Expiry:
@@ -276,17 +279,18 @@ class MemoryChatLog:
         self._clock = clock
         self._limit = history_limit
         self._seq: dict[str, int] = defaultdict(int)
-        self._history: dict[str, deque[BusEvent]] = {}
+        self._history: dict[str, deque[ChatPosted]] = {}
         self._subscribed: dict[str, int] = defaultdict(int)
         self._send, self._receive = trio.open_memory_channel[BusEvent](EVENT_BUFFER)
 
-    async def publish(self, meeting_id: str, kind: str, data: Mapping[str, Any]) -> BusEvent:
+    async def publish(self, event: _B) -> _B:
+        meeting_id = event.meeting_id
         seq = 0
-        if kind == "chat":
+        if isinstance(event, ChatPosted):
             self._seq[meeting_id] += 1
             seq = self._seq[meeting_id]
-        event = BusEvent(meeting_id, kind, dict(data), seq, self._clock())
-        if seq:
+        event = stamped(event, seq=seq, ts=self._clock())
+        if isinstance(event, ChatPosted):
             history = self._history.setdefault(meeting_id, deque(maxlen=self._limit))
             history.append(event)
         if self._subscribed.get(meeting_id):
