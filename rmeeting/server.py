@@ -22,6 +22,7 @@ from .stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
 from .transport.frontdoor import FrontDoor, WsLimits
 from .transport.http_bridge import HttpBridge
 from .transport.websocket import CLOSE_GOING_AWAY, CLOSE_RESTART
+from .webhooks import make_webhooks
 
 __all__ = ["RunningServer", "open_stores", "serve_rmeeting"]
 
@@ -105,6 +106,7 @@ async def serve_rmeeting(
             trio.open_nursery() as nursery:
         metrics = InstanceMetrics()
         hub = Hub(config.shards, on_controls_delivered=metrics.on_controls_delivered)
+        webhooks = make_webhooks(config, instance_id)  # None without webhook_urls
         service = MeetingService(
             config,
             meetings=stores.meetings,
@@ -113,6 +115,7 @@ async def serve_rmeeting(
             hub=hub,
             instance_id=instance_id,
             metrics=metrics,
+            webhooks=webhooks,
         )
 
         async def ready() -> bool:
@@ -138,6 +141,9 @@ async def serve_rmeeting(
                      meetings=stores.meetings, chat=stores.chat, service=service,
                      tcp_connections=lambda: front.connections)
         await nursery.start(hub.serve)
+        if webhooks is not None:  # before the stores' events: the first ones are sent too
+            metrics.bind_webhooks(webhooks)
+            await nursery.start(webhooks.serve)
         await nursery.start(stores.meetings.serve_events, service.on_meeting_event)
         on_bus_event = await cluster.start(nursery, service)
         await nursery.start(stores.chat.serve, on_bus_event)
