@@ -158,8 +158,8 @@ class Webhooks:
         label = endpoint_label(url)
         busy: set[str] = set()
         room = trio.Semaphore(IN_FLIGHT)
-        checked = -math.inf
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_depth, url, label)
             while True:
                 await room.acquire()  # at least one slot: claim as many as are free
                 free = room.value + 1
@@ -167,9 +167,6 @@ class Webhooks:
                     batch = await self.outbox.claim(
                         url, self.consumer, count=free,
                         reclaim_after=self.policy.reclaim_after, wait=1.0)
-                    if trio.current_time() - checked >= 1.0:
-                        self.stats.depth[label] = await self.outbox.depth(url)
-                        checked = trio.current_time()
                 except StoreUnavailable as exc:
                     room.release()
                     log.warning("webhook outbox unavailable: %s", exc)
@@ -186,6 +183,15 @@ class Webhooks:
                     nursery.start_soon(self._deliver, http, delivery, label, busy, room)
                 if not started:
                     room.release()
+
+    async def _watch_depth(self, url: str, label: str) -> None:
+        """The queue depth for the metrics, once a second (a store read: not at scrape time)."""
+        while True:
+            try:
+                self.stats.depth[label] = await self.outbox.depth(url)
+            except StoreUnavailable:
+                pass  # the last known value stays; the outage is logged elsewhere
+            await trio.sleep(1.0)
 
     async def _deliver(self, http: httpx.AsyncClient, delivery: Delivery, label: str,
                        busy: set[str], room: trio.Semaphore) -> None:
