@@ -6,7 +6,9 @@ tests/test_webhooks_cluster.py."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from rmeeting.server import RunningServer, serve_rmeeting
 from rmeeting.webhooks import EVENT_TYPES, RetryPolicy, Webhooks
 from rmeeting.webhooks.events import WebhookEvent, event_id
 from rmeeting.webhooks.memory import MemoryOutbox
+from rmeeting.webhooks.receiver import Request, serve_receiver
 from rmeeting.webhooks.sender import EMIT_BUFFER, endpoint_label
 
 from .clients import Api, open_v1
@@ -189,3 +192,46 @@ def test_config_reads_the_settings_from_env_and_checks_the_secret() -> None:
         with pytest.raises(ConfigError, match="webhook_"):
             load_config(env={"RMEETING_WEBHOOK_URLS": "http://127.0.0.1:1/a",
                              "RMEETING_WEBHOOK_SECRET": secret})
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+async def test_the_docs_snippet_verifies_a_real_delivery(nursery: trio.Nursery) -> None:
+    text = (DOCS / "integration.md").read_text(encoding="utf-8")
+    snippet = re.search(r"```python\n(.*?)```", text, re.S)
+    assert snippet is not None
+    scope: dict[str, Any] = {}
+    exec(snippet.group(1).replace("whsec_...", SECRET), scope)  # noqa: S102 - our own docs
+    results: list[tuple[Any, Any]] = []
+
+    async def handle(request: Request) -> int:
+        tampered = request.body.replace(b"wh", b"WH")
+        results.append((scope["receive"](request.body, request.headers),
+                        scope["receive"](tampered, request.headers)))
+        return 204
+
+    port = await nursery.start(serve_receiver, "127.0.0.1", 0, handle)
+    config = make_config(webhook_urls=(f"http://127.0.0.1:{port}/",), webhook_secret=SECRET)
+    server: RunningServer = await nursery.start(serve_rmeeting, config)
+    with trio.fail_after(20):
+        async with Api(server.url) as api:
+            await new_meeting(api)
+        while not results:
+            await trio.sleep(0.02)
+    event, forged = results[0]
+    assert event["type"] == "meeting.created" and event["data"]["name"] == "wh"
+    assert forged is None
+
+
+def test_the_webhook_metrics_are_documented() -> None:
+    from rmeeting.instance_metrics import InstanceMetrics
+
+    metrics = InstanceMetrics()
+    url = "http://127.0.0.1:9/x"
+    metrics.bind_webhooks(Webhooks([url], SECRET, MemoryOutbox([url]), consumer="i"))
+    text = (DOCS / "operations.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"`(rmeeting_[a-z_]+)[`{]", text))
+    names = set(metrics.registry.names())
+    assert {n for n in names if "webhook" in n} <= documented
+    assert len({n for n in names if "webhook" in n}) == 5
