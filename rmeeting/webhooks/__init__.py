@@ -11,6 +11,8 @@ docs/integration.md tells an application how to receive them.
 
 from __future__ import annotations
 
+import logging
+
 from ..config import Config
 from .events import EVENT_TYPES, LOBBY_TYPES, EventType, WebhookEvent, lobby_event
 from .outbox import Delivery, Outbox
@@ -35,6 +37,9 @@ def make_webhooks(config: Config, instance_id: str) -> Webhooks | None:
     is shared through Redis (cluster), else it is in memory (embedded)."""
     if not config.webhook_urls:
         return None
+    # httpx logs every request at INFO: one line per delivery. The sender logs what matters
+    # (failures, give-ups) itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     outbox: Outbox
     if config.redis:
         from .redis import RedisOutbox  # noqa: PLC0415 - needs the cluster extra (redis)

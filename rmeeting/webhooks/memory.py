@@ -37,6 +37,7 @@ class _Queue:
     def __init__(self) -> None:
         self.entries: OrderedDict[str, _Entry] = OrderedDict()  # entry id -> entry, oldest first
         self.fresh: OrderedDict[str, None] = OrderedDict()  # never handed out, oldest first
+        self.claimed: OrderedDict[str, None] = OrderedDict()  # handed out, least touched first
         self.wakeup = trio.Event()
 
 
@@ -67,6 +68,7 @@ class MemoryOutbox:
             while len(queue.entries) >= self._capacity:
                 oldest, _ = queue.entries.popitem(last=False)
                 queue.fresh.pop(oldest, None)
+                queue.claimed.pop(oldest, None)
                 self._dropped += 1
             entry = str(next(self._ids))
             queue.entries[entry] = _Entry(event)
@@ -90,31 +92,36 @@ class MemoryOutbox:
               reclaim_after: float) -> list[Delivery]:
         now = trio.current_time()
         got: list[Delivery] = []
-        for entry_id, entry in queue.entries.items():
-            if len(got) >= count:
+        for entry_id in list(queue.claimed):  # least recently touched first: stop at a fresh one
+            entry = queue.entries[entry_id]
+            if len(got) >= count or now - entry.touched < reclaim_after:
                 break
-            if entry.claims and now - entry.touched >= reclaim_after:
-                got.append(self._hand_out(endpoint, entry_id, entry, consumer, now))
+            got.append(self._hand_out(endpoint, queue, entry_id, entry, consumer, now))
         while len(got) < count and queue.fresh:
             entry_id, _ = queue.fresh.popitem(last=False)
-            got.append(self._hand_out(endpoint, entry_id, queue.entries[entry_id], consumer, now))
+            got.append(self._hand_out(endpoint, queue, entry_id, queue.entries[entry_id],
+                                      consumer, now))
         if not queue.fresh:
             queue.wakeup = trio.Event()
         return got
 
     @staticmethod
-    def _hand_out(endpoint: str, entry_id: str, entry: _Entry, consumer: str,
+    def _hand_out(endpoint: str, queue: _Queue, entry_id: str, entry: _Entry, consumer: str,
                   now: float) -> Delivery:
         entry.claims += 1
         entry.consumer, entry.touched = consumer, now
+        queue.claimed[entry_id] = None
+        queue.claimed.move_to_end(entry_id)
         return Delivery(endpoint, entry_id, entry.event, entry.claims)
 
     async def keep(self, delivery: Delivery, consumer: str) -> bool:
         await trio.lowlevel.checkpoint()
-        entry = self._queues[delivery.endpoint].entries.get(delivery.entry)
+        queue = self._queues[delivery.endpoint]
+        entry = queue.entries.get(delivery.entry)
         if entry is None or entry.consumer != consumer:
             return False
         entry.touched = trio.current_time()
+        queue.claimed.move_to_end(delivery.entry)
         return True
 
     async def ack(self, delivery: Delivery) -> None:
@@ -122,6 +129,7 @@ class MemoryOutbox:
         queue = self._queues[delivery.endpoint]
         queue.entries.pop(delivery.entry, None)
         queue.fresh.pop(delivery.entry, None)
+        queue.claimed.pop(delivery.entry, None)
 
     async def depth(self, endpoint: str) -> int:
         await trio.lowlevel.checkpoint()
