@@ -160,6 +160,9 @@ async def serve_rmeeting(
             with trio.CancelScope(shield=True), \
                     trio.move_on_after(config.shutdown_grace) as grace:
                 await _drain(service, hub, cluster=config.cluster)
+            if webhooks is not None:  # the drain's leaves too: into the outbox (2 s at most)
+                with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                    await webhooks.flush()
             if grace.cancelled_caught:
                 log.warning("shutdown_grace passed: %d member(s) cut off",
                             hub.statistics()["members"])

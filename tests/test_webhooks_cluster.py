@@ -139,6 +139,24 @@ async def test_a_failing_endpoint_gets_what_it_missed_with_the_same_ids(
     assert {g.id for g in of(failing, mid)} == set(tried) == {g.id for g in of(healthy, mid)}
 
 
+async def test_the_leaves_of_a_graceful_stop_are_delivered(
+    cluster: tuple[LocalCluster, list[int]], nursery: trio.Nursery
+) -> None:
+    c, ports = cluster
+    one, _two = await receivers(nursery, ports, "ok", "ok")
+    stopping = c.instances[1]
+    with trio.fail_after(60):
+        async with Api(c.url) as api:
+            mid, _auth = await new_meeting(api)
+        async with open_v1(stopping.url, mid, name="carol") as carol:
+            await trio.to_thread.run_sync(stopping.stop)  # SIGTERM: drain, then exit
+            assert await carol.closed_code(10) == 1012
+        left = await one.wait_for(lambda _: any(g.type == "member.left" for g in of(one, mid)))
+        await trio.to_thread.run_sync(stopping.start)  # back, for the next test
+    assert [g.data["reason"] for g in left if g.type == "member.left" and
+            g.data["meeting_id"] == mid] == ["server shutdown"]
+
+
 async def test_a_sender_killed_mid_delivery_loses_nothing(
     cluster: tuple[LocalCluster, list[int]], nursery: trio.Nursery
 ) -> None:

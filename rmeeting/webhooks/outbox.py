@@ -23,7 +23,9 @@ from .events import WebhookEvent
 __all__ = ["DEDUPE_SECONDS", "Delivery", "Outbox"]
 
 #: how long an event id is remembered: far longer than the spread between instances' watches
-DEDUPE_SECONDS = 24 * 3600
+#: (milliseconds; minutes for a watch that resumes after an etcd partition), short enough that
+#: the marks of a busy cluster stay small in Redis
+DEDUPE_SECONDS = 3600
 
 
 @dataclass(frozen=True)

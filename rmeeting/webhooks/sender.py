@@ -116,15 +116,24 @@ class Webhooks:
         self._webhook = Webhook(secret)
         self._user_agent = user_agent
         self._send, self._receive = trio.open_memory_channel[WebhookEvent](EMIT_BUFFER)
+        self._unqueued = 0  # emitted, not yet in the outbox
+        self._all_queued = trio.Event()
 
     def emit(self, event: WebhookEvent) -> None:
         """Queue ``event`` for every endpoint; never waits (see the module's docstring)."""
         try:
             self._send.send_nowait(event)
+            self._unqueued += 1
         except trio.WouldBlock:
             self.stats.dropped_emit += 1
             log.error("webhook event %s (%s) dropped: %d events wait for the outbox",
                       event.id, event.type, EMIT_BUFFER)
+
+    async def flush(self) -> None:
+        """Until every event emitted so far is in the outbox (for a graceful stop: bound it)."""
+        while self._unqueued:
+            self._all_queued = trio.Event()
+            await self._all_queued.wait()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: the enqueuer, and one sender per endpoint."""
@@ -146,13 +155,16 @@ class Webhooks:
                 try:
                     new = await self.outbox.enqueue(event)
                     break
-                except StoreUnavailable as exc:
+                except Exception as exc:  # noqa: BLE001 - any outbox failure: hold and retry
                     failures += 1
                     if failures == 1:
-                        log.warning("webhook outbox unavailable, holding events: %s", exc)
+                        _log_outbox_error("holding events", exc)
                     await trio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
             counts = self.stats.enqueued if new else self.stats.duplicates
             counts[event.type] = counts.get(event.type, 0) + 1
+            self._unqueued -= 1
+            if not self._unqueued:
+                self._all_queued.set()
 
     async def _serve_endpoint(self, http: httpx.AsyncClient, url: str) -> None:
         label = endpoint_label(url)
@@ -167,9 +179,9 @@ class Webhooks:
                     batch = await self.outbox.claim(
                         url, self.consumer, count=free,
                         reclaim_after=self.policy.reclaim_after, wait=1.0)
-                except StoreUnavailable as exc:
+                except Exception as exc:  # noqa: BLE001 - any outbox failure: wait and retry
                     room.release()
-                    log.warning("webhook outbox unavailable: %s", exc)
+                    _log_outbox_error("claiming", exc)
                     await trio.sleep(1.0)
                     continue
                 started = 0
@@ -189,8 +201,8 @@ class Webhooks:
         while True:
             try:
                 self.stats.depth[label] = await self.outbox.depth(url)
-            except StoreUnavailable:
-                pass  # the last known value stays; the outage is logged elsewhere
+            except Exception:  # noqa: BLE001, S110 - the last value stays; claims log outages
+                pass
             await trio.sleep(1.0)
 
     async def _deliver(self, http: httpx.AsyncClient, delivery: Delivery, label: str,
@@ -231,6 +243,9 @@ class Webhooks:
                                            headers=headers)
         except (httpx.HTTPError, trio.TooSlowError) as exc:
             return f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it is this attempt's failure
+            log.exception("webhook attempt to %s raised", endpoint_label(delivery.endpoint))
+            return f"{type(exc).__name__}: {exc}"
         if 200 <= response.status_code < 300:
             return None
         return f"HTTP {response.status_code}"
@@ -250,15 +265,26 @@ class Webhooks:
     async def _keep(self, delivery: Delivery) -> bool:
         try:
             return await self.outbox.keep(delivery, self.consumer)
-        except StoreUnavailable:
-            return True  # keep trying: if it was taken over meanwhile, the receiver dedupes
+        except Exception as exc:  # noqa: BLE001 - keep trying: if it was taken over
+            _log_outbox_error("keeping a claim", exc)  # meanwhile, the receiver dedupes
+            return True
 
     async def _ack(self, delivery: Delivery) -> None:
         for failures in range(1, 100):
             try:
                 await self.outbox.ack(delivery)
                 return
-            except StoreUnavailable:
-                await trio.sleep(min(5.0, 0.1 * 2 ** failures))
+            except Exception as exc:  # noqa: BLE001 - retried; worst case a second delivery
+                _log_outbox_error("acknowledging", exc)
+                await trio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
         log.error("webhook %s: could not acknowledge; it may be delivered again",
                   delivery.event.id)
+
+
+def _log_outbox_error(doing: str, exc: Exception) -> None:
+    """An outbox outage is expected (a warning); anything else is a bug or a misconfigured
+    Redis, logged with its traceback. Either way the sender waits and tries again."""
+    if isinstance(exc, StoreUnavailable):
+        log.warning("webhook outbox unavailable (%s): %s", doing, exc)
+    else:
+        log.error("webhook outbox failed (%s)", doing, exc_info=exc)
