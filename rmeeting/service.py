@@ -383,8 +383,12 @@ class MeetingService:
             self._webhook(webhook_events.meeting_ended, event)
 
     def _webhook(self, build: Callable[..., webhook_events.WebhookEvent], *args: Any) -> None:
-        if self.webhooks is not None:  # built only when someone listens
+        if self.webhooks is None:  # built only when someone listens
+            return
+        try:
             self.webhooks.emit(build(*args))
+        except Exception:  # a webhook must never break the meeting's own path
+            log.exception("webhook event not built")
 
     def notify_lobby(
         self,

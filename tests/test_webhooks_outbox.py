@@ -126,3 +126,25 @@ def test_the_stored_form_reads_back_and_garbage_is_refused() -> None:
                 '{"id":1,"type":"meeting.ended","timestamp":1,"data":{}}', "[]", "{"):
         with pytest.raises((ValueError, TypeError, KeyError)):
             WebhookEvent.from_json(bad)
+
+
+def test_hostile_text_makes_a_body_that_signs_and_verifies() -> None:
+    import time
+
+    from standardwebhooks import Webhook
+
+    from rmeeting.stores.base import MemberRecord
+    from rmeeting.webhooks.events import member_joined
+    from rmeeting.webhooks.sender import sign
+
+    from .webhook_receiver import SECRET
+
+    name = "\ud800" + "\u4f1a" * 3000 + "\x00\"\\"
+    record = MemberRecord("m\udfff", "id", name, "member", "i1", 1.5, "0" * 64)
+    event = member_joined(record)
+    body = event.body()
+    assert body.isascii()
+    assert WebhookEvent.from_json(event.to_json()) == event
+    webhook = Webhook(SECRET)
+    payload = webhook.verify(body.encode(), sign(webhook, event, body, time.time()))
+    assert payload["data"]["member"]["name"] == name

@@ -70,8 +70,9 @@ class WebhookEvent:
     def body(self) -> str:
         """The POST body, the Standard Webhooks payload: ``{"type", "timestamp", "data"}``."""
         stamp = datetime.fromtimestamp(self.timestamp, UTC).isoformat().replace("+00:00", "Z")
+        # ASCII: a lone surrogate in a member's name stays an escape, never unencodable bytes
         return json.dumps({"type": self.type, "timestamp": stamp, "data": self.data},
-                          separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+                          separators=(",", ":"), allow_nan=False)
 
     def to_json(self) -> str:
         """What the outbox stores (``from_json`` reads it back)."""
