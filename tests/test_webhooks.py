@@ -7,19 +7,22 @@ tests/test_webhooks_cluster.py."""
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from standardwebhooks import Webhook
 
 from rmeeting.server import RunningServer, serve_rmeeting
+from rmeeting.stores.base import MemberRecord
 from rmeeting.webhooks import EVENT_TYPES, RetryPolicy, Webhooks
-from rmeeting.webhooks.events import WebhookEvent, event_id
+from rmeeting.webhooks.events import WebhookEvent, event_id, member_joined
 from rmeeting.webhooks.memory import MemoryOutbox
 from rmeeting.webhooks.receiver import Request, serve_receiver
-from rmeeting.webhooks.sender import EMIT_BUFFER, endpoint_label
+from rmeeting.webhooks.sender import EMIT_BUFFER, endpoint_label, sign
 
 from .clients import Api, open_v1
 from .conftest import make_config
@@ -235,3 +238,35 @@ def test_the_webhook_metrics_are_documented() -> None:
     names = set(metrics.registry.names())
     assert {n for n in names if "webhook" in n} <= documented
     assert len({n for n in names if "webhook" in n}) == 5
+
+
+def test_hostile_text_makes_a_body_that_signs_and_verifies() -> None:
+    name = "\ud800" + "\u4f1a" * 3000 + "\x00\"\\"
+    record = MemberRecord("m\udfff", "id", name, "member", "i1", 1.5, "0" * 64)
+    event = member_joined(record)
+    body = event.body()
+    assert body.isascii()
+    assert WebhookEvent.from_json(event.to_json()) == event
+    webhook = Webhook(SECRET)
+    payload = webhook.verify(body.encode(), sign(webhook, event, body, time.time()))
+    assert payload["data"]["member"]["name"] == name
+
+
+async def test_a_delivery_is_given_up_after_its_attempts_and_leaves_the_queue(
+    nursery: trio.Nursery,
+) -> None:
+    receiver = Receiver(mode="fail")
+    await nursery.start(receiver.serve)
+    outbox = MemoryOutbox([receiver.url])
+    policy = RetryPolicy(first_delay=0.01, max_delay=0.05, max_attempts=4, reclaim_after=5)
+    webhooks = Webhooks([receiver.url], SECRET, outbox, consumer="i1", policy=policy)
+    await nursery.start(webhooks.serve)
+    webhooks.emit(WebhookEvent(event_id("meeting.ended", "gone"), "meeting.ended", 1.0,
+                               {"meeting_id": "gone", "reason": "r"}))
+    with trio.fail_after(10):
+        while webhooks.stats.gave_up == 0:
+            await trio.sleep(0.01)
+        assert await outbox.depth(receiver.url) == 0
+    assert [g.id for g in receiver.attempts] == [event_id("meeting.ended", "gone")] * 4
+    assert (webhooks.stats.failed_attempts, webhooks.stats.retries) == (4, 3)
+    assert webhooks.stats.delivered == 0 and receiver.delivered == []
