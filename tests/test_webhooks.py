@@ -148,6 +148,8 @@ async def test_a_hanging_endpoint_slows_no_meeting_and_loses_nothing(
                 # the healthy endpoint has everything so far; the dead one holds 32 requests
                 await alive.wait_for(
                     lambda got: counted(got)["controls.changed"] == flips)
+                await dead.wait_for(lambda _: len({g.id for g in dead.attempts}) >= 32)
+                await trio.sleep(0.2)  # no 33rd comes: the rest wait in the outbox
                 assert dead.delivered == [] and len({g.id for g in dead.attempts}) == 32
                 # the rest wait in the outbox, and the metrics show them
                 label = endpoint_label(dead.url)

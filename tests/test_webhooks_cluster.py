@@ -17,7 +17,7 @@ from rmeeting.cluster.processes import free_ports
 
 from .clients import Api, open_v1
 from .test_webhooks import flip, new_meeting
-from .webhook_receiver import SECRET, Got, Receiver
+from .webhook_receiver import SECRET, Got, Mode, Receiver
 
 pytestmark = [pytest.mark.cluster, pytest.mark.etcd, pytest.mark.redis]
 
@@ -58,10 +58,10 @@ def of(receiver: Receiver, meeting: str) -> list[Got]:
     return [g for g in receiver.delivered if g.data.get("meeting_id") == meeting]
 
 
-async def receivers(nursery: trio.Nursery, ports: list[int], *modes: str) -> list[Receiver]:
+async def receivers(nursery: trio.Nursery, ports: list[int], *modes: Mode) -> list[Receiver]:
     started = []
     for port, mode in zip(ports, modes, strict=True):
-        receiver = Receiver(port=port, mode=mode)  # type: ignore[arg-type]
+        receiver = Receiver(port=port, mode=mode)
         await nursery.start(receiver.serve)
         started.append(receiver)
     return started
