@@ -272,3 +272,34 @@ async def test_a_delivery_is_given_up_after_its_attempts_and_leaves_the_queue(
     assert [g.id for g in receiver.attempts] == [event_id("meeting.ended", "gone")] * 4
     assert (webhooks.stats.failed_attempts, webhooks.stats.retries) == (4, 3)
     assert webhooks.stats.delivered == 0 and receiver.delivered == []
+
+
+@pytest.mark.redis
+async def test_events_emitted_while_redis_is_down_wait_and_are_delivered(
+    nursery: trio.Nursery,
+) -> None:
+    from rmeeting.cluster.processes import RedisServer
+    from rmeeting.webhooks.redis import RedisOutbox
+
+    receiver = Receiver()
+    await nursery.start(receiver.serve)
+    with RedisServer() as redis:
+        webhooks = Webhooks([receiver.url], SECRET, RedisOutbox(redis.url, [receiver.url]),
+                            consumer="i1")
+        async with trio.open_nursery() as inner:
+            await inner.start(webhooks.serve)
+            events = [WebhookEvent(event_id("meeting.ended", n), "meeting.ended", float(n),
+                                   {"meeting_id": str(n), "reason": "r"}) for n in range(3)]
+            with trio.fail_after(30):
+                webhooks.emit(events[0])
+                await receiver.wait_for(lambda got: len(got) == 1)
+                redis.kill()  # the outbox is gone: the service's emits must not notice
+                for event in events[1:]:
+                    webhooks.emit(event)
+                await trio.sleep(0.5)
+                assert len(receiver.delivered) == 1
+                await trio.to_thread.run_sync(redis.restart)
+                await receiver.wait_for(lambda got: len(got) == 3)
+            inner.cancel_scope.cancel()
+    assert receiver.ids() == [e.id for e in events]
+    assert webhooks.stats.dropped_emit == 0
