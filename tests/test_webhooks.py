@@ -6,6 +6,7 @@ tests/test_webhooks_cluster.py."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import Counter
@@ -87,10 +88,12 @@ async def test_every_event_type_arrives_once_signed(nursery: trio.Nursery) -> No
     left = {g.data["member"]["name"]: g.data["reason"] for g in receiver.of("member.left")}
     assert left["host"] == "meeting ended" and left["ann"]
     assert {g.data["member"]["id"] for g in receiver.of("member.joined")} >= {ann_id}
-    changes = [(g.data["changed"], g.data["actor"]) for g in receiver.of("controls.changed")]
-    assert ({"mic": False}, changes[0][1]) in changes and ({"camera": True}, "timer") in changes
-    assert [g.data["revision"] for g in receiver.of("controls.changed")] == sorted(
-        g.data["revision"] for g in receiver.of("controls.changed"))
+    # arrival order is not event order (deliveries run concurrently): compare as sets
+    changes = {(json.dumps(g.data["changed"]), g.data["actor"] == "timer")
+               for g in receiver.of("controls.changed")}
+    assert changes == {('{"mic": false}', False), ('{"chat": false}', False),
+                       ('{"camera": false}', False), ('{"camera": true}', True)}
+    assert len({g.data["revision"] for g in receiver.of("controls.changed")}) == 4
     assert receiver.of("meeting.ended")[0].data["reason"] == "ended by the host"
     assert receiver.of("member.waiting")[0].data == {"meeting_id": mid, "member_id": "w1",
                                                       "name": "wanda"}
@@ -299,7 +302,8 @@ async def test_events_emitted_while_redis_is_down_wait_and_are_delivered(
                 await trio.sleep(0.5)
                 assert len(receiver.delivered) == 1
                 await trio.to_thread.run_sync(redis.restart)
-                await receiver.wait_for(lambda got: len(got) == 3)
+                # concurrent deliveries arrive in any order; a delivery whose ack the outage
+                # cut off may come twice (at least once), under its id
+                await receiver.wait_for(lambda got: {g.id for g in got} == {e.id for e in events})
             inner.cancel_scope.cancel()
-    assert receiver.ids() == [e.id for e in events]
     assert webhooks.stats.dropped_emit == 0

@@ -138,7 +138,10 @@ class Webhooks:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: the enqueuer, and one sender per endpoint."""
         try:
+            # connections: at most IN_FLIGHT per endpoint anyway (no pool limit to wait on)
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=IN_FLIGHT)
             async with httpx.AsyncClient(timeout=self.policy.timeout, follow_redirects=False,
+                                         limits=limits,
                                          headers={"user-agent": self._user_agent}) as http, \
                     trio.open_nursery() as nursery:
                 nursery.start_soon(self._move_to_outbox)
@@ -239,16 +242,19 @@ class Webhooks:
         headers = sign(self._webhook, delivery.event, body, time.time())
         try:
             with trio.fail_after(self.policy.timeout):
-                response = await http.post(delivery.endpoint, content=body.encode(),
-                                           headers=headers)
+                # streamed, and the answer's body never read: only its status counts, and an
+                # endpoint cannot make us hold a huge reply
+                async with http.stream("POST", delivery.endpoint, content=body.encode(),
+                                       headers=headers) as response:
+                    status = response.status_code
         except (httpx.HTTPError, trio.TooSlowError) as exc:
             return f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is this attempt's failure
             log.exception("webhook attempt to %s raised", endpoint_label(delivery.endpoint))
             return f"{type(exc).__name__}: {exc}"
-        if 200 <= response.status_code < 300:
+        if 200 <= status < 300:
             return None
-        return f"HTTP {response.status_code}"
+        return f"HTTP {status}"
 
     async def _wait_keeping(self, delivery: Delivery, seconds: float) -> bool:
         """Sleep ``seconds``, keeping the claim fresh; False if it is no longer ours."""
