@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import redis
+import trio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from ..stores._redis_common import SOCKET_TIMEOUT, call, connect
+from ..stores.base import StoreUnavailable
 from .events import WebhookEvent
 from .outbox import DEDUPE_SECONDS, Delivery
 
@@ -40,6 +43,10 @@ log = logging.getLogger("rmeeting.webhooks")
 #: entries one endpoint's stream holds before the oldest is trimmed
 REDIS_CAPACITY = 100_000
 GROUP = "senders"
+#: a command's socket timeout: a Redis that hangs costs one outbox call at most this long
+SOCKET_TIMEOUT = 2.0
+
+T = TypeVar("T")
 
 # KEYS: seen, dropped, cleared seen, stream... ARGV: dedupe seconds, event JSON, capacity, clear?
 _ENQUEUE = """
@@ -189,3 +196,20 @@ def _digest(url: str) -> str:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# The outbox keeps its own few lines of client plumbing (the stores' are theirs to change):
+# redis-py's sync client in worker threads, no retries inside redis-py (the sender retries, and
+# it must see an outage at once), failures as StoreUnavailable.
+
+
+def connect(url: str, timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                socket_keepalive=True, retry=Retry(NoBackoff(), 0))
+
+
+async def call(fn: Callable[[], T]) -> T:
+    try:
+        return await trio.to_thread.run_sync(fn)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError included
+        raise StoreUnavailable(f"redis: {exc}") from exc
