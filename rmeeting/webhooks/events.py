@@ -24,6 +24,7 @@ __all__ = [
     "EVENT_TYPES",
     "LOBBY_TYPES",
     "EventType",
+    "LobbyType",
     "WebhookEvent",
     "controls_changed",
     "event_id",
