@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     from .ops import add_commands as add_ops_commands
 
     add_ops_commands(sub)  # meetings, controls, attendance, chat (docs/operations.md)
+    from .webhooks.cli import add_arguments as add_webhooks_arguments
+
+    webhooks = sub.add_parser(
+        "webhooks",
+        help="listen: a local receiver printing verified webhooks; secret: make a secret",
+        description="Webhooks tools (docs/integration.md).",
+    )
+    add_webhooks_arguments(webhooks)
     return parser
 
 
@@ -73,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .cluster.cli import run_from_args as run_cluster
 
         return run_cluster(args)
+    if args.command == "webhooks":
+        from .webhooks.cli import run_from_args as run_webhooks
+
+        return run_webhooks(args)
     if getattr(args, "ops", None) is not None:
         from .ops import run as run_ops
 

@@ -81,6 +81,11 @@ class Config:
     audit_limit: int = 1000
     #: failed credential guesses (LeaveMeeting, Export) per client address per minute, then 429
     max_failed_guesses: int = 20
+    # --- webhooks (docs/integration.md) ---
+    #: endpoints that receive every meeting event (POST, signed); comma separated in the env
+    webhook_urls: tuple[str, ...] = ()
+    #: the Standard Webhooks secret that signs every delivery: ``whsec_`` + base64
+    webhook_secret: str = field(default="", repr=False)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -113,7 +118,34 @@ class Config:
             raise ConfigError("welcome_history must be between 0 and history_limit")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
+        _validate_webhooks(self.webhook_urls, self.webhook_secret)
         return self
+
+
+def _validate_webhooks(urls: tuple[str, ...], secret: str) -> None:
+    from urllib.parse import urlsplit
+
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"webhook_urls: {url!r} is not an http(s) URL")
+    if len(set(urls)) != len(urls):
+        raise ConfigError("webhook_urls: an endpoint is listed twice")
+    if not secret:
+        if urls:
+            raise ConfigError("webhook_urls needs webhook_secret (whsec_ + base64)")
+        return
+    import base64
+    import binascii
+
+    body = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not secret.startswith("whsec_") or len(key) < 16:
+        raise ConfigError("webhook_secret must be whsec_ + base64 of at least 16 bytes "
+                          "(make one with: rmeeting webhooks secret)")
 
 
 _FIELDS = {f.name: f for f in fields(Config) if f.name != "extra"}

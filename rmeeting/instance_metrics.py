@@ -19,6 +19,7 @@ from .metrics import Registry, Value
 if TYPE_CHECKING:
     from .hub import Hub
     from .service import MeetingService
+    from .webhooks import Webhooks
 
 __all__ = ["InstanceMetrics"]
 
@@ -137,6 +138,36 @@ class InstanceMetrics:
                   "1 while the Redis relay (pub/sub) is connected and subscribed.")
         _optional(r.counter, chat, "malformed", "rmeeting_relay_malformed_total",
                   "Undecodable messages the Redis relay skipped.")
+
+    # --- webhooks (rmeeting/webhooks): counted by the sender, read at scrape time ----------
+
+    def bind_webhooks(self, webhooks: Webhooks) -> None:
+        r, stats = self.registry, webhooks.stats
+        r.counter("rmeeting_webhook_events_total",
+                  "Webhook events this instance put in the outbox (result=new), or found there "
+                  "already, put by another instance that saw the same change (result=duplicate).",
+                  ["type", "result"],
+                  collect=lambda: {**{(t, "new"): n for t, n in stats.enqueued.items()},
+                                   **{(t, "duplicate"): n for t, n in stats.duplicates.items()}})
+        r.counter("rmeeting_webhook_deliveries_total",
+                  "Webhook delivery attempts by this instance: result=ok (a 2xx), failed (an "
+                  "error, a timeout or another status: retried), gave_up (out of attempts).",
+                  ["result"],
+                  collect=lambda: {("ok",): stats.delivered, ("failed",): stats.failed_attempts,
+                                   ("gave_up",): stats.gave_up})
+        r.counter("rmeeting_webhook_retries_total",
+                  "Webhook delivery attempts after the first (same webhook-id).",
+                  collect=lambda: stats.retries)
+        r.gauge("rmeeting_webhook_queue_depth",
+                "Webhook deliveries not yet acknowledged, per endpoint (waiting or in progress; "
+                "in a cluster the shared outbox's depth), refreshed about once a second.",
+                ["endpoint"], collect=lambda: {(e,): n for e, n in stats.depth.items()})
+        r.counter("rmeeting_webhook_dropped_total",
+                  "Webhook events dropped: where=emit (this instance's buffer to the outbox was "
+                  "full), where=outbox (an endpoint's queue was full: its oldest went).",
+                  ["where"],
+                  collect=lambda: {("emit",): stats.dropped_emit,
+                                   ("outbox",): webhooks.outbox.dropped})
 
     def expose(self) -> str:
         return self.registry.expose()

@@ -22,6 +22,7 @@ from .stores.base import ChatLog, MeetingStore, MemberStore
 from .stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
 from .transport.frontdoor import FrontDoor, WsLimits
 from .transport.http_bridge import HttpBridge
+from .webhooks import make_webhooks
 
 __all__ = ["RunningServer", "open_stores", "serve_rmeeting"]
 
@@ -107,6 +108,7 @@ async def serve_rmeeting(
         metrics = InstanceMetrics()
         hub = Hub(config.shards, encoders=wire.encoders(),
                   on_controls_delivered=metrics.on_controls_delivered)
+        webhooks = make_webhooks(config, instance_id)  # None without webhook_urls
         service = MeetingService(
             config,
             meetings=stores.meetings,
@@ -115,6 +117,7 @@ async def serve_rmeeting(
             hub=hub,
             instance_id=instance_id,
             metrics=metrics,
+            webhooks=webhooks,
         )
 
         async def ready() -> bool:
@@ -140,6 +143,9 @@ async def serve_rmeeting(
                      meetings=stores.meetings, chat=stores.chat, service=service,
                      tcp_connections=lambda: front.connections)
         await nursery.start(hub.serve)
+        if webhooks is not None:  # before the stores' events: the first ones are sent too
+            metrics.bind_webhooks(webhooks)
+            await nursery.start(webhooks.serve)
         await nursery.start(stores.meetings.serve_events, service.on_meeting_event)
         on_bus_event = await cluster.start(nursery, service)
         await nursery.start(stores.chat.serve, on_bus_event)
@@ -156,6 +162,9 @@ async def serve_rmeeting(
             with trio.CancelScope(shield=True), \
                     trio.move_on_after(config.shutdown_grace) as grace:
                 await _drain(service, hub, cluster=config.cluster)
+            if webhooks is not None:  # the drain's leaves too: into the outbox (2 s at most)
+                with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                    await webhooks.flush()
             if grace.cancelled_caught:
                 log.warning("shutdown_grace passed: %d member(s) cut off",
                             hub.statistics()["members"])

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
@@ -28,6 +28,7 @@ from .stores.base import (
     AttendanceRecord,
     AuditEntry,
     ChatLog,
+    ControlsChanged,
     MeetingEnded,
     MeetingEvent,
     MeetingFull,
@@ -38,6 +39,10 @@ from .stores.base import (
     MemberStore,
     Role,
 )
+from .webhooks import events as webhook_events
+
+if TYPE_CHECKING:
+    from .webhooks import Webhooks
 
 __all__ = ["Denied", "Joined", "MeetingService", "RateLimiter", "Returning"]
 
@@ -109,6 +114,7 @@ class MeetingService:
         hub: Hub,
         instance_id: str,
         metrics: InstanceMetrics | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.config = config
         self.meetings = meetings
@@ -120,6 +126,7 @@ class MeetingService:
         self.metrics = metrics or InstanceMetrics()
         #: meeting id -> its budget of control changes on this instance (dropped when it ends)
         self._control_limits: dict[str, RateLimiter] = {}
+        self.webhooks = webhooks
 
     # --- events from the stores, to the hub ---------------------------------------------
 
@@ -127,6 +134,7 @@ class MeetingService:
         self.metrics.on_meeting_event(event)
         if isinstance(event, MeetingEnded):
             self._control_limits.pop(event.meeting_id, None)
+        self._webhook_for_meeting_event(event)
         await self.hub.deliver(event)
 
     async def on_bus_event(self, event: BusEvent) -> None:
@@ -158,6 +166,7 @@ class MeetingService:
         )
         created = await self.meetings.create(meta, initial)
         log.info("meeting created", extra={"meeting": meta.meeting_id})
+        self._webhook(webhook_events.meeting_created, meta)
         return Created(meta, created, host_key)
 
     async def require_meeting(self, meeting_id: str) -> MeetingMeta:
@@ -224,7 +233,11 @@ class MeetingService:
     async def end_meeting(self, meeting_id: str, *, reason: str = "ended by the host") -> bool:
         ended = await self.meetings.end(meeting_id, reason=reason)
         if ended:
-            await self.members.clear_meeting(meeting_id, reason=LeaveReason.MEETING_ENDED)
+            cleared = await self.members.clear_meeting(
+                meeting_id, reason=LeaveReason.MEETING_ENDED
+            )
+            for record in cleared:
+                self._webhook(webhook_events.member_left, record, LeaveReason.MEETING_ENDED)
             # the history is kept for the attendance export; chat is dropped
             await self.chat.drop(meeting_id)
         return ended
@@ -305,6 +318,7 @@ class MeetingService:
             await self.members.join(record, max_members=self.config.max_members)
             sub.registered = True
             await self.chat.publish(MemberJoined.of(record))
+            self._webhook(webhook_events.member_joined, record)
         except MeetingFull as exc:
             await self._unlisten(sub)
             raise Denied("meeting_full", "the meeting is full") from exc
@@ -357,6 +371,7 @@ class MeetingService:
         # the event names the presence (joined_at), so that a newer one of the member is not
         # closed
         await self.chat.publish(MemberLeft.of(record, reason, close))
+        self._webhook(webhook_events.member_left, record, reason)
 
     async def leave_by_key(self, meeting_id: str, key: str) -> list[MemberRecord]:
         """The seed's LeaveMeeting: every presence of the member holding ``key`` leaves."""
@@ -370,6 +385,40 @@ class MeetingService:
                 if left is not None:
                     gone.append(left)
         return gone
+
+    # --- webhooks (rmeeting/webhooks): one non-blocking call per event ----------------------
+    # Joins, leaves and creations are emitted by the instance that makes them; control changes
+    # and ends by every instance whose watch sees them (the outbox keeps one per event id).
+
+    def _webhook_for_meeting_event(self, event: MeetingEvent) -> None:
+        if isinstance(event, ControlsChanged):
+            self._webhook(webhook_events.controls_changed, event)
+        elif isinstance(event, MeetingEnded):
+            self._webhook(webhook_events.meeting_ended, event)
+
+    def _webhook(self, build: Callable[..., webhook_events.WebhookEvent], *args: Any) -> None:
+        if self.webhooks is None:  # built only when someone listens
+            return
+        try:
+            self.webhooks.emit(build(*args))
+        except Exception:  # a webhook must never break the meeting's own path
+            log.exception("webhook event not built")
+
+    def notify_lobby(
+        self,
+        kind: webhook_events.LobbyType,
+        meeting_id: str,
+        member_id: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+    ) -> None:
+        """The lobby's webhook: ``member.waiting``, ``member.admitted`` or ``member.refused``.
+        Never waits. ``key`` names the happening if several instances may report it (else
+        emit it from one instance only)."""
+        if self.webhooks is not None:
+            self.webhooks.emit(
+                webhook_events.lobby_event(kind, meeting_id, member_id, data, key=key))
 
     async def resolve_token(self, meeting_id: str, token: str) -> Returning:
         """Check a v1 reconnect token against the member's latest record.
