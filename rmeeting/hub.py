@@ -39,7 +39,7 @@ from .events import (
 )
 from .stores.base import MemberRecord
 
-__all__ = ["Encoder", "Hub", "Outlet", "Subscriber"]
+__all__ = ["Encoder", "Holder", "Hub", "Outlet", "Subscriber"]
 
 log = logging.getLogger("rmeeting.hub")
 
@@ -64,6 +64,13 @@ class Outlet(Protocol):
     def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None: ...
 
 
+class Holder(Protocol):
+    """Takes a member's frames, with the event each one encodes, instead of its outlet (the v1
+    welcome holds what arrives while it is being put together)."""
+
+    def hold(self, event: HubEvent, frame: bytes) -> None: ...
+
+
 @dataclass(eq=False)
 class Subscriber:
     """One member's connection, as the hub sees it."""
@@ -76,6 +83,8 @@ class Subscriber:
     user_uid: str = ""
     #: v1: chat up to this seq was in the welcome snapshot; later copies are skipped
     skip_chat_upto: int = 0
+    #: while set, the member's event frames go here instead of to ``outlet``
+    held: Holder | None = None
     #: set when the server ended this presence (leave via API, kick, replaced, meeting ended),
     #: so the session does not record a second leave for it
     evicted: bool = False
@@ -231,7 +240,10 @@ class _Shard:
             for sub in members.values():
                 if seq and sub.skip_chat_upto >= seq:
                     continue
-                sub.outlet.send_frame_nowait(frame)
+                if sub.held is None:
+                    sub.outlet.send_frame_nowait(frame)
+                else:
+                    sub.held.hold(event, frame)
             self.delivered += len(members)
         match event:
             case MemberJoined():
