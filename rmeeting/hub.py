@@ -37,7 +37,7 @@ from .events import (
     MemberUpdated,
     Notice,
 )
-from .stores.base import MemberRecord
+from .records import MemberRecord
 
 __all__ = ["Encoder", "Holder", "Hub", "Outlet", "Subscriber"]
 

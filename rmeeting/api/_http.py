@@ -7,7 +7,7 @@ from typing import Any
 
 from quart import Response, request
 
-from ..wire._json import dumps
+from ..wire import dumps
 
 __all__ = ["BadRequest", "field", "json_body", "json_response", "only"]
 
