@@ -132,7 +132,7 @@ _ShardOp = _Attach | _Detach | _Deliver | _CloseAll | _SetSeq
 
 
 class _Meeting:
-    __slots__ = ("by_protocol", "controls", "last_seq", "since")
+    __slots__ = ("by_protocol", "controls", "holding", "last_seq", "since")
 
     def __init__(self, controls: Controls, protocols: Iterable[str]) -> None:
         self.by_protocol: dict[str, dict[str, Subscriber]] = {p: {} for p in protocols}
@@ -142,6 +142,9 @@ class _Meeting:
         self.last_seq = 0
         #: since when (epoch seconds) this instance has members of it
         self.since = time.time()
+        #: some member may have ``held`` set: the fan-out checks each member only then (set on
+        #: attach, cleared by the fan-out once it finds none), so the common case costs nothing
+        self.holding = False
 
     def __len__(self) -> int:
         return sum(len(m) for m in self.by_protocol.values())
@@ -205,6 +208,8 @@ class _Shard:
         else:
             self._on_change(+1)
         meeting.by_protocol[sub.protocol][sub.member_id] = sub
+        if sub.held is not None:
+            meeting.holding = True
 
     def _detach(self, sub: Subscriber) -> None:
         meeting = self.meetings.get(sub.meeting_id)
@@ -231,20 +236,31 @@ class _Shard:
             if event.controls.revision < meeting.controls.revision:
                 return  # older than what members already have (a late duplicate)
             meeting.controls = event.controls
+        holding = False
         for protocol, members in meeting.by_protocol.items():
             if not members:
                 continue
             frame = self._encoders[protocol].frame(event)
             if frame is None:
                 continue
-            for sub in members.values():
-                if seq and sub.skip_chat_upto >= seq:
-                    continue
-                if sub.held is None:
+            if not meeting.holding:
+                for sub in members.values():
+                    if seq and sub.skip_chat_upto >= seq:
+                        continue
                     sub.outlet.send_frame_nowait(frame)
-                else:
-                    sub.held.hold(event, frame)
+            else:
+                for sub in members.values():
+                    if seq and sub.skip_chat_upto >= seq:
+                        continue
+                    if sub.held is None:
+                        sub.outlet.send_frame_nowait(frame)
+                    else:
+                        holding = True
+                        sub.held.hold(event, frame)
             self.delivered += len(members)
+        if meeting.holding and not holding:
+            meeting.holding = any(sub.held is not None for members in meeting.by_protocol.values()
+                                  for sub in members.values())
         match event:
             case MemberJoined():
                 self._after_join(meeting, event)
