@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from ..closes import LeaveReason
 from ..controls import DEFAULTS, Controls
 from ..events import ChatPosted, MemberJoined, MemberLeft, MemberUpdated, stamped
 from .base import (
@@ -178,7 +179,7 @@ class MemoryMemberStore:
     async def join(self, record: MemberRecord, *, max_members: int) -> None:
         present = self._present[record.meeting_id]
         if record.member_id in present:
-            await self.leave(record.meeting_id, record.member_id, reason="replaced")
+            await self.leave(record.meeting_id, record.member_id, reason=LeaveReason.REPLACED)
         elif len(present) >= max_members:
             raise MeetingFull(record.meeting_id)
         present[record.member_id] = record
