@@ -1,8 +1,10 @@
 """Meetings as the APIs see them: create, join, chat, control, leave, kick, end, export.
 
 Both protocols (the seed's and v1) and the HTTP routes call this one service, so they see one
-meeting. The service never writes to a member directly: every change goes to a store, and what
-the members learn comes back through the stores' event streams (``on_meeting_event``,
+meeting. It is the only gateway to the stores and the hub: the APIs and the cluster tasks call
+its methods, never its ``meetings``, ``members``, ``chat`` or ``hub`` (tests/test_layers.py
+keeps it so). The service never writes to a member directly: every change goes to a store, and
+what the members learn comes back through the stores' event streams (``on_meeting_event``,
 ``on_bus_event``) to the hub. That is what keeps one order per meeting, and it is the same path in
 embedded and cluster mode.
 """
@@ -21,14 +23,15 @@ from . import auth
 from .closes import Close, LeaveReason
 from .config import Config
 from .controls import Controls, validate_changes
-from .events import BusEvent, ChatPosted, MemberJoined, MemberLeft, MemberUpdated
-from .hub import Hub, Subscriber
+from .events import BusEvent, ChatPosted, HubEvent, MemberJoined, MemberLeft, MemberUpdated
+from .hub import Holder, Hub, Subscriber
 from .instance_metrics import InstanceMetrics
 from .stores.base import (
     AttendanceRecord,
     AuditEntry,
     ChatLog,
     ControlsChanged,
+    History,
     MeetingEnded,
     MeetingEvent,
     MeetingFull,
@@ -44,7 +47,8 @@ from .webhooks import events as webhook_events
 if TYPE_CHECKING:
     from .webhooks import Webhooks
 
-__all__ = ["Denied", "Joined", "MeetingService", "RateLimiter", "Returning"]
+#: ``Subscriber`` is the hub's record of a connection, as the APIs and cluster tasks see it
+__all__ = ["Denied", "Joined", "MeetingService", "RateLimiter", "Returning", "Subscriber"]
 
 log = logging.getLogger("rmeeting.service")
 
@@ -245,6 +249,19 @@ class MeetingService:
     async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]:
         return await self.members.attendance(meeting_id)
 
+    async def list_meetings(self) -> Sequence[MeetingMeta]:
+        return await self.meetings.list()
+
+    async def find_meeting(self, meeting_id: str) -> MeetingMeta | None:
+        return await self.meetings.get(meeting_id)
+
+    async def present(self, meeting_id: str) -> Sequence[MemberRecord]:
+        """The roster, without checking that the meeting exists (an ended one has none)."""
+        return await self.members.roster(meeting_id)
+
+    async def chat_history(self, meeting_id: str, after_seq: int, limit: int) -> History:
+        return await self.chat.history(meeting_id, after_seq, limit)
+
     async def controls(self, meeting_id: str) -> Controls:
         try:
             return await self.meetings.controls(meeting_id)
@@ -275,11 +292,13 @@ class MeetingService:
         key: str | None = None,
         returning: bool = False,
         user_uid: str = "",
+        holder: Holder | None = None,
     ) -> Joined:
         """Register a member and attach its connection; everyone learns ``member_joined``.
 
         ``key`` is the member's secret (the seed's userUid, or the secret of a v1 token);
-        ``returning`` members (a valid token) may join a locked meeting."""
+        ``returning`` members (a valid token) may join a locked meeting. With ``holder``, the
+        hub hands it the member's frames (``Subscriber.held``) until it is cleared."""
         if not self.accepting:
             raise Denied("draining", "this server is shutting down; reconnect")
         await self.require_meeting(meeting_id)
@@ -303,7 +322,7 @@ class MeetingService:
         if await self.members.is_banned(meeting_id, record.member_id):
             raise Denied("kicked", "you were removed from this meeting")
         sub = Subscriber(meeting_id, record.member_id, protocol, outlet, user_uid=user_uid,
-                         record=record)
+                         record=record, held=holder)
         # listen before announcing: the member must see its own join and all that follows
         await self.chat.subscribe(meeting_id)
         await self.hub.attach(sub, controls)
@@ -517,6 +536,47 @@ class MeetingService:
             joined.sub.record = updated  # still this presence (not a newer one elsewhere)
         await self.chat.publish(MemberUpdated.of(updated, clean))
         return updated
+
+    # --- this instance and its presences (for the cluster tasks) ------------------------
+
+    def connections(self) -> list[Subscriber]:
+        """This instance's attached connections, now."""
+        return self.hub.subscribers()
+
+    def local_meeting_ids(self) -> list[str]:
+        """The meetings this instance has members of, now."""
+        return self.hub.meeting_ids()
+
+    def chat_position(self, meeting_id: str) -> tuple[int, float]:
+        """The last chat seq this instance's members of the meeting got, and since when the
+        instance has members of it (``Hub.chat_position``)."""
+        return self.hub.chat_position(meeting_id)
+
+    async def deliver_here(self, event: HubEvent) -> None:
+        """Hand ``event`` to this instance's members only, not through a store: for what only
+        this instance knows (its relay's state) or fetched for itself (chat it missed)."""
+        await self.hub.deliver(event)
+
+    async def restart_chat_numbering(self, meeting_id: str) -> None:
+        """The chat log numbers from 1 again (a Redis that lost its data): forget the seq."""
+        await self.hub.set_last_seq(meeting_id, 0)
+
+    async def presence(self, meeting_id: str, member_id: str) -> MemberRecord | None:
+        return await self.members.get(meeting_id, member_id)
+
+    async def presences_through(self, instance_id: str) -> Sequence[MemberRecord]:
+        return await self.members.by_instance(instance_id)
+
+    async def instances_with_presences(self) -> Sequence[str]:
+        """A superset of the instances holding presences (``MemberStore.instances``)."""
+        return await self.members.instances()
+
+    async def register_again(self, sub: Subscriber, record: MemberRecord) -> None:
+        """Put back a presence the member store lost, as ``record`` (its connection ``sub`` is
+        still here), and announce it; raises MeetingFull."""
+        await self.members.join(record, max_members=self.config.max_members)
+        sub.record = record
+        await self.chat.publish(MemberJoined.of(record))
 
 
 def _uuid() -> str:

@@ -20,8 +20,7 @@ from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import StoreUnavailable
 from ..transport.frontdoor import Handshake
 from ..transport.websocket import BadFrame, WebSocket
-from ..wire import seed
-from ..wire._decode import BadInput, decode
+from ..wire import BadInput, decode, seed
 from ._http import BadRequest, field, json_body, json_response
 
 __all__ = ["DENIED_CLOSE_CODES", "leave_reason", "seed_blueprint", "seed_session"]

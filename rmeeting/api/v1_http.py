@@ -180,8 +180,8 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
         """Every meeting, oldest first (operators: ``rmeeting meetings list``)."""
         require_admin()
         listed = []
-        for meta in sorted(await service.meetings.list(), key=lambda m: m.created_at):
-            roster = await service.members.roster(meta.meeting_id)
+        for meta in sorted(await service.list_meetings(), key=lambda m: m.created_at):
+            roster = await service.present(meta.meeting_id)
             listed.append({"id": meta.meeting_id, "name": meta.name,
                            "created_at": iso(meta.created_at), "members": len(roster),
                            "join_url": join_url(meta.meeting_id)})
