@@ -7,7 +7,6 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from typing import Any
 
 import trio
@@ -19,7 +18,10 @@ from .base import BusEvent, History, StoreUnavailable
 __all__ = ["RedisChatLog"]
 
 # KEYS: seq, chat stream. ARGV: channel, event JSON up to its final seq value, chat?, limit.
-# One script: seq order, history order and publish order are the same order.
+# One script: seq order, history order and publish order are the same order. On a Redis Cluster
+# the channel is a shard channel of the meeting's slot (same hash tag as the keys, so the script
+# touches one slot) and SPUBLISH reaches only that shard's nodes, where a PUBLISH would be
+# broadcast to every node of the cluster.
 _PUBLISH = """
 local seq = 0
 if ARGV[3] == '1' then seq = redis.call('INCR', KEYS[1]) end
@@ -30,6 +32,7 @@ end
 redis.call('PUBLISH', ARGV[1], event)
 return seq
 """
+_SPUBLISH = _PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
 
 
 def _event(raw: bytes | str) -> BusEvent:
@@ -80,14 +83,15 @@ class RedisChatLog:
     ) -> None:
         if history_limit < 1:
             raise ValueError("history_limit must be at least 1")
-        self._redis = connect(url, socket_timeout)
+        self._link = connect(url, socket_timeout)
         self._keys = Keys(prefix)
         self._limit = history_limit
         self._clock = clock
-        self._publish = self._redis.register_script(_PUBLISH)
+        self._publish = self._link.script(_PUBLISH)
+        self._spublish = self._link.script(_SPUBLISH)
         self._subs: dict[str, _Subscription] = {}
         self._relay = PubSubRelay(
-            self._redis, self._keys.relay(uuid.uuid4().hex).encode(), self._decode,
+            self._link, self._keys.relay(uuid.uuid4().hex).encode(), self._decode,
             on_relay_state,
         )
 
@@ -103,7 +107,7 @@ class RedisChatLog:
 
     def close(self) -> None:
         """Release the connections (idempotent); cancel ``serve`` first."""
-        self._redis.close()
+        self._link.close()
 
     async def aclose(self) -> None:
         self.close()
@@ -117,7 +121,13 @@ class RedisChatLog:
         chat = kind == "chat"
         keys = [self._keys.meeting(meeting_id, "seq"), self._keys.meeting(meeting_id, "chat")]
         args = [self._keys.channel(meeting_id), head, "1" if chat else "0", self._limit]
-        seq = await call(partial(self._publish, keys=keys, args=args))
+
+        def work() -> Any:
+            self._link.client()  # sharded or not: known once connected
+            script = self._spublish if self._link.cluster else self._publish
+            return script(keys, args)
+
+        seq = await call(work)
         return BusEvent(meeting_id, kind, dict(data), int(seq), ts)
 
     async def history(self, meeting_id: str, after_seq: int, limit: int) -> History:
@@ -126,7 +136,8 @@ class RedisChatLog:
 
         def work() -> list[Any]:
             # One transaction: last_seq and the entries come from the same moment.
-            pipe = self._redis.pipeline(transaction=True)
+            # (on a cluster both keys share the meeting's slot, so MULTI/EXEC still works)
+            pipe = self._link.client().pipeline(transaction=True)
             pipe.get(self._keys.meeting(meeting_id, "seq"))
             pipe.xrange(stream, count=1)
             pipe.xrevrange(stream, min=str(max(after_seq, 0) + 1), count=limit + 1)
@@ -178,7 +189,7 @@ class RedisChatLog:
 
     async def drop(self, meeting_id: str) -> None:
         keys = [self._keys.meeting(meeting_id, k) for k in ("seq", "chat")]
-        await call(partial(self._redis.delete, *keys))
+        await call(lambda: self._link.client().delete(*keys))
 
     async def serve(
         self,
@@ -201,7 +212,7 @@ class RedisChatLog:
         """True when Redis answers PING and, while ``serve`` runs, the relay is up."""
         if self._relay.serving and not self._relay.up:
             return False
-        return await ping(self._redis)
+        return await ping(self._link)
 
     def _decode(self, channel: bytes, payload: bytes) -> BusEvent:
         event = _event(payload)
