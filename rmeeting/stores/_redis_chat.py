@@ -48,6 +48,10 @@ def _event(raw: bytes | str) -> BusEvent:
     return BusEvent(meeting_id, kind, data, seq, float(ts))
 
 
+def _as_dict(fields: Any) -> Any:
+    return dict(zip(fields[::2], fields[1::2], strict=True)) if isinstance(fields, list) else fields
+
+
 class _Subscription:
     def __init__(self) -> None:
         self.refs = 1
@@ -142,7 +146,8 @@ class RedisChatLog:
             pipe.xrange(stream, count=1)
             pipe.xrevrange(stream, min=str(max(after_seq, 0) + 1), count=limit + 1)
             result: list[Any] = pipe.execute()
-            return result
+            # the cluster's MULTI/EXEC hands stream entries back unparsed: [id, [field, value]]
+            return [result[0], *([(i, _as_dict(f)) for i, f in r] for r in result[1:])]
 
         raw_last, oldest, newest = await call(work)
         last = int(raw_last or 0)
