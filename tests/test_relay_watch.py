@@ -30,6 +30,7 @@ from .redis_server import (  # noqa: F401  (the session fixtures)
     redis_server,
 )
 
+
 class MakeChat:
     """Chat logs of one kind: memory, or Redis (plain or a cluster) on a real server."""
 
