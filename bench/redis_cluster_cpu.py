@@ -41,6 +41,8 @@ from rmeeting.cluster.processes import RedisServer
 from rmeeting.cluster.redis_cluster import RedisClusterServer
 
 TICK = os.sysconf("SC_CLK_TCK")
+#: seconds waited after each bench run before the CPU is read again (idle time is subtracted)
+SETTLE = 3.0
 
 
 def cpu(pid: int) -> float:
@@ -100,6 +102,7 @@ def measure(procs: Processes, clients: dict[str, redis.Redis], idle: dict[str, f
         client.config_resetstat()
     before, t0 = procs.read(), time.monotonic()
     result = run()
+    time.sleep(SETTLE)  # the leaves of members the bench closed as it ended are still landing
     after, wall = procs.read(), time.monotonic() - t0
     spent = {k: max(after[k] - before[k] - idle[k] * wall, 0.0) for k in after}
     return spent, commands(clients), result
