@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                        "picks a free port)")
     serve.add_argument("--config", help="a TOML config file")
     serve.add_argument("--etcd", help="etcd endpoints, comma separated (cluster mode)")
-    serve.add_argument("--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0 (cluster mode)")
+    serve.add_argument("--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0 (cluster mode); "
+                       "or Redis Cluster node URLs, comma separated (detected from the server)")
     serve.add_argument("--instance-id", help="this instance's id in the cluster")
     serve.add_argument("--shards", type=int, help="fan-out shards (default 8)")
     serve.add_argument("--log-format", choices=("auto", "json", "text"))

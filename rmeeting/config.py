@@ -33,7 +33,8 @@ class Config:
     #: etcd endpoints (cluster mode); empty means in-memory meetings and controls
     etcd: tuple[str, ...] = ()
     etcd_prefix: str = "/rmeeting"
-    #: Redis URL (cluster mode); empty means in-memory members and chat
+    #: Redis URL (cluster mode); empty means in-memory members and chat. Or the URLs of Redis
+    #: Cluster nodes, comma separated: a cluster is detected from the server
     redis: str = ""
     redis_prefix: str = "rmeeting"
     #: this instance's id in the cluster (default: a random one)

@@ -1,4 +1,5 @@
-"""One scenario suite, two deployments: an embedded instance, and 3 instances behind nginx.
+"""One scenario suite, three deployments: an embedded instance, and 3 instances behind nginx on
+one Redis and on a Redis Cluster (3 primaries with a replica each).
 
 Each scenario speaks only to the public URL (HTTP and WebSocket), as clients do. Behind nginx's
 round-robin, the members of one meeting land on different instances, so every scenario here is
@@ -50,10 +51,10 @@ class Target:
             assert response.status_code == 200, response.text
 
 
-@pytest.fixture(scope="module", params=["embedded", "cluster"])
+@pytest.fixture(scope="module", params=["embedded", "cluster", "redis-cluster"])
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
-    if request.param == "cluster":
-        with LocalCluster(3) as cluster:
+    if request.param in ("cluster", "redis-cluster"):
+        with LocalCluster(3, redis_cluster=request.param == "redis-cluster") as cluster:
             yield Target("cluster", cluster.url, [i.url for i in cluster.instances],
                          cluster.etcd.endpoint)
         return

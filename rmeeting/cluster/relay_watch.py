@@ -76,7 +76,10 @@ class ChatRelayWatch:
         """``handler``, preceded by the catch-up when the relay has just come back."""
 
         async def deliver(event: BusEvent) -> None:
-            if self._catch_up:
+            # also while a catch-up runs (``serve`` started it, and it already cleared the
+            # flag): a live event delivered before it ends would make the hub drop the older
+            # events the catch-up is about to deliver
+            if self._catch_up or self._lock.locked():
                 await self._caught_up()
             await handler(event)
 
