@@ -117,6 +117,7 @@ def test_v1_fanout_on_a_spawned_server(tmp_path: Path) -> None:
     assert result["protocol"] == "v1"
 
 
+@pytest.mark.cluster
 def test_flip_via_etcd_on_a_two_instance_cluster(tmp_path: Path) -> None:
     """The bench starts a local cluster, spreads 6 members over its 2 instances and flips `mic`
     with puts straight into etcd: every member is told of every flip."""

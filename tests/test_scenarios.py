@@ -50,7 +50,8 @@ class Target:
             assert response.status_code == 200, response.text
 
 
-@pytest.fixture(scope="module", params=["embedded", "cluster"])
+@pytest.fixture(scope="module",
+                params=["embedded", pytest.param("cluster", marks=pytest.mark.cluster)])
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     if request.param == "cluster":
         with LocalCluster(3) as cluster:
@@ -192,6 +193,7 @@ async def test_leave_kick_and_end(target: Target) -> None:
                 assert closed.value.reason.code == 4000
 
 
+@pytest.mark.cluster
 def test_local_cluster_processes_are_gone_after_stop() -> None:
     with LocalCluster(1) as cluster:
         pids = [i.pid for i in cluster.instances]

@@ -18,9 +18,10 @@ from rmeeting.stores.redis import RedisChatLog, RedisMemberStore
 from ..etcd_server import EtcdServer, etcd_server  # noqa: F401  (the fixture, for etcd)
 from ..redis_server import RedisServer, redis_server  # noqa: F401  (the fixture, for Redis)
 
-MEETING_STORES = ["memory", "etcd"]
-MEMBER_STORES = ["memory", "redis"]
-CHAT_LOGS = ["memory", "redis"]
+# the real servers' params carry their tier's marker (tests/_tiers.py)
+MEETING_STORES = ["memory", pytest.param("etcd", marks=pytest.mark.etcd)]
+MEMBER_STORES = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+CHAT_LOGS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 
 
 @pytest.fixture(params=MEETING_STORES)
