@@ -14,7 +14,6 @@ from rmeeting.server import RunningServer, serve_rmeeting
 from . import _tiers
 from .clients import Api
 
-
 # --- the tiers (tests/_tiers.py): servers only in marked tests ----------------------------------
 
 def pytest_configure(config: pytest.Config) -> None:
