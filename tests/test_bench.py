@@ -290,6 +290,6 @@ def test_png_without_matplotlib_says_how_to_get_it(
     def missing(name: str) -> Any:
         raise ImportError(name)
 
-    monkeypatch.setattr(plot.importlib, "import_module", missing)
+    monkeypatch.setattr("importlib.import_module", missing)
     with pytest.raises(plot.PlotUnavailable, match=r"pip install 'rmeeting\[bench\]'"):
         plot.write_png({"scenario": "fanout", "joined": 1}, str(tmp_path / "x.png"))

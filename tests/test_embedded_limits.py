@@ -44,6 +44,7 @@ async def _closed_code(ws: Any, timeout: float = 5) -> int:
             while True:
                 await ws.get_message()
         except ConnectionClosed as closed:
+            assert closed.reason is not None
             return int(closed.reason.code)
 
 
@@ -209,7 +210,7 @@ async def test_abrupt_disconnect_mid_broadcast_does_not_stop_others(
             await stream.aclose()
             for i in range(50):
                 await ann.send_message(f"m{i}")
-            got = []
+            got: list[str] = []
             while len(got) < 50:
                 msg = await recv_json(bob)
                 if msg.get("name") == "ann":

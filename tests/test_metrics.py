@@ -64,7 +64,7 @@ def test_text_format() -> None:
     hist = registry.histogram("h_seconds", "a histogram", buckets=(0.1, 1.0))
     for observed in (0.05, 0.5, 5.0):
         hist.observe(observed)
-    read = {("x",): 3}
+    read: dict[tuple[str, ...], float] = {("x",): 3}
     registry.read_at_scrape("gauge", "f", "read when scraped", lambda: read, ["k"])
     registry.read_at_scrape("counter", "r_total", "a counter read when scraped", lambda: 7)
     text = registry.expose()

@@ -190,7 +190,7 @@ async def test_leave_kick_and_end(target: Target) -> None:
                 with pytest.raises(ConnectionClosed) as closed:
                     while True:
                         await stay.get_message()
-                assert closed.value.reason.code == 4000
+                assert closed.value.reason is not None and closed.value.reason.code == 4000
 
 
 @pytest.mark.cluster
