@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .metrics import Kind, Registry, Value
+from .metrics import Registry, Value
 from .stores.base import BusEvent, ControlsChanged, MeetingEvent
 
 if TYPE_CHECKING:
@@ -103,52 +103,48 @@ class InstanceMetrics:
             return lambda: int(hub.statistics()[key])
 
         mode = "cluster" if cluster else "embedded"
-        r.read_at_scrape("gauge", "rmeeting_instance_info", "This instance: its id and mode.",
-                         lambda: {(instance_id, mode): 1}, ["instance_id", "mode"])
-        r.read_at_scrape("gauge", "rmeeting_draining",
-                         "1 while this instance drains (no joins, /readyz 503).",
-                         lambda: 0 if service.accepting else 1)
-        r.read_at_scrape("gauge", "rmeeting_tcp_connections",
-                         "Open TCP connections (HTTP and WebSocket).", tcp_connections)
-        r.read_at_scrape("gauge", "rmeeting_meetings",
-                         "Meetings with at least one member on this instance.",
-                         hub_stat("meetings"))
-        r.read_at_scrape("gauge", "rmeeting_members", "Members connected to this instance.",
-                         hub_stat("members"))
-        r.read_at_scrape("counter", "rmeeting_frames_out_total",
-                         "Frames the fan-out handed to members' connections (events x members).",
-                         hub_stat("deliveries"))
-        r.read_at_scrape("gauge", "rmeeting_hub_queued_events",
-                         "Events waiting in the shards' inboxes.", hub_stat("queued"))
-        r.read_at_scrape("counter", "rmeeting_hub_inbox_full_total",
-                         "Times a shard's inbox was full and its producer had to wait "
-                         "(backpressure).", hub_stat("inbox_full"))
-        _optional(r, "counter", meetings, "invalid_values",
-                  "rmeeting_invalid_control_values_total",
+        counter, gauge = r.counter_from, r.gauge_from  # read when scraped
+        r.gauge_from("rmeeting_instance_info", "This instance: its id and mode.",
+                     lambda: {(instance_id, mode): 1}, ["instance_id", "mode"])
+        r.gauge_from("rmeeting_draining", "1 while this instance drains (no joins, /readyz 503).",
+                     lambda: 0 if service.accepting else 1)
+        r.gauge_from("rmeeting_tcp_connections", "Open TCP connections (HTTP and WebSocket).",
+                     tcp_connections)
+        r.gauge_from("rmeeting_meetings", "Meetings with at least one member on this instance.",
+                     hub_stat("meetings"))
+        r.gauge_from("rmeeting_members", "Members connected to this instance.",
+                     hub_stat("members"))
+        r.counter_from("rmeeting_frames_out_total",
+                       "Frames the fan-out handed to members' connections (events x members).",
+                       hub_stat("deliveries"))
+        r.gauge_from("rmeeting_hub_queued_events", "Events waiting in the shards' inboxes.",
+                     hub_stat("queued"))
+        r.counter_from("rmeeting_hub_inbox_full_total",
+                       "Times a shard's inbox was full and its producer had to wait "
+                       "(backpressure).", hub_stat("inbox_full"))
+        _optional(counter, meetings, "invalid_values", "rmeeting_invalid_control_values_total",
                   "Hand-written control values this instance's etcd watch rejected (kept the "
                   "last valid value).")
-        _optional(r, "counter", meetings, "unknown_keys", "rmeeting_unknown_control_keys_total",
+        _optional(counter, meetings, "unknown_keys", "rmeeting_unknown_control_keys_total",
                   "Keys under controls/ naming no flag, seen by the etcd watch (ignored).")
-        _optional(r, "gauge", meetings, "watch_up", "rmeeting_etcd_watch_up",
+        _optional(gauge, meetings, "watch_up", "rmeeting_etcd_watch_up",
                   "1 while the etcd watch is established.")
-        _optional(r, "gauge", meetings, "watch_revision", "rmeeting_etcd_watch_revision",
+        _optional(gauge, meetings, "watch_revision", "rmeeting_etcd_watch_revision",
                   "The last etcd revision this instance's watch handled (compare instances).")
-        _optional(r, "counter", meetings, "watch_reconnects",
-                  "rmeeting_etcd_watch_reconnects_total",
+        _optional(counter, meetings, "watch_reconnects", "rmeeting_etcd_watch_reconnects_total",
                   "Times the etcd watch was re-opened after a failure or a compaction.")
-        _optional(r, "gauge", chat, "relay_up", "rmeeting_relay_up",
+        _optional(gauge, chat, "relay_up", "rmeeting_relay_up",
                   "1 while the Redis relay (pub/sub) is connected and subscribed.")
-        _optional(r, "counter", chat, "malformed", "rmeeting_relay_malformed_total",
+        _optional(counter, chat, "malformed", "rmeeting_relay_malformed_total",
                   "Undecodable messages the Redis relay skipped.")
 
     def expose(self) -> str:
         return self.registry.expose()
 
 
-def _optional(registry: Registry, kind: Kind, source: object, attr: str, name: str,
-              help: str) -> None:
+def _optional(make: Callable[..., Any], source: object, attr: str, name: str, help: str) -> None:
     if hasattr(source, attr):
-        registry.read_at_scrape(kind, name, help, lambda: _number(getattr(source, attr)))
+        make(name, help, lambda: _number(getattr(source, attr)))
 
 
 def _number(value: Any) -> Value:

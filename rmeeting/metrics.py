@@ -115,10 +115,19 @@ class Registry:
         return Histogram(name, help, labelnames, registry=self.collector_registry,
                          buckets=buckets)
 
-    def read_at_scrape(self, kind: Kind, name: str, help: str, read: Callable[[], Collected],
-                       labelnames: Sequence[str] = ()) -> None:
-        """A counter or gauge whose value ``read()`` gives when scraped: one number, or a
-        mapping of label values (in ``labelnames``' order) to numbers."""
+    def counter_from(self, name: str, help: str, read: Callable[[], Collected],
+                        labelnames: Sequence[str] = ()) -> None:
+        """A counter whose value ``read()`` gives when scraped: one number, or a mapping of
+        label values (in ``labelnames``' order) to numbers. Name it ``..._total``."""
+        self._read_at_scrape("counter", name, help, read, labelnames)
+
+    def gauge_from(self, name: str, help: str, read: Callable[[], Collected],
+                      labelnames: Sequence[str] = ()) -> None:
+        """A gauge whose value ``read()`` gives when scraped (as :meth:`counter_from`)."""
+        self._read_at_scrape("gauge", name, help, read, labelnames)
+
+    def _read_at_scrape(self, kind: Kind, name: str, help: str, read: Callable[[], Collected],
+                        labelnames: Sequence[str]) -> None:
         self._claim(name)
         self._scrape_time.add(_ReadAtScrape(kind, name, help, labelnames, read))
 

@@ -65,8 +65,8 @@ def test_text_format() -> None:
     for observed in (0.05, 0.5, 5.0):
         hist.observe(observed)
     read: dict[tuple[str, ...], float] = {("x",): 3}
-    registry.read_at_scrape("gauge", "f", "read when scraped", lambda: read, ["k"])
-    registry.read_at_scrape("counter", "r_total", "a counter read when scraped", lambda: 7)
+    registry.gauge_from("f", "read when scraped", lambda: read, ["k"])
+    registry.counter_from("r_total", "a counter read when scraped", lambda: 7)
     text = registry.expose()
     assert "# HELP c_total a counter\\nwith a newline\n# TYPE c_total counter\n" in text
     assert value(text, "c_total", path='a\\"b\\\\') == 2
@@ -90,8 +90,8 @@ def test_registries_are_per_instance_and_refuse_a_name_twice() -> None:
     with pytest.raises(ValueError):
         one.gauge("n_total", "again")
     with pytest.raises(ValueError):
-        one.read_at_scrape("gauge", "n_total", "again", lambda: 1)
-    one.read_at_scrape("gauge", "bad", "wrong labels", lambda: {("a", "b"): 1}, ["k"])
+        one.gauge_from("n_total", "again", lambda: 1)
+    one.gauge_from("bad", "wrong labels", lambda: {("a", "b"): 1}, ["k"])
     with pytest.raises(ValueError, match="takes labels"):
         one.expose()
 
