@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from trio.testing import MockClock
 
 from rmeeting.stores.etcd import open_etcd_meeting_store
 from rmeeting.stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
@@ -32,6 +33,18 @@ async def meeting_store(request: pytest.FixtureRequest) -> AsyncIterator[object]
         etcd: EtcdServer = request.getfixturevalue("etcd_server")  # a fresh etcd per test
         async with open_etcd_meeting_store([etcd.endpoint]) as etcd_meetings:
             yield etcd_meetings
+
+
+@pytest.fixture
+def store_clock(request: pytest.FixtureRequest) -> MockClock | None:
+    """Virtual time for a test of timers, where the store allows it: the memory store's timers
+    run on Trio's clock, so its timed tests take no real second and can check the exact moment
+    (pytest-trio runs a test on the clock it is given). The etcd store's timers are etcd leases,
+    on etcd's clock: real time there (None: Trio's own clock)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("meeting_store") == "memory":
+        return MockClock(autojump_threshold=0)
+    return None
 
 
 @pytest.fixture(params=MEMBER_STORES)
