@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import trio
+from trio.testing import MockClock
 
 from rmeeting.api.app import create_app, ws_router
 from rmeeting.server import RunningServer
@@ -107,16 +108,24 @@ async def test_controls_compare_and_set(server: RunningServer, api: Api) -> None
     assert now["revision"] == unconditional.json()["revision"]
 
 
-async def test_timed_change_returns_to_default(server: RunningServer, api: Api) -> None:
+async def test_timed_change_returns_to_default(
+    server: RunningServer, api: Api, autojump_clock: MockClock
+) -> None:
+    """On virtual time (the embedded server runs in this test's Trio run): back at the
+    duration, not before, and without waiting for it."""
     created = await create(api)
     mid, host = created["id"], bearer(created["host_key"])
     path = f"/v1/meetings/{mid}/controls"
-    response = await api.request("PATCH", path, headers=host,
-                                 json={"controls": {"chat": False}, "duration": 0.2})
-    assert response.status_code == 200 and response.json()["controls"]["chat"] is False
     with trio.fail_after(5):
+        start = trio.current_time()
+        response = await api.request("PATCH", path, headers=host,
+                                     json={"controls": {"chat": False}, "duration": 0.2})
+        assert response.status_code == 200 and response.json()["controls"]["chat"] is False
+        await trio.sleep_until(start + 0.19)
+        assert (await api.request("GET", path)).json()["controls"]["chat"] is False
         while not (await api.request("GET", path)).json()["controls"]["chat"]:
-            await trio.sleep(0.05)
+            await trio.sleep(0.001)
+        assert trio.current_time() - start <= 0.2 + 0.002
 
 
 async def test_audit_trail(server: RunningServer, api: Api) -> None:
