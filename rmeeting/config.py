@@ -66,7 +66,6 @@ class Config:
     #: "auto" (JSON when stderr is not a terminal), "json" or "text"
     log_format: str = "auto"
     log_level: str = "info"
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -98,7 +97,7 @@ class Config:
         return self
 
 
-_FIELDS = {f.name: f for f in fields(Config) if f.name != "extra"}
+_FIELDS = {f.name: f for f in fields(Config)}
 
 
 def _coerce(name: str, value: Any) -> Any:
