@@ -6,6 +6,8 @@ whitespace, and refuses everything else (docs/architecture.md)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rmeeting.controls import (
     DEFAULTS,
@@ -67,3 +69,37 @@ def test_controls_fill_defaults_and_keep_the_flag_order() -> None:
     assert partial.as_dict() == {**DEFAULTS, "mic": False}
     assert list(partial.as_dict()) == list(FLAGS)
     assert Controls().as_dict() == dict(DEFAULTS) and Controls().revision == 0
+
+
+# --- any input at all: a bool or InvalidControlValue, never another exception or a guess ------
+
+ACCEPTED = {"true": True, "1": True, "on": True, "yes": True,
+            "false": False, "0": False, "off": False, "no": False}
+
+
+@settings(database=None, deadline=None, max_examples=500)
+@given(st.text() | st.sampled_from(sorted(ACCEPTED)).map(lambda s: f" {s.upper()}\t"))
+def test_any_text(raw: str) -> None:
+    expected = ACCEPTED.get(raw.strip().lower())
+    if expected is None:
+        with pytest.raises(InvalidControlValue):
+            parse_flag_value(raw)
+    else:
+        assert parse_flag_value(raw) is expected
+
+
+@settings(database=None, deadline=None, max_examples=500)
+@given(st.binary(max_size=64))
+def test_any_bytes(raw: bytes) -> None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        with pytest.raises(InvalidControlValue, match="not UTF-8"):
+            parse_flag_value(raw)
+        return
+    expected = ACCEPTED.get(text.strip().lower())
+    if expected is None:
+        with pytest.raises(InvalidControlValue):
+            parse_flag_value(raw)
+    else:
+        assert parse_flag_value(raw) is expected

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from rmeeting.controls import DEFAULTS
+from rmeeting.controls import DEFAULTS, InvalidControlValue, parse_flag_value
 from rmeeting.stores._etcd_cache import ENDED_IN_ETCD, Keys, MeetingCache, Read
 from rmeeting.stores._etcd_client import Change
 from rmeeting.stores.base import MeetingNotFound
@@ -180,3 +182,37 @@ def test_direct_reads_agree_with_the_watcher() -> None:
     assert cache.revision("m1", read) == 41
     assert cache.values("m1", read)["camera"] is True  # invalid: the last valid (the default)
     assert cache.invalid_values == 0  # counted by the watcher only
+
+
+# --- any sequence of hand-written puts and deletes: the cache agrees with a plain model -------
+
+SPELLINGS = [b"true", b"false", b" On ", b"NO\n", b"1", b"0"]
+OPS = st.tuples(
+    st.sampled_from([*DEFAULTS, "bogus"]),
+    st.one_of(st.none(), st.sampled_from(SPELLINGS), st.binary(max_size=12)),  # None: delete
+)
+
+
+@settings(database=None, deadline=None, max_examples=300)
+@given(st.lists(OPS, max_size=30))
+def test_any_operator_history(ops: list[tuple[str, bytes | None]]) -> None:
+    cache = created()
+    model, invalid, unknown = dict(DEFAULTS), 0, 0
+    for revision, (flag, value) in enumerate(ops, start=11):
+        change = delete(f"controls/{flag}", revision) if value is None else \
+            put(f"controls/{flag}", value, revision)
+        before = dict(model)
+        if flag not in DEFAULTS:
+            unknown += value is not None
+        elif value is None:
+            model[flag] = DEFAULTS[flag]
+        else:
+            try:
+                model[flag] = parse_flag_value(value)
+            except InvalidControlValue:
+                invalid += 1
+        event, _ = apply(cache, "m1", revision, [change])
+        changed = {f: (before[f], model[f]) for f in DEFAULTS if before[f] != model[f]}
+        assert (event.changed if event is not None else {}) == changed
+        assert cache.meetings["m1"].values == model
+    assert (cache.invalid_values, cache.unknown_keys) == (invalid, unknown)
