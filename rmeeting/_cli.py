@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import trio
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -80,6 +80,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
+def _missing_cluster_modules(config: Config) -> str:
+    """The top-level package the cluster's stores fail to import for want of, or ""."""
+    import importlib
+
+    wanted = (["rmeeting.stores.etcd"] if config.etcd else []) + (
+        ["rmeeting.stores.redis"] if config.redis else [])
+    for module in wanted:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            return (exc.name or "a package").partition(".")[0]
+    return ""
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ._logging import setup_logging
     from .server import RunningServer, serve_rmeeting
@@ -97,6 +111,12 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(file=args.config, overrides=overrides)
     except ConfigError as exc:
         print(f"rmeeting: {exc}", file=sys.stderr)
+        return 2
+    missing = _missing_cluster_modules(config)
+    if missing:
+        print(f"rmeeting: cluster mode (--etcd/--redis) needs the package {missing!r}, which is "
+              f"not installed: reinstall rmeeting with its dependencies (pip install -e .), "
+              f"or pip install {missing}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, config.log_level)
 

@@ -66,6 +66,20 @@ class Config:
     #: "auto" (JSON when stderr is not a terminal), "json" or "text"
     log_format: str = "auto"
     log_level: str = "info"
+    # --- input validation and application limits (issue 10; docs/security.md) ---
+    #: the public base URL clients reach this server at (``https://meet.example.com``); join_url
+    #: is built from it. Empty: from the request's Host, only if it names this server itself
+    public_url: str = ""
+    #: control changes (set_controls, PATCH controls, seed control frames) per second per
+    #: connection and per meeting, sustained, and the bursts allowed above that
+    control_rate: float = 2.0
+    control_burst: int = 20
+    meeting_control_rate: float = 5.0
+    meeting_control_burst: int = 50
+    #: audit records kept per meeting; past it, the oldest are dropped
+    audit_limit: int = 1000
+    #: failed credential guesses (LeaveMeeting, Export) per client address per minute, then 429
+    max_failed_guesses: int = 20
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -81,11 +95,13 @@ class Config:
     def validate(self) -> Config:
         self.host_port  # noqa: B018 - raises on a malformed bind
         positive = ("shards", "max_frame_bytes", "max_chat_chars", "max_name_chars", "chat_burst",
-                    "max_members", "max_meetings", "outbox_bytes", "history_limit")
+                    "max_members", "max_meetings", "outbox_bytes", "history_limit",
+                    "control_burst", "meeting_control_burst", "audit_limit", "max_failed_guesses")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        for name in ("chat_rate", "ping_interval", "ping_timeout", "shutdown_grace"):
+        for name in ("chat_rate", "ping_interval", "ping_timeout", "shutdown_grace",
+                     "control_rate", "meeting_control_rate"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.instance_ttl < 1:
@@ -94,6 +110,8 @@ class Config:
             raise ConfigError("log_format must be auto, json or text")
         if self.welcome_history < 0 or self.welcome_history > self.history_limit:
             raise ConfigError("welcome_history must be between 0 and history_limit")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError("public_url must start with http:// or https://")
         return self
 
 

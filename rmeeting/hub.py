@@ -6,7 +6,8 @@ members in one order. Fan-out never waits on a member: frames are written withou
 (:meth:`Outlet.send_frame_nowait`), so a shard's time goes to encoding and syscalls only, and one
 meeting cannot hold another up behind a slow client.
 
-Each event is encoded once per protocol present in the meeting, never once per member.
+Each event is encoded once per protocol present in the meeting, never once per member, by the
+encoders the hub is given (:class:`Encoder`; the wire modules own every byte format).
 
 Overflow policy of a shard's inbox: bounded (``inbox_size``); a producer waits when it is full.
 Producers are the store event tasks and joining/leaving sessions, so a saturated shard slows
@@ -18,32 +19,41 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol, assert_never
 
 import trio
 
+from .closes import Close
 from .controls import Controls
-from .stores.base import BusEvent, ControlsChanged, MeetingEnded, MemberRecord
-from .transport.websocket import text_frame
-from .wire import seed, v1
+from .events import (
+    ChatPosted,
+    ControlsChanged,
+    HubEvent,
+    MeetingEnded,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+    Notice,
+)
+from .stores.base import MemberRecord
 
-__all__ = ["CLOSE_KICKED", "CLOSE_MEETING_ENDED", "CLOSE_REPLACED", "Hub", "Outlet", "Subscriber"]
+__all__ = ["Encoder", "Hub", "Outlet", "Subscriber"]
 
 log = logging.getLogger("rmeeting.hub")
 
-CLOSE_MEETING_ENDED = 4000
-CLOSE_LEFT = 4001
-CLOSE_KICKED = 4003
-CLOSE_REPLACED = 4009
 
-HubEvent = BusEvent | ControlsChanged | MeetingEnded
+class Encoder(Protocol):
+    """One protocol's byte format, as the hub needs it (``rmeeting.wire.encoders()``)."""
 
-ENCODERS: dict[str, Callable[[HubEvent], bytes | None]] = {
-    "seed": seed.encode_event,
-    "v1": v1.encode_event,
-}
+    def frame(self, event: HubEvent) -> bytes | None:
+        """The whole frame to write to every member of this protocol; None: nothing to say."""
+        ...
+
+    def own_join_frame(self, controls: Controls, user_uid: str) -> bytes | None:
+        """A frame for the member alone, right after its own join reached it (None: none)."""
+        ...
 
 
 class Outlet(Protocol):
@@ -51,7 +61,7 @@ class Outlet(Protocol):
 
     def send_frame_nowait(self, frame: bytes) -> bool: ...
 
-    def close_nowait(self, code: int = 1000, reason: str = "") -> None: ...
+    def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None: ...
 
 
 @dataclass(eq=False)
@@ -62,7 +72,7 @@ class Subscriber:
     member_id: str
     protocol: str
     outlet: Outlet
-    #: seed: the member's userUid, for the room-state frame sent right after its join notice
+    #: seed: the member's userUid, for its encoder's frame after its own join (the room state)
     user_uid: str = ""
     #: v1: chat up to this seq was in the welcome snapshot; later copies are skipped
     skip_chat_upto: int = 0
@@ -78,11 +88,45 @@ class Subscriber:
     _awaiting_join: bool = field(default=True, repr=False)
 
 
+# --- what a shard's inbox carries ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Attach:
+    sub: Subscriber
+    controls: Controls
+
+
+@dataclass(frozen=True, slots=True)
+class _Detach:
+    sub: Subscriber
+
+
+@dataclass(frozen=True, slots=True)
+class _Deliver:
+    event: HubEvent
+
+
+@dataclass(frozen=True, slots=True)
+class _CloseAll:
+    code: Close
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _SetSeq:
+    meeting_id: str
+    seq: int
+
+
+_ShardOp = _Attach | _Detach | _Deliver | _CloseAll | _SetSeq
+
+
 class _Meeting:
     __slots__ = ("by_protocol", "controls", "last_seq", "since")
 
-    def __init__(self, controls: Controls) -> None:
-        self.by_protocol: dict[str, dict[str, Subscriber]] = {"seed": {}, "v1": {}}
+    def __init__(self, controls: Controls, protocols: Iterable[str]) -> None:
+        self.by_protocol: dict[str, dict[str, Subscriber]] = {p: {} for p in protocols}
         self.controls = controls
         #: the last chat seq fanned out: chat at or below it is a copy (a relay catch-up after
         #: an outage re-delivers from history) and is dropped
@@ -102,43 +146,53 @@ class _Meeting:
 
 
 class _Shard:
-    def __init__(self, index: int, inbox_size: int, on_change: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        index: int,
+        inbox_size: int,
+        on_change: Callable[[int], None],
+        encoders: Mapping[str, Encoder],
+    ) -> None:
         self.index = index
         self._on_change = on_change
+        self._encoders = encoders
         self.meetings: dict[str, _Meeting] = {}
-        self.send, self.receive = trio.open_memory_channel[tuple[str, Any, Any]](inbox_size)
+        self.send, self.receive = trio.open_memory_channel[_ShardOp](inbox_size)
         self.delivered = 0
         #: called after a control change was fanned out (the propagation metric)
         self.on_controls: Callable[[ControlsChanged], None] | None = None
 
     async def run(self) -> None:
-        async for op, a, b in self.receive:
+        async for op in self.receive:
             try:
-                if op == "event":
-                    self._event(a, b)
-                elif op == "attach":
-                    self._attach(a, b)
-                elif op == "detach":
-                    self._detach(a)
-                elif op == "close_all":
-                    self._close_all(a, b)
-                elif op == "seq":
-                    meeting = self.meetings.get(a)
-                    if meeting is not None:
-                        meeting.last_seq = b
+                match op:
+                    case _Deliver(event):
+                        self._event(event)
+                    case _Attach(sub, controls):
+                        self._attach(sub, controls)
+                    case _Detach(sub):
+                        self._detach(sub)
+                    case _CloseAll(code, reason):
+                        self._close_all(code, reason)
+                    case _SetSeq(meeting_id, seq):
+                        meeting = self.meetings.get(meeting_id)
+                        if meeting is not None:
+                            meeting.last_seq = seq
+                    case _:
+                        assert_never(op)
             except Exception:  # one bad event must not take the shard (and its meetings) down
-                log.exception("shard %d failed on %s", self.index, op)
+                log.exception("shard %d failed on %r", self.index, op)
 
     def _attach(self, sub: Subscriber, controls: Controls) -> None:
         meeting = self.meetings.get(sub.meeting_id)
         if meeting is None:
-            meeting = self.meetings[sub.meeting_id] = _Meeting(controls)
+            meeting = self.meetings[sub.meeting_id] = _Meeting(controls, self._encoders)
         elif controls.revision > meeting.controls.revision:
             meeting.controls = controls
         old = meeting.by_protocol[sub.protocol].get(sub.member_id)
         if old is not None and old is not sub:
             old.evicted = True
-            old.outlet.close_nowait(CLOSE_REPLACED, "replaced by a newer connection")
+            old.outlet.close_nowait(Close.REPLACED, "replaced by a newer connection")
         else:
             self._on_change(+1)
         meeting.by_protocol[sub.protocol][sub.member_id] = sub
@@ -154,58 +208,69 @@ class _Shard:
         if not len(meeting):
             del self.meetings[sub.meeting_id]
 
-    def _event(self, meeting_id: str, event: HubEvent) -> None:
-        meeting = self.meetings.get(meeting_id)
+    def _event(self, event: HubEvent) -> None:
+        meeting = self.meetings.get(event.meeting_id)
         if meeting is None:
             return
-        if isinstance(event, ControlsChanged):
+        seq = 0
+        if isinstance(event, ChatPosted):
+            seq = event.seq
+            if seq <= meeting.last_seq:
+                return  # a copy (a relay catch-up re-delivers from history)
+            meeting.last_seq = seq
+        elif isinstance(event, ControlsChanged):
             if event.controls.revision < meeting.controls.revision:
                 return  # older than what members already have (a late duplicate)
             meeting.controls = event.controls
-        seq = event.seq if isinstance(event, BusEvent) else 0
-        if seq:
-            if seq <= meeting.last_seq:
-                return
-            meeting.last_seq = seq
         for protocol, members in meeting.by_protocol.items():
             if not members:
                 continue
-            payload = ENCODERS[protocol](event)
-            if payload is None:
+            frame = self._encoders[protocol].frame(event)
+            if frame is None:
                 continue
-            frame = text_frame(payload)
             for sub in members.values():
                 if seq and sub.skip_chat_upto >= seq:
                     continue
                 sub.outlet.send_frame_nowait(frame)
             self.delivered += len(members)
-        if isinstance(event, BusEvent):
-            self._after_member_event(meeting, event)
-        elif isinstance(event, MeetingEnded):
-            self._close_meeting(meeting_id, meeting, CLOSE_MEETING_ENDED, "meeting ended")
-        elif self.on_controls is not None:
-            self.on_controls(event)
+        match event:
+            case MemberJoined():
+                self._after_join(meeting, event)
+            case MemberLeft():
+                self._after_leave(meeting, event)
+            case MeetingEnded():
+                self._close_meeting(event.meeting_id, meeting, Close.MEETING_ENDED,
+                                    "meeting ended")
+            case ControlsChanged():
+                if self.on_controls is not None:
+                    self.on_controls(event)
+            case ChatPosted() | MemberUpdated() | Notice():
+                pass
+            case _:
+                assert_never(event)
 
-    def _after_member_event(self, meeting: _Meeting, event: BusEvent) -> None:
-        sub = meeting.find(str(event.data.get("id", "")))
+    def _after_join(self, meeting: _Meeting, event: MemberJoined) -> None:
+        sub = meeting.find(event.member_id)
+        if sub is None or not sub._awaiting_join:
+            return
+        sub._awaiting_join = False
+        frame = self._encoders[sub.protocol].own_join_frame(meeting.controls, sub.user_uid)
+        if frame is not None:
+            sub.outlet.send_frame_nowait(frame)
+
+    def _after_leave(self, meeting: _Meeting, event: MemberLeft) -> None:
+        if event.close is None:
+            return
+        sub = meeting.find(event.member_id)
         if sub is None:
             return
-        if event.kind == "joined" and sub._awaiting_join:
-            sub._awaiting_join = False
-            if sub.protocol == "seed":  # the seed sends the room state after the join notice
-                sub.outlet.send_frame_nowait(
-                    text_frame(seed.room_state(meeting.controls, sub.user_uid))
-                )
-        elif event.kind == "left" and "close" in event.data:
-            presence = event.data.get("joined_at")
-            if presence is not None and sub.record is not None and \
-                    sub.record.joined_at != presence:
-                return  # a newer presence of the member (it reconnected here): not this one
-            code, reason = event.data["close"]
-            sub.evicted = True
-            sub.outlet.close_nowait(int(code), str(reason))
+        if sub.record is not None and sub.record.joined_at != event.joined_at:
+            return  # a newer presence of the member (it reconnected here): not this one
+        code, reason = event.close
+        sub.evicted = True
+        sub.outlet.close_nowait(code, reason)
 
-    def _close_meeting(self, meeting_id: str, meeting: _Meeting, code: int, reason: str) -> None:
+    def _close_meeting(self, meeting_id: str, meeting: _Meeting, code: Close, reason: str) -> None:
         for members in meeting.by_protocol.values():
             for sub in members.values():
                 sub.evicted = True
@@ -214,7 +279,7 @@ class _Shard:
             # their detach will find no meeting: count them out now, or a drain waits forever
             self._on_change(-len(meeting))
 
-    def _close_all(self, code: int, reason: str) -> None:
+    def _close_all(self, code: Close, reason: str) -> None:
         for meeting in self.meetings.values():
             for members in meeting.by_protocol.values():
                 for sub in members.values():
@@ -226,12 +291,14 @@ class Hub:
         self,
         shards: int = 8,
         *,
+        encoders: Mapping[str, Encoder],
         inbox_size: int = 4096,
         on_controls_delivered: Callable[[ControlsChanged], None] | None = None,
     ) -> None:
+        """``encoders``: by the ``protocol`` of a :class:`Subscriber`, each protocol's frames."""
         if shards < 1:
             raise ValueError("need at least one shard")
-        self._shards = [_Shard(i, inbox_size, self._count) for i in range(shards)]
+        self._shards = [_Shard(i, inbox_size, self._count, encoders) for i in range(shards)]
         for shard in self._shards:
             shard.on_controls = on_controls_delivered
         #: times a producer found a shard's inbox full and had to wait
@@ -264,7 +331,7 @@ class Hub:
                 nursery.start_soon(shard.run)
             task_status.started()
 
-    async def _put(self, shard: _Shard, item: tuple[str, Any, Any]) -> None:
+    async def _put(self, shard: _Shard, item: _ShardOp) -> None:
         """``shard.send.send(item)``, counting the times it has to wait."""
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
@@ -278,23 +345,23 @@ class Hub:
 
     async def attach(self, sub: Subscriber, controls: Controls) -> None:
         self._local.add(sub)
-        await self._put(self._shard(sub.meeting_id), ("attach", sub, controls))
+        await self._put(self._shard(sub.meeting_id), _Attach(sub, controls))
 
     async def detach(self, sub: Subscriber) -> None:
         self._local.discard(sub)
-        await self._put(self._shard(sub.meeting_id), ("detach", sub, None))
+        await self._put(self._shard(sub.meeting_id), _Detach(sub))
 
     async def deliver(self, event: HubEvent) -> None:
-        await self._put(self._shard(event.meeting_id), ("event", event.meeting_id, event))
+        await self._put(self._shard(event.meeting_id), _Deliver(event))
 
-    async def close_all(self, code: int, reason: str) -> None:
+    async def close_all(self, code: Close, reason: str) -> None:
         for shard in self._shards:
-            await self._put(shard, ("close_all", code, reason))
+            await self._put(shard, _CloseAll(code, reason))
 
     async def set_last_seq(self, meeting_id: str, seq: int) -> None:
         """Set the meeting's last delivered chat seq (in order with its events); only for a
         chat log that restarted its numbering (a Redis that lost its data)."""
-        await self._put(self._shard(meeting_id), ("seq", meeting_id, seq))
+        await self._put(self._shard(meeting_id), _SetSeq(meeting_id, seq))
 
     def controls_of(self, meeting_id: str) -> Controls | None:
         """The controls this instance's members of the meeting were last told (None if it has

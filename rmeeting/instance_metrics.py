@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .closes import LeaveReason
+from .events import BusEvent, ControlsChanged, MeetingEvent
 from .metrics import Registry, Value
-from .stores.base import BusEvent, ControlsChanged, MeetingEvent
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -83,10 +84,10 @@ class InstanceMetrics:
         elif event.received_at:
             self._from_watch.observe(max(0.0, self._clock() - event.received_at))
 
-    def on_disconnected(self, reason: str) -> None:
-        if reason == "slow consumer":
+    def on_disconnected(self, reason: LeaveReason) -> None:
+        if reason is LeaveReason.SLOW_CONSUMER:
             self.slow_consumers.inc()
-        elif reason == "timeout":
+        elif reason is LeaveReason.TIMEOUT:
             self.keepalive_timeouts.inc()
 
     # --- read at scrape time ---------------------------------------------------------------------
@@ -104,24 +105,24 @@ class InstanceMetrics:
 
         mode = "cluster" if cluster else "embedded"
         counter, gauge = r.counter_from, r.gauge_from  # read when scraped
-        r.gauge_from("rmeeting_instance_info", "This instance: its id and mode.",
-                     lambda: {(instance_id, mode): 1}, ["instance_id", "mode"])
-        r.gauge_from("rmeeting_draining", "1 while this instance drains (no joins, /readyz 503).",
-                     lambda: 0 if service.accepting else 1)
-        r.gauge_from("rmeeting_tcp_connections", "Open TCP connections (HTTP and WebSocket).",
-                     tcp_connections)
-        r.gauge_from("rmeeting_meetings", "Meetings with at least one member on this instance.",
-                     hub_stat("meetings"))
-        r.gauge_from("rmeeting_members", "Members connected to this instance.",
-                     hub_stat("members"))
-        r.counter_from("rmeeting_frames_out_total",
-                       "Frames the fan-out handed to members' connections (events x members).",
-                       hub_stat("deliveries"))
-        r.gauge_from("rmeeting_hub_queued_events", "Events waiting in the shards' inboxes.",
-                     hub_stat("queued"))
-        r.counter_from("rmeeting_hub_inbox_full_total",
-                       "Times a shard's inbox was full and its producer had to wait "
-                       "(backpressure).", hub_stat("inbox_full"))
+        gauge("rmeeting_instance_info", "This instance: its id and mode.",
+              lambda: {(instance_id, mode): 1}, ["instance_id", "mode"])
+        gauge("rmeeting_draining", "1 while this instance drains (no joins, /readyz 503).",
+              lambda: 0 if service.accepting else 1)
+        gauge("rmeeting_tcp_connections", "Open TCP connections (HTTP and WebSocket).",
+              tcp_connections)
+        gauge("rmeeting_meetings", "Meetings with at least one member on this instance.",
+              hub_stat("meetings"))
+        gauge("rmeeting_members", "Members connected to this instance.",
+              hub_stat("members"))
+        counter("rmeeting_frames_out_total",
+                "Frames the fan-out handed to members' connections (events x members).",
+                hub_stat("deliveries"))
+        gauge("rmeeting_hub_queued_events", "Events waiting in the shards' inboxes.",
+              hub_stat("queued"))
+        counter("rmeeting_hub_inbox_full_total",
+                "Times a shard's inbox was full and its producer had to wait (backpressure).",
+                hub_stat("inbox_full"))
         _optional(counter, meetings, "invalid_values", "rmeeting_invalid_control_values_total",
                   "Hand-written control values this instance's etcd watch rejected (kept the "
                   "last valid value).")

@@ -10,8 +10,9 @@ from typing import Any
 
 import trio
 
-from . import auth
+from . import auth, wire
 from .api.app import create_app, ws_router
+from .closes import Close
 from .cluster.tasks import ClusterTasks
 from .config import Config
 from .hub import Hub
@@ -21,7 +22,6 @@ from .stores.base import ChatLog, MeetingStore, MemberStore
 from .stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
 from .transport.frontdoor import FrontDoor, WsLimits
 from .transport.http_bridge import HttpBridge
-from .transport.websocket import CLOSE_GOING_AWAY, CLOSE_RESTART
 
 __all__ = ["RunningServer", "open_stores", "serve_rmeeting"]
 
@@ -42,14 +42,15 @@ async def open_stores(
     """Memory stores unless etcd / Redis addresses are configured; closed on exit.
     ``on_relay_state``: told when the Redis chat relay goes down or comes back."""
     closers: list[Any] = []
-    meetings: MeetingStore = MemoryMeetingStore()
+    meetings: MeetingStore = MemoryMeetingStore(audit_limit=config.audit_limit)
     members: MemberStore = MemoryMemberStore()
     chat: ChatLog = MemoryChatLog(history_limit=config.history_limit)
     try:
         if config.etcd:
             from .stores.etcd import EtcdMeetingStore
 
-            etcd_meetings = EtcdMeetingStore(list(config.etcd), prefix=config.etcd_prefix)
+            etcd_meetings = EtcdMeetingStore(list(config.etcd), prefix=config.etcd_prefix,
+                                             audit_limit=config.audit_limit)
             closers.append(etcd_meetings)
             meetings = etcd_meetings
         if config.redis:
@@ -104,7 +105,8 @@ async def serve_rmeeting(
     async with open_stores(config, on_relay_state=cluster.on_relay_state) as stores, \
             trio.open_nursery() as nursery:
         metrics = InstanceMetrics()
-        hub = Hub(config.shards, on_controls_delivered=metrics.on_controls_delivered)
+        hub = Hub(config.shards, encoders=wire.encoders(),
+                  on_controls_delivered=metrics.on_controls_delivered)
         service = MeetingService(
             config,
             meetings=stores.meetings,
@@ -162,11 +164,11 @@ async def serve_rmeeting(
 
 async def _drain(service: MeetingService, hub: Hub, *, cluster: bool) -> None:
     service.accepting = False  # joins are refused (1012 "draining") and /readyz says 503
-    code = CLOSE_RESTART if cluster else CLOSE_GOING_AWAY
+    code = Close.RESTART if cluster else Close.GOING_AWAY
     log.info("draining", extra={"members": hub.statistics()["members"], "close_code": code})
     if cluster:
-        await hub.close_all(CLOSE_RESTART, "instance restarting: reconnect")
+        await hub.close_all(Close.RESTART, "instance restarting: reconnect")
     else:
-        await hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        await hub.close_all(Close.GOING_AWAY, "server shutting down")
     await hub.wait_empty()
     log.info("drained")

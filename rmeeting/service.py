@@ -18,15 +18,17 @@ from typing import Any, Literal
 import trio
 
 from . import auth
+from .closes import Close, LeaveReason
 from .config import Config
 from .controls import Controls, validate_changes
-from .hub import CLOSE_KICKED, CLOSE_LEFT, CLOSE_REPLACED, Hub, Subscriber
+from .events import BusEvent, ChatPosted, MemberJoined, MemberLeft, MemberUpdated
+from .hub import Hub, Subscriber
 from .instance_metrics import InstanceMetrics
 from .stores.base import (
     AttendanceRecord,
     AuditEntry,
-    BusEvent,
     ChatLog,
+    MeetingEnded,
     MeetingEvent,
     MeetingFull,
     MeetingMeta,
@@ -116,11 +118,15 @@ class MeetingService:
         self.instance_id = instance_id
         self.accepting = True
         self.metrics = metrics or InstanceMetrics()
+        #: meeting id -> its budget of control changes on this instance (dropped when it ends)
+        self._control_limits: dict[str, RateLimiter] = {}
 
     # --- events from the stores, to the hub ---------------------------------------------
 
     async def on_meeting_event(self, event: MeetingEvent) -> None:
         self.metrics.on_meeting_event(event)
+        if isinstance(event, MeetingEnded):
+            self._control_limits.pop(event.meeting_id, None)
         await self.hub.deliver(event)
 
     async def on_bus_event(self, event: BusEvent) -> None:
@@ -137,7 +143,7 @@ class MeetingService:
         host_key: str | None = None,
         meeting_id: str | None = None,
     ) -> Created:
-        if len(await self.meetings.list()) >= self.config.max_meetings:
+        if await self.meetings.count() >= self.config.max_meetings:
             raise Denied("too_many_meetings", "this server has its maximum number of meetings")
         try:
             initial = validate_changes(controls) if controls else {}
@@ -185,6 +191,7 @@ class MeetingService:
             raise Denied("bad_controls", str(exc).strip("'\"")) from exc
         if ttl is not None and not 0 < ttl <= 86400:
             raise Denied("bad_controls", "duration must be between 0 and 86400 seconds")
+        self._spend_control(meeting_id)
         try:
             controls = await self.meetings.set_controls(
                 meeting_id, valid, actor=actor, expected_revision=expected_revision, ttl=ttl
@@ -195,6 +202,16 @@ class MeetingService:
             await self._switch_off_members(meeting_id, valid)
         return controls
 
+    def _spend_control(self, meeting_id: str) -> None:
+        """One control change of this meeting's budget, whoever asks (HTTP, v1, seed): a host
+        key shared too widely must not flood every member and the audit trail."""
+        limiter = self._control_limits.get(meeting_id)
+        if limiter is None:
+            limiter = self._control_limits[meeting_id] = RateLimiter(
+                self.config.meeting_control_rate, self.config.meeting_control_burst)
+        if not limiter.allow():
+            raise Denied("rate_limited", "too many control changes in this meeting; slow down")
+
     async def _switch_off_members(self, meeting_id: str, changes: Mapping[str, bool]) -> None:
         """A flag switched off turns that device off for every member (and tells everyone)."""
         off = {dev: False for dev in ("camera", "mic") if changes.get(dev) is False}
@@ -202,14 +219,12 @@ class MeetingService:
             if any(getattr(record, dev) for dev in off):
                 updated = await self.members.update(meeting_id, record.member_id, off)
                 if updated is not None:
-                    await self.chat.publish(
-                        meeting_id, "updated", {**updated.public(), "changes": off}
-                    )
+                    await self.chat.publish(MemberUpdated.of(updated, off))
 
     async def end_meeting(self, meeting_id: str, *, reason: str = "ended by the host") -> bool:
         ended = await self.meetings.end(meeting_id, reason=reason)
         if ended:
-            await self.members.clear_meeting(meeting_id, reason="meeting ended")
+            await self.members.clear_meeting(meeting_id, reason=LeaveReason.MEETING_ENDED)
             # the history is kept for the attendance export; chat is dropped
             await self.chat.drop(meeting_id)
         return ended
@@ -284,11 +299,12 @@ class MeetingService:
             if previous is not None:
                 # the instance holding the old socket (maybe this one) closes it
                 await self._announce_left(
-                    previous, "replaced", close=(CLOSE_REPLACED, "replaced by a newer connection")
+                    previous, LeaveReason.REPLACED,
+                    close=(Close.REPLACED, "replaced by a newer connection"),
                 )
             await self.members.join(record, max_members=self.config.max_members)
             sub.registered = True
-            await self.chat.publish(meeting_id, "joined", record.public())
+            await self.chat.publish(MemberJoined.of(record))
         except MeetingFull as exc:
             await self._unlisten(sub)
             raise Denied("meeting_full", "the meeting is full") from exc
@@ -302,7 +318,7 @@ class MeetingService:
             await self.hub.detach(sub)
             await self.chat.unsubscribe(sub.meeting_id)
 
-    async def disconnected(self, joined: Joined, reason: str) -> None:
+    async def disconnected(self, joined: Joined, reason: LeaveReason) -> None:
         """The member's connection is over: leave (once), stop listening for it."""
         self.metrics.on_disconnected(reason)
         joined.sub.gone = True
@@ -322,9 +338,9 @@ class MeetingService:
         self,
         meeting_id: str,
         member_id: str,
-        reason: str,
+        reason: LeaveReason,
         *,
-        close: tuple[int, str] | None = None,
+        close: tuple[Close, str] | None = None,
         instance_id: str | None = None,
         joined_at: float | None = None,
     ) -> MemberRecord | None:
@@ -336,15 +352,11 @@ class MeetingService:
         return record
 
     async def _announce_left(
-        self, record: MemberRecord, reason: str, *, close: tuple[int, str] | None
+        self, record: MemberRecord, reason: LeaveReason, *, close: tuple[Close, str] | None
     ) -> None:
-        # joined_at names the presence, so that a newer one of the member is not closed
-        data: dict[str, Any] = {"id": record.member_id, "name": record.name,
-                                "role": record.role, "reason": reason,
-                                "joined_at": record.joined_at}
-        if close is not None:
-            data["close"] = list(close)
-        await self.chat.publish(record.meeting_id, "left", data)
+        # the event names the presence (joined_at), so that a newer one of the member is not
+        # closed
+        await self.chat.publish(MemberLeft.of(record, reason, close))
 
     async def leave_by_key(self, meeting_id: str, key: str) -> list[MemberRecord]:
         """The seed's LeaveMeeting: every presence of the member holding ``key`` leaves."""
@@ -352,7 +364,8 @@ class MeetingService:
         for record in await self.members.roster(meeting_id):
             if auth.secret_matches(key, record.key_hash):
                 left = await self.leave(
-                    meeting_id, record.member_id, "left", close=(CLOSE_LEFT, "left the meeting")
+                    meeting_id, record.member_id, LeaveReason.LEFT,
+                    close=(Close.LEFT, "left the meeting"),
                 )
                 if left is not None:
                     gone.append(left)
@@ -395,10 +408,12 @@ class MeetingService:
     async def kick(self, meeting_id: str, member_id: str) -> MemberRecord | None:
         await self.members.ban(meeting_id, member_id)
         return await self.leave(
-            meeting_id, member_id, "kicked", close=(CLOSE_KICKED, "removed by the host")
+            meeting_id, member_id, LeaveReason.KICKED, close=(Close.KICKED, "removed by the host")
         )
 
-    async def chat_message(self, joined: Joined, text: str, limiter: RateLimiter) -> BusEvent:
+    async def chat_message(
+        self, joined: Joined, text: str, limiter: RateLimiter
+    ) -> ChatPosted:
         record = joined.record
         if not text.strip():
             raise Denied("empty", "empty message")
@@ -416,9 +431,7 @@ class MeetingService:
             raise Denied("rate_limited", "too many messages; slow down")
         # the sender's name: only its own session renames it, and keeps joined.record current
         event = await self.chat.publish(
-            record.meeting_id,
-            "chat",
-            {"id": record.member_id, "name": record.name, "role": record.role, "text": text},
+            ChatPosted(record.meeting_id, record.member_id, record.name, record.role, text)
         )
         self.metrics.chat_in.inc()
         return event
@@ -453,9 +466,7 @@ class MeetingService:
         joined.record = replace(record, name=updated.name)
         if joined.sub.record is not None and joined.sub.record.joined_at == updated.joined_at:
             joined.sub.record = updated  # still this presence (not a newer one elsewhere)
-        await self.chat.publish(
-            record.meeting_id, "updated", {**updated.public(), "changes": clean}
-        )
+        await self.chat.publish(MemberUpdated.of(updated, clean))
         return updated
 
 

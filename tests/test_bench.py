@@ -30,7 +30,9 @@ from .conftest import make_config
 
 @pytest.fixture
 def server_config() -> Config:
-    return make_config(chat_rate=1e6, chat_burst=1_000_000)
+    return make_config(chat_rate=1e6, chat_burst=1_000_000, control_rate=1e6,
+                       control_burst=1_000_000, meeting_control_rate=1e6,
+                       meeting_control_burst=1_000_000)
 
 
 async def _run(server: RunningServer, **options: Any) -> dict[str, Any]:

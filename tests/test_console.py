@@ -14,6 +14,8 @@ A missing browser (or Playwright) fails these tests, it does not skip them: inst
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import socket
@@ -375,10 +377,11 @@ def test_console_two_members_and_a_host(
             host.click("#download-attendance")
         assert download.value.suggested_filename == f"attendance-{meeting_id}.csv"
         csv_text = Path(download.value.path()).read_text()
-        rows = csv_text.strip().splitlines()
-        assert rows[0] == "name,member_id,role,joined_at,left_at,duration_s,reason"
-        assert sum(row.startswith("Ann,") for row in rows) == 3  # joined, and back twice
-        assert any(row.startswith("Hana,") and ",host," in row for row in rows)
+        rows = list(csv.reader(io.StringIO(csv_text)))  # every cell is quoted
+        assert rows[0] == ["name", "member_id", "role", "joined_at", "left_at", "duration_s",
+                           "reason"]
+        assert sum(row[0] == "Ann" for row in rows) == 3  # joined, and back twice
+        assert any(row[0] == "Hana" and row[2] == "host" for row in rows)
 
         # the host removes Bo, then ends the meeting
         host.get_by_role("button", name="Remove Bo").click()

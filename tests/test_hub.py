@@ -6,9 +6,12 @@ import json
 
 import trio
 
+from rmeeting import wire
+from rmeeting.closes import Close, LeaveReason
 from rmeeting.controls import Controls
+from rmeeting.events import ChatPosted, ControlsChanged, MemberJoined, MemberLeft
 from rmeeting.hub import Hub, Subscriber
-from rmeeting.stores.base import BusEvent, ControlsChanged
+from rmeeting.stores.base import MemberRecord
 
 
 class Recorder:
@@ -37,13 +40,12 @@ class Recorder:
         return out
 
 
-def _chat(meeting: str, seq: int) -> BusEvent:
-    return BusEvent(meeting, "chat", {"id": "s", "name": "s", "role": "member", "text": str(seq)},
-                    seq, 0.0)
+def _chat(meeting: str, seq: int) -> ChatPosted:
+    return ChatPosted(meeting, "s", "s", "member", str(seq), seq, 0.0)
 
 
 async def test_frames_in_order_then_the_close() -> None:
-    hub = Hub(shards=1)
+    hub = Hub(shards=1, encoders=wire.encoders())
     outlet = Recorder()
     sub = Subscriber("m", "u", "v1", outlet)
     with trio.fail_after(5):
@@ -57,8 +59,8 @@ async def test_frames_in_order_then_the_close() -> None:
             # a backlog that ends with a leave that closes the member: frames first, then close
             for seq in (4, 5, 6):
                 await hub.deliver(_chat("m", seq))
-            await hub.deliver(BusEvent("m", "left", {"id": "u", "name": "u", "role": "member",
-                                                     "reason": "kicked", "close": [4003, "x"]}))
+            await hub.deliver(MemberLeft("m", "u", "u", "member", 0.0, LeaveReason.KICKED,
+                                         (Close.KICKED, "x")))
             while outlet.closed is None:
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
@@ -67,7 +69,7 @@ async def test_frames_in_order_then_the_close() -> None:
 
 
 async def test_encoded_once_per_protocol_and_stale_controls_dropped() -> None:
-    hub = Hub(shards=2)
+    hub = Hub(shards=2, encoders=wire.encoders())
     seed, v1 = Recorder(), Recorder()
     await hub.attach(Subscriber("m", "a", "seed", seed), Controls())
     await hub.attach(Subscriber("m", "b", "v1", v1), Controls())
@@ -88,3 +90,42 @@ async def test_encoded_once_per_protocol_and_stale_controls_dropped() -> None:
                             {"notice": "1", "name": "s"}]
     assert [m["type"] for m in v1.texts()] == ["controls", "chat"]
     assert hub.controls_of("m") == newer
+
+
+async def test_the_seed_encoder_sends_the_room_state_after_the_own_join_only() -> None:
+    hub = Hub(shards=1, encoders=wire.encoders())
+    seed, v1 = Recorder(), Recorder()
+    controls = Controls.from_partial({"mic": False}, 3)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await hub.attach(Subscriber("m", "a", "seed", seed, user_uid="uid-a"), controls)
+            await hub.attach(Subscriber("m", "b", "v1", v1), controls)
+            for member in ("a", "b", "a"):  # a's second join (another presence): no state again
+                await hub.deliver(MemberJoined("m", member, member, "member", False, False, 1.0))
+            while len(v1.texts()) < 3:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    state = {"is_mute": True, "is_change_name": True, "is_video": True, "user_uid": "uid-a"}
+    joined = {"notice": "有成员加入会议室", "name": "a"}
+    assert seed.texts() == [joined, state, {"notice": "有成员加入会议室", "name": "b"}, joined]
+    assert [m["type"] for m in v1.texts()] == ["member_joined"] * 3
+
+
+async def test_a_leave_closes_only_the_presence_it_names() -> None:
+    hub = Hub(shards=1, encoders=wire.encoders())
+    old, new = Recorder(), Recorder()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            record = MemberRecord("m", "u", "u", "member", "i", 2.0, "k")
+            await hub.attach(Subscriber("m", "u", "v1", new, record=record), Controls())
+            # the leave of the member's earlier presence (joined_at 1.0) reaches the new one
+            await hub.deliver(MemberLeft("m", "u", "u", "member", 1.0, LeaveReason.REPLACED,
+                                         (Close.REPLACED, "replaced")))
+            await hub.deliver(MemberLeft("m", "u", "u", "member", 2.0, LeaveReason.KICKED,
+                                         (Close.KICKED, "removed")))
+            while new.closed is None:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert new.closed == (Close.KICKED, "removed") and old.closed is None

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import trio
 
+from rmeeting import wire
+from rmeeting.closes import LeaveReason
 from rmeeting.cluster.liveness import Liveness
 from rmeeting.cluster.presence import Presence
 from rmeeting.hub import Hub
@@ -58,7 +60,8 @@ class Frozen(CountingPresence):
 def _service(etcd: EtcdServer, stores: Stores, instance_id: str) -> MeetingService:
     config = make_config(etcd=(etcd.endpoint,), instance_id=instance_id, instance_ttl=1)
     return MeetingService(config, meetings=stores.meetings, members=stores.members,
-                          chat=stores.chat, hub=Hub(1), instance_id=instance_id)
+                          chat=stores.chat, hub=Hub(1, encoders=wire.encoders()),
+                          instance_id=instance_id)
 
 
 def _record(meeting: str, instance: str, joined_at: float | None = None) -> MemberRecord:
@@ -141,7 +144,7 @@ async def test_a_lost_lease_registers_again_with_the_members(
     assert again is not None and again.joined_at > joined.record.joined_at
     assert joined.sub.record == again  # its own leave will name the new presence
     assert "solo" in await etcd.etcdctl("get", "--keys-only", "/rmeeting/instances/solo")
-    await service.disconnected(joined, "closed")
+    await service.disconnected(joined, LeaveReason.CLOSED)
     assert await stores.members.roster(meeting) == []
 
 

@@ -20,10 +20,10 @@ async def test_seed_and_v1_in_a_v1_meeting(server: RunningServer, api: Api) -> N
     mid, key = created["id"], created["host_key"]
     with trio.fail_after(10):
         async with open_v1(server.url, mid, name="vera", host_key=key) as vera:
-            async with open_seed(server.url, mid, "sam", "sam-uid") as sam:
+            async with open_seed(server.url, mid, "sam", "sam-uid-3b7d9f1e6c") as sam:
                 assert await recv_until(sam, lambda m: "user_uid" in m) == {
                     "is_mute": False, "is_change_name": True, "is_video": True,
-                    "user_uid": "sam-uid"}
+                    "user_uid": "sam-uid-3b7d9f1e6c"}
                 joined = await vera.recv_type("member_joined")
                 assert joined["member"]["name"] == "sam" and joined["member"]["role"] == "member"
 

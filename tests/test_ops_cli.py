@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import trio
 
+from rmeeting.closes import Close
 from rmeeting.config import Config
 from rmeeting.server import RunningServer
-from rmeeting.transport.websocket import CLOSE_RESTART
 
 from .clients import Api, open_v1
 from .conftest import make_config
@@ -109,8 +109,8 @@ async def test_attendance_export(server: RunningServer, tmp_path: Path) -> None:
                        "--host-key", key)
     assert as_csv.returncode == 0 and out(as_csv) == ""
     lines = target.read_text().splitlines()
-    assert lines[0] == "name,member_id,role,joined_at,left_at,duration_s,reason"
-    assert lines[1].startswith("'=ann,")  # a spreadsheet shows it, never runs it
+    assert lines[0] == '"name","member_id","role","joined_at","left_at","duration_s","reason"'
+    assert lines[1].startswith('"\'=ann",')  # a spreadsheet shows it, never runs it
     denied = await cli(server, "attendance", mid, "--host-key", "nope")
     assert denied.returncode == 1 and "not_host" in err(denied)
 
@@ -159,7 +159,7 @@ async def test_chat_tail_and_join(server: RunningServer, nursery: trio.Nursery) 
             assert any("bob: hello there" in line for line in tail.out)
             assert any("bob is now Bobby" in line for line in tail.err)
             # a drain (1012) on the way: the tail comes back with its token and last seq
-            await server.hub.close_all(CLOSE_RESTART, "instance restarting: reconnect")
+            await server.hub.close_all(Close.RESTART, "instance restarting: reconnect")
             await tail.wait_for(tail.err, "reconnected")
             await carol.closed_code()
         async with open_v1(server.url, mid, name="dave") as dave:

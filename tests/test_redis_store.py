@@ -6,6 +6,7 @@ The shared behaviour is in tests/conformance; everything here runs against a rea
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -15,7 +16,9 @@ from typing import Any
 import pytest
 import trio
 
-from rmeeting.stores.base import BusEvent, MemberRecord, StoreUnavailable
+from rmeeting.closes import LeaveReason
+from rmeeting.events import BusEvent, ChatPosted, MemberJoined, MemberLeft
+from rmeeting.stores.base import MemberRecord, StoreUnavailable
 from rmeeting.stores.redis import RedisChatLog, RedisMemberStore
 
 from .redis_server import RedisServer, redis_server  # noqa: F401  (the session fixture)
@@ -73,6 +76,14 @@ class States:
         await until(lambda: bool(self.seen) and self.seen[-1] == up)
 
 
+def _chat(meeting: str, text: str, member: str = "s") -> ChatPosted:
+    return ChatPosted(meeting, member, member, "member", text)
+
+
+def _texts(events: list[BusEvent]) -> list[str]:
+    return [e.text for e in events if isinstance(e, ChatPosted)]
+
+
 def _member(meeting: str, instance: str = "i1") -> MemberRecord:
     return MemberRecord(
         meeting, uuid.uuid4().hex, "ann", "member", instance, time.time(), "cd" * 32
@@ -98,9 +109,10 @@ async def test_two_instances_see_one_order(two_logs: tuple[RedisChatLog, RedisCh
 
             async def sender(log: RedisChatLog, name: str) -> None:
                 for i in range(25):
-                    await log.publish(meeting, "chat", {"from": name, "i": i})
+                    await log.publish(_chat(meeting, str(i), name))
                     if i % 5 == 0:
-                        await log.publish(meeting, "typing", {"from": name})
+                        await log.publish(MemberJoined(meeting, name, name, "member",
+                                                       False, False, float(i)))
 
             async with trio.open_nursery() as senders:
                 for n, log in enumerate(two_logs):
@@ -109,13 +121,12 @@ async def test_two_instances_see_one_order(two_logs: tuple[RedisChatLog, RedisCh
             total = 6 * (25 + 5)
             got_a, got_b = [await sink.wait_count(meeting, total) for sink in sinks]
             assert got_a == got_b  # the same events in the same order, on both instances
-            assert [e.seq for e in got_a if e.kind == "chat"] == list(range(1, 6 * 25 + 1))
-            assert all(e.seq == 0 for e in got_a if e.kind != "chat")
+            chats = [e for e in got_a if isinstance(e, ChatPosted)]
+            assert [e.seq for e in chats] == list(range(1, 6 * 25 + 1))
             for n in range(2):
                 for name in "abc":
-                    mine = [e.data["i"] for e in got_a if e.data["from"] == f"{n}{name}"
-                            and e.kind == "chat"]
-                    assert mine == list(range(25))
+                    mine = [e.text for e in chats if e.member_id == f"{n}{name}"]
+                    assert mine == [str(i) for i in range(25)]
             nursery.cancel_scope.cancel()
 
 
@@ -134,22 +145,22 @@ async def test_only_subscribed_meetings_and_unsubscribe(
             await a.subscribe(m1)  # counted: two local subscribers
             await a.subscribe(marker)
             await b.subscribe(m2)
-            await b.publish(m1, "chat", {"text": "one"})
-            await a.publish(m2, "chat", {"text": "two"})
+            await b.publish(_chat(m1, "one"))
+            await a.publish(_chat(m2, "two"))
             await sink_a.wait_count(m1, 1)
             await sink_b.wait_count(m2, 1)
             assert {e.meeting_id for e in sink_a.events} == {m1}
             assert {e.meeting_id for e in sink_b.events} == {m2}
 
             await a.unsubscribe(m1)  # one subscriber left: still delivered
-            await b.publish(m1, "chat", {"text": "three"})
+            await b.publish(_chat(m1, "three"))
             await sink_a.wait_count(m1, 2)
 
             await a.unsubscribe(m1)  # the last one: no more
-            await b.publish(m1, "chat", {"text": "four"})
-            await b.publish(marker, "chat", {"text": "after"})
+            await b.publish(_chat(m1, "four"))
+            await b.publish(_chat(marker, "after"))
             await sink_a.wait_count(marker, 1)  # same publisher, later: m1's would be in by now
-            assert [e.data["text"] for e in sink_a.of(m1)] == ["one", "three"]
+            assert _texts(sink_a.of(m1)) == ["one", "three"]
             channel = f"rmeeting:c:{{{m1}}}"
             # and Redis no longer sends it to this instance
             await until(lambda: raw.pubsub_numsub(channel) == [(channel.encode(), 0)])
@@ -224,7 +235,7 @@ async def test_redis_restart(own_redis: RedisServer) -> None:
                 await members.join(b, max_members=10)
                 await members.leave(meeting, a.member_id, reason="closed")
                 for i in range(3):
-                    await chat.publish(meeting, "chat", {"text": str(i)})
+                    await chat.publish(_chat(meeting, str(i)))
                 await sink.wait_count(meeting, 3)
                 ledger = await members.attendance(meeting)
 
@@ -234,7 +245,7 @@ async def test_redis_restart(own_redis: RedisServer) -> None:
                 for call in (
                     lambda: members.join(_member(meeting), max_members=10),
                     lambda: members.roster(meeting),
-                    lambda: chat.publish(meeting, "chat", {"text": "lost"}),
+                    lambda: chat.publish(_chat(meeting, "lost")),
                     lambda: chat.history(meeting, 0, 10),
                     lambda: chat.subscribe(uuid.uuid4().hex),
                 ):
@@ -253,9 +264,9 @@ async def test_redis_restart(own_redis: RedisServer) -> None:
                 assert await members.ready() and await chat.ready()
                 assert await members.attendance(meeting) == ledger  # the AOF kept the ledger
                 assert await members.roster(meeting) == [b]
-                await chat.publish(meeting, "chat", {"text": "back"})
+                await chat.publish(_chat(meeting, "back"))
                 got = await sink.wait_count(meeting, 4)  # re-subscribed after the restart
-                assert [(e.seq, e.data["text"]) for e in got] == [
+                assert [(e.seq, e.text) for e in got if isinstance(e, ChatPosted)] == [
                     (1, "0"), (2, "1"), (3, "2"), (4, "back")
                 ]
                 history = await chat.history(meeting, 0, 10)
@@ -290,6 +301,36 @@ async def test_cancelling_serve_while_redis_is_down(own_redis: RedisServer) -> N
         chat.close()
 
 
+def _raw(meeting: str, kind: str, data: dict[str, Any], seq: int = 0) -> bytes:
+    return json.dumps({"meeting_id": meeting, "kind": kind, "data": data, "seq": seq,
+                       "ts": 1.5}).encode()
+
+
+async def test_history_written_before_typed_events_is_read(
+    url: str, redis_server: RedisServer  # noqa: F811
+) -> None:
+    """The history stream's entries as rmeeting wrote them with untyped events."""
+    chat = RedisChatLog(url)
+    meeting = uuid.uuid4().hex
+    raw = redis_server.client()
+    old = (b'{"meeting_id":"%s","kind":"chat","ts":1764211871.5,"data":{"id":"u1",'
+           b'"name":"Ann \\u00e9","role":"host","text":"from before"},"seq":1}' % meeting.encode())
+    try:
+        raw.xadd(f"rmeeting:m:{{{meeting}}}:chat", {"e": old}, id="1-0")
+        raw.set(f"rmeeting:m:{{{meeting}}}:seq", 1)
+        with trio.fail_after(10):
+            await chat.publish(MemberLeft(meeting, "u1", "Ann", "host", 1.0, LeaveReason.LEFT))
+            new = await chat.publish(_chat(meeting, "after"))
+            history = await chat.history(meeting, 0, 10)
+        assert list(history.events) == [
+            ChatPosted(meeting, "u1", "Ann é", "host", "from before", 1, 1764211871.5), new
+        ]
+        assert new.seq == 2 and history.last_seq == 2 and history.complete
+    finally:
+        raw.close()
+        chat.close()
+
+
 async def test_garbage_on_a_meeting_channel_is_skipped(
     url: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture  # noqa: F811
 ) -> None:
@@ -305,6 +346,19 @@ async def test_garbage_on_a_meeting_channel_is_skipped(
         b'{"meeting_id": "x"}',
         b'{"meeting_id": "%s", "kind": "chat", "data": [], "seq": 1, "ts": 0}' % meeting.encode(),
         b'{"meeting_id": "%s", "kind": "chat", "data": {}, "seq": 1, "ts": 0}' % other.encode(),
+        # well-formed JSON, but not an event rmeeting ever writes
+        _raw(meeting, "typing", {"id": "s"}),
+        _raw(meeting, "chat", {"id": "s", "name": "s", "role": "admin", "text": "x"}, seq=1),
+        _raw(meeting, "chat", {"id": "s", "name": "s", "role": "member", "text": 5}, seq=1),
+        _raw(meeting, "chat", {"id": "s", "name": "s", "role": "member", "text": "x"}),
+        _raw(meeting, "left", {"id": "s", "name": "s", "role": "member", "joined_at": 1,
+                               "reason": "bored"}),
+        _raw(meeting, "left", {"id": "s", "name": "s", "role": "member", "joined_at": 1,
+                               "reason": "kicked", "close": [4999, "x"]}),
+        _raw(meeting, "joined", {"id": "s", "name": "s", "role": "member", "joined_at": "1",
+                                 "camera": False, "mic": False}),
+        _raw(meeting, "updated", {"id": "s", "name": "s", "role": "member", "joined_at": 1,
+                                  "camera": False, "mic": False, "changes": {"role": "host"}}),
     ]
     try:
         with trio.fail_after(10), caplog.at_level(logging.WARNING):
@@ -313,9 +367,9 @@ async def test_garbage_on_a_meeting_channel_is_skipped(
                 await chat.subscribe(meeting)
                 for payload in garbage:
                     raw.publish(channel, payload)
-                await chat.publish(meeting, "chat", {"text": "fine"})
+                await chat.publish(_chat(meeting, "fine"))
                 got = await sink.wait_count(meeting, 1)
-                assert [e.data for e in got] == [{"text": "fine"}]
+                assert _texts(got) == ["fine"] and len(got) == 1
                 assert chat.malformed == len(garbage) and chat.relay_up
                 assert sum("malformed" in r.getMessage() for r in caplog.records) == len(garbage)
                 nursery.cancel_scope.cancel()
@@ -329,7 +383,7 @@ async def test_subscribed_before_serve_and_handler_errors_end_serve(url: str) ->
     meeting = uuid.uuid4().hex
 
     async def failing(event: BusEvent) -> None:
-        raise ValueError(event.data["text"])
+        raise ValueError(event.meeting_id)
 
     try:
         with trio.fail_after(10):
@@ -337,7 +391,7 @@ async def test_subscribed_before_serve_and_handler_errors_end_serve(url: str) ->
             with pytest.raises(BaseExceptionGroup) as caught:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(chat.serve, failing)
-                    await chat.publish(meeting, "chat", {"text": "boom"})
+                    await chat.publish(_chat(meeting, "boom"))
             # a failing handler ends serve (the owner supervises it), thread and all
             assert caught.value.subgroup(ValueError) is not None
             assert not chat.relay_up

@@ -9,9 +9,12 @@ from typing import Any
 
 import trio
 
+from rmeeting import wire
+from rmeeting.closes import LeaveReason
 from rmeeting.cluster.presence import Presence
 from rmeeting.cluster.relay_watch import ChatRelayWatch
 from rmeeting.config import Config
+from rmeeting.events import ChatPosted
 from rmeeting.hub import Hub
 from rmeeting.service import MeetingService
 from rmeeting.stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
@@ -41,7 +44,7 @@ async def _wired(
     nursery: trio.Nursery, chat: MemoryChatLog, config: Config
 ) -> tuple[MeetingService, ChatRelayWatch]:
     """A service on memory stores whose chat log reaches the hub through the relay watch."""
-    hub = Hub(2)
+    hub = Hub(2, encoders=wire.encoders())
     service = MeetingService(config, meetings=MemoryMeetingStore(), members=MemoryMemberStore(),
                              chat=chat, hub=hub, instance_id="i1")
     watch = ChatRelayWatch()
@@ -59,7 +62,7 @@ async def test_outage_is_told_and_missed_chat_caught_up_once(nursery: trio.Nurse
     joined = await service.join(mid, name="ann", protocol="v1", outlet=outlet)
 
     async def say(text: str) -> None:
-        await chat.publish(mid, "chat", {"id": "x", "name": "bob", "role": "member", "text": text})
+        await chat.publish(ChatPosted(mid, "x", "bob", "member", text))
 
     async def until(expected: list[str]) -> None:
         with trio.move_on_after(5):
@@ -92,7 +95,7 @@ async def test_outage_is_told_and_missed_chat_caught_up_once(nursery: trio.Nurse
     assert seen.index("one") < seen.index("chat_unavailable") < seen.index("two")
     assert seen.index("three") < seen.index("chat_available")
     assert [f["seq"] for f in outlet.frames if f.get("type") == "chat"] == [1, 2, 3, 4, 5]
-    await service.disconnected(joined, "closed")
+    await service.disconnected(joined, LeaveReason.CLOSED)
 
 
 async def test_what_history_no_longer_holds_is_told_as_a_gap(nursery: trio.Nursery) -> None:
@@ -107,13 +110,13 @@ async def test_what_history_no_longer_holds_is_told_as_a_gap(nursery: trio.Nurse
             while len([f for f in outlet.frames if key in f]) < n:
                 await trio.sleep(0.01)
 
-    await chat.publish(mid, "chat", {"id": "x", "name": "bob", "role": "member", "text": "a"})
+    await chat.publish(ChatPosted(mid, "x", "bob", "member", "a"))
     await count("notice", 2)  # the join, "a"
     watch.on_relay_state(False)
     await count("code", 1)
     await chat.unsubscribe(mid)
     for text in ("b", "c", "d"):
-        await chat.publish(mid, "chat", {"id": "x", "name": "bob", "role": "member", "text": text})
+        await chat.publish(ChatPosted(mid, "x", "bob", "member", text))
     await chat.subscribe(mid)
     watch.on_relay_state(True)
     await count("code", 3)

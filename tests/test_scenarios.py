@@ -167,12 +167,12 @@ async def test_leave_kick_and_end(target: Target) -> None:
         auth = {"Authorization": f"Bearer {key}"}
         with trio.fail_after(30):
             async with seed_in(target.url, mid, "stay") as stay, \
-                    seed_in(target.url, mid, "leaver", "leaver-uid"), \
+                    seed_in(target.url, mid, "leaver", "leaver-uid-9c4e2a7f"), \
                     open_v1(target.url, mid, name="kicked") as kicked:
                 await recv_until(stay, lambda m: m.get("name") == "kicked")
                 # the leave may land on another instance than the leaver's socket
                 left = await api.request("PUT", "/LeaveMeeting", json={
-                    "username": "leaver", "meetingUid": mid, "userUid": "leaver-uid"})
+                    "username": "leaver", "meetingUid": mid, "userUid": "leaver-uid-9c4e2a7f"})
                 assert left.status_code == 200
                 assert await recv_until(stay, lambda m: m.get("notice") == LEFT) == {
                     "notice": LEFT, "name": "leaver"}

@@ -34,9 +34,9 @@ async def test_join_order_room_state_and_chat(server: RunningServer, api: Api) -
             state = await recv_json(ann)
             assert state["is_mute"] is True and state["is_video"] is True
             assert state["is_change_name"] is True and len(state["user_uid"]) == 36
-            async with open_seed(server.url, mid, "bob", user_uid="bob-uid") as bob:
+            async with open_seed(server.url, mid, "bob", user_uid="bob-uid-7f3a9c2e5b") as bob:
                 assert await recv_json(bob) == {"notice": JOINED, "name": "bob"}
-                assert (await recv_json(bob))["user_uid"] == "bob-uid"
+                assert (await recv_json(bob))["user_uid"] == "bob-uid-7f3a9c2e5b"
                 assert await recv_json(ann) == {"notice": JOINED, "name": "bob"}
                 await bob.send_message("hello 你好")
                 # everyone, the sender included, gets the chat
@@ -86,10 +86,10 @@ async def test_non_manager_control_frame_is_refused(server: RunningServer, api: 
     meeting = await api.create_seed_meeting(meeting_name="m")
     mid = meeting["meetingUid"]
     with trio.fail_after(10):
-        async with open_seed(server.url, mid, "ann", "ann-uid") as ann:
+        async with open_seed(server.url, mid, "ann", "ann-uid-4d8e1b6c0a") as ann:
             await recv_until(ann, lambda m: "user_uid" in m)
             await ann.send_message("特殊消息1" + json.dumps(
-                {"isMute": True, "userUid": "ann-uid", "meetingUid": mid}))
+                {"isMute": True, "userUid": "ann-uid-4d8e1b6c0a", "meetingUid": mid}))
             reply = await recv_json(ann)
             assert "manager" in reply["error"]
             # a forged credential: someone else's id is not the manager's either
@@ -122,13 +122,13 @@ async def test_leave_meeting_closes_the_socket_and_tells_the_rest(
     mid = meeting["meetingUid"]
     with trio.fail_after(10):
         async with open_seed(server.url, mid, "ann") as ann, \
-                open_seed(server.url, mid, "bob", "bob-uid") as bob:
+                open_seed(server.url, mid, "bob", "bob-uid-7f3a9c2e5b") as bob:
             await recv_until(ann, lambda m: m.get("name") == "bob")
             await recv_until(bob, lambda m: "user_uid" in m)
             response = await api.request("PUT", "/LeaveMeeting", json={
-                "username": "bob", "meetingUid": mid, "userUid": "bob-uid"})
+                "username": "bob", "meetingUid": mid, "userUid": "bob-uid-7f3a9c2e5b"})
             assert response.json() == {
-                "msg": "leaveMeeting success!", "userUid": "bob-uid", "username": "bob"}
+                "msg": "leaveMeeting success!", "userUid": "bob-uid-7f3a9c2e5b", "username": "bob"}
             assert await recv_until(ann, lambda m: m.get("notice") == LEFT) == {
                 "notice": LEFT, "name": "bob"}
             try:
@@ -140,7 +140,7 @@ async def test_leave_meeting_closes_the_socket_and_tells_the_rest(
             await ann.send_message("still here")
             assert await recv_json(ann) == {"notice": "still here", "name": "ann"}
     again = await api.request("PUT", "/LeaveMeeting", json={
-        "username": "bob", "meetingUid": mid, "userUid": "bob-uid"})
+        "username": "bob", "meetingUid": mid, "userUid": "bob-uid-7f3a9c2e5b"})
     assert again.status_code == 404
 
 
@@ -149,13 +149,13 @@ async def test_export_is_for_the_manager_only(server: RunningServer, api: Api) -
     mid, host_uid = meeting["meetingUid"], meeting["userUid"]
     with trio.fail_after(10):
         async with open_seed(server.url, mid, "host", host_uid) as host:
-            async with open_seed(server.url, mid, "ann", "ann-uid") as ann:
+            async with open_seed(server.url, mid, "ann", "ann-uid-4d8e1b6c0a") as ann:
                 await recv_until(ann, lambda m: "user_uid" in m)
             await recv_until(host, lambda m: m.get("notice") == LEFT)
             ok = await api.request("GET", "/Export", params={"userUid": host_uid,
                                                              "meetingUid": mid})
             assert ok.status_code == 200 and ok.json() == {"attendee": ["host", "ann"]}
-            denied = await api.request("GET", "/Export", params={"userUid": "ann-uid",
+            denied = await api.request("GET", "/Export", params={"userUid": "ann-uid-4d8e1b6c0a",
                                                                  "meetingUid": mid})
             assert denied.status_code == 403
             assert denied.json() == {"msg": "当前只能管理员能导出参会者"}

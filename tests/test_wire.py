@@ -12,36 +12,51 @@ from typing import Any
 
 import pytest
 
+from rmeeting.closes import Close, LeaveReason
 from rmeeting.controls import Controls
-from rmeeting.stores.base import BusEvent, ControlsChanged, MeetingEnded
+from rmeeting.events import (
+    ChatPosted,
+    ControlsChanged,
+    MeetingEnded,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+    Notice,
+)
 from rmeeting.wire import seed, v1
 from rmeeting.wire._json import dumps
 
 # --- events, as the stores hand them out -----------------------------------------------------
 
 
-def chat_event(text: str, name: str = "ann", seq: int = 3, ts: float = 12.5) -> Any:
-    return BusEvent("m1", "chat", {"id": "u1", "name": name, "role": "member", "text": text},
-                    seq=seq, ts=ts)
+def chat_event(text: str, name: str = "ann", seq: int = 3, ts: float = 12.5) -> ChatPosted:
+    return ChatPosted("m1", "u1", name, "member", text, seq=seq, ts=ts)
 
 
-def member_event(kind: str, name: str = "ann", **extra: Any) -> Any:
-    data = {"id": "u1", "name": name, "role": "member", "camera": False, "mic": True,
-            "joined_at": 10.0, **extra}
-    return BusEvent("m1", kind, data, ts=12.5)
+def joined_event(name: str = "ann") -> MemberJoined:
+    return MemberJoined("m1", "u1", name, "member", False, True, 10.0, ts=12.5)
 
 
-def notice_event(code: str, message: str) -> Any:
-    return BusEvent("m1", "notice", {"code": code, "message": message}, ts=12.5)
+def left_event(name: str = "ann", reason: LeaveReason = LeaveReason.CLOSED,
+               close: tuple[Close, str] | None = None) -> MemberLeft:
+    return MemberLeft("m1", "u1", name, "member", 10.0, reason, close, ts=12.5)
+
+
+def updated_event(**changes: str | bool) -> MemberUpdated:
+    return MemberUpdated("m1", "u1", "ann", "member", False, True, 10.0, changes, ts=12.5)
+
+
+def notice_event(code: str, message: str) -> Notice:
+    return Notice("m1", code, message, ts=12.5)
 
 
 def controls_event(actor: str = "u1", expires_at: float | None = None,
-                   **changed: tuple[bool, bool]) -> Any:
+                   **changed: tuple[bool, bool]) -> ControlsChanged:
     values = {flag: new for flag, (_old, new) in changed.items()}
     return ControlsChanged("m1", Controls.from_partial(values, 42), changed, actor, expires_at)
 
 
-def ended_event(reason: str) -> Any:
+def ended_event(reason: str) -> MeetingEnded:
     return MeetingEnded("m1", reason)
 
 
@@ -49,10 +64,12 @@ def ended_event(reason: str) -> Any:
 
 
 def test_seed_join_and_leave_notices() -> None:
-    assert seed.encode_event(member_event("joined", "张三")) == \
+    assert seed.encode_event(joined_event("张三")) == \
         '{"notice":"有成员加入会议室","name":"张三"}'.encode()
-    assert seed.encode_event(member_event("left", "bob")) == \
+    assert seed.encode_event(left_event("bob")) == \
         '{"notice":"有成员离开会议室","name":"bob"}'.encode()
+    # the seed never announced renames or camera/mic changes
+    assert seed.encode_event(updated_event(name="ann")) is None
 
 
 @pytest.mark.parametrize("text", ["hi", "", "你好 👋", 'a "quoted" \\ back', "line\nbreak\t",
@@ -124,12 +141,14 @@ def test_v1_chat_frame() -> None:
 def test_v1_member_frames() -> None:
     member = {"id": "u1", "name": "ann", "role": "member", "camera": False, "mic": True,
               "joined_at": 10.0}
-    assert _decoded(v1.encode_event(member_event("joined"))) == \
+    assert _decoded(v1.encode_event(joined_event())) == \
         {"type": "member_joined", "member": member, "ts": 12.5}
-    left = _decoded(v1.encode_event(member_event("left", reason="kicked", close=[4003, "x"])))
-    assert left == {"type": "member_left", "member": member, "ts": 12.5, "reason": "kicked"}
-    updated = _decoded(v1.encode_event(member_event("updated", changes={"name": "ann"})))
-    assert updated["type"] == "member_updated" and updated["changes"] == {"name": "ann"}
+    left = _decoded(v1.encode_event(left_event(reason=LeaveReason.KICKED,
+                                               close=(Close.KICKED, "removed by the host"))))
+    assert left == {"type": "member_left", "ts": 12.5, "reason": "kicked",
+                    "member": {"id": "u1", "name": "ann", "role": "member", "joined_at": 10.0}}
+    assert _decoded(v1.encode_event(updated_event(name="ann"))) == \
+        {"type": "member_updated", "member": member, "ts": 12.5, "changes": {"name": "ann"}}
 
 
 def test_v1_controls_end_and_notice_frames() -> None:

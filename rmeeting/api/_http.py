@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from quart import Response, request
 
+from ..wire._decode import BadInput, decode
 from ..wire._json import dumps
 
 __all__ = ["BadRequest", "field", "json_body", "json_response", "only"]
@@ -31,9 +31,9 @@ async def json_body(*, required: bool = False) -> dict[str, Any]:
             raise BadRequest("a JSON object body is required")
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from exc
+        body = decode(raw)
+    except BadInput as exc:
+        raise BadRequest(exc.message) from exc
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body

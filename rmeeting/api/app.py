@@ -9,6 +9,7 @@ from typing import Any
 
 from quart import Response
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from ..service import Denied, MeetingService
 from ..stores.base import RevisionConflict, StoreUnavailable
@@ -34,6 +35,7 @@ DENIED_STATUS = {
     "locked": 423,
     "meeting_full": 429,
     "too_many_meetings": 429,
+    "rate_limited": 429,
     "draining": 503,
 }
 
@@ -62,7 +64,10 @@ def create_app(service: MeetingService, *, ready: Callable[[], Awaitable[bool]])
 
     @app.errorhandler(BadRequest)
     async def bad_request(exc: BadRequest) -> Any:
-        return json_response({"error": exc.message}, exc.status)
+        body = {"error": exc.message}
+        if exc.status in (400, 429):
+            body["code"] = "bad_request" if exc.status == 400 else "rate_limited"
+        return json_response(body, exc.status)
 
     @app.errorhandler(Denied)
     async def denied(exc: Denied) -> Any:
@@ -93,6 +98,18 @@ def create_app(service: MeetingService, *, ready: Callable[[], Awaitable[bool]])
     @app.errorhandler(413)
     async def too_large(exc: Any) -> Any:
         return json_response({"error": "request body too large"}, 413)
+
+    # Whatever else Quart or a route raises is JSON too, never an HTML page: a client of this
+    # API parses every answer, errors included.
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        return json_response({"error": exc.description or exc.name}, status)
+
+    @app.errorhandler(Exception)
+    async def internal(exc: Exception) -> Any:
+        log.exception("request failed", exc_info=exc)
+        return json_response({"error": "internal error", "code": "internal"}, 500)
 
     return app
 

@@ -7,7 +7,6 @@ not bytes; only the manager's credential changes controls; a non-manager's Expor
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
@@ -15,12 +14,14 @@ from typing import Any
 import trio
 from quart import Blueprint, request
 
-from ..hub import CLOSE_KICKED
+from .. import auth
+from ..closes import Close, LeaveReason
 from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import StoreUnavailable
 from ..transport.frontdoor import Handshake
-from ..transport.websocket import CLOSE_SLOW_CONSUMER, BadFrame, WebSocket
+from ..transport.websocket import BadFrame, WebSocket
 from ..wire import seed
+from ..wire._decode import BadInput, decode
 from ._http import BadRequest, field, json_body, json_response
 
 __all__ = ["DENIED_CLOSE_CODES", "leave_reason", "seed_blueprint", "seed_session"]
@@ -29,14 +30,14 @@ log = logging.getLogger("rmeeting.seed")
 
 #: why a join was refused -> the close code the client sees (docs/protocol.md)
 DENIED_CLOSE_CODES = {
-    "meeting_not_found": 4404,
-    "kicked": CLOSE_KICKED,
-    "not_host": 4403,
-    "bad_token": 4401,
-    "locked": 4423,
-    "meeting_full": 4429,
-    "too_many_meetings": 4429,
-    "draining": 1012,
+    "meeting_not_found": Close.NOT_FOUND,
+    "kicked": Close.KICKED,
+    "not_host": Close.NOT_HOST,
+    "bad_token": Close.BAD_TOKEN,
+    "locked": Close.LOCKED,
+    "meeting_full": Close.FULL,
+    "too_many_meetings": Close.FULL,
+    "draining": Close.RESTART,
 }
 
 
@@ -61,17 +62,37 @@ def seed_blueprint(service: MeetingService) -> Blueprint:
             "userUid": user_uid,
         })
 
+    # userUids are credentials: a client that keeps guessing them is slowed down
+    guesses = auth.FailedGuesses(service.config.max_failed_guesses)
+
+    def client() -> str:
+        return auth.client_address(request.remote_addr, request.headers.get("X-Forwarded-For"))
+
+    def refuse_guesser(who: str) -> None:
+        if guesses.blocked(who):
+            raise BadRequest(f"too many failed attempts from {who}; wait a minute", 429)
+
+    async def require_meeting(meeting_id: str, who: str) -> None:
+        try:
+            await service.require_meeting(meeting_id)
+        except Denied:
+            guesses.failed(who)
+            raise
+
     @bp.put("/LeaveMeeting")
     async def leave_meeting() -> Any:
+        who = client()
+        refuse_guesser(who)
         body = await json_body(required=True)
         meeting_id = field(body, "meetingUid", str, "")
         user_uid = field(body, "userUid", str, "")
         username = field(body, "username", str, "")
         if not meeting_id or not user_uid:
             raise BadRequest("meetingUid and userUid are required")
-        await service.require_meeting(meeting_id)
+        await require_meeting(meeting_id, who)
         gone = await service.leave_by_key(meeting_id, user_uid)
         if not gone:
+            guesses.failed(who)
             return json_response({"error": "no member with that userUid in this meeting"}, 404)
         return json_response({
             "msg": "leaveMeeting success!",
@@ -81,9 +102,12 @@ def seed_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.get("/Export")
     async def export() -> Any:
+        who = client()
+        refuse_guesser(who)
         meeting_id = request.args.get("meetingUid", "")
-        await service.require_meeting(meeting_id)
+        await require_meeting(meeting_id, who)
         if not await service.is_host(meeting_id, request.args.get("userUid")):
+            guesses.failed(who)
             return json_response({"msg": "当前只能管理员能导出参会者"}, 403)
         seen: dict[str, str] = {}
         for entry in await service.attendance(meeting_id):
@@ -93,26 +117,29 @@ def seed_blueprint(service: MeetingService) -> Blueprint:
     return bp
 
 
-def leave_reason(ws: WebSocket, draining: bool) -> str:
+def leave_reason(ws: WebSocket, draining: bool) -> LeaveReason:
     if ws.timed_out:
-        return "timeout"
-    if ws.close_code == CLOSE_SLOW_CONSUMER:
-        return "slow consumer"
+        return LeaveReason.TIMEOUT
+    if ws.close_code == Close.SLOW_CONSUMER:
+        return LeaveReason.SLOW_CONSUMER
     if draining:
-        return "server shutdown"
-    return "closed"
+        return LeaveReason.SERVER_SHUTDOWN
+    return LeaveReason.CLOSED
 
 
 def refuse(ws: WebSocket, frame: bytes, denied: Denied) -> None:
     ws.send_text_nowait(frame)
-    ws.close_nowait(DENIED_CLOSE_CODES.get(denied.code, 4400), denied.message)
+    ws.close_nowait(DENIED_CLOSE_CODES.get(denied.code, Close.BAD_REQUEST), denied.message)
 
 
 async def seed_session(service: MeetingService, hs: Handshake) -> None:
     """One seed client, from the upgrade of ``GET /AddMeeting`` to its leave."""
     meeting_id = hs.query.get("meetingUid", "")
     username = hs.query.get("username", "")
-    user_uid = hs.query.get("userUid") or str(uuid.uuid4())
+    # the userUid is the member's credential (LeaveMeeting, and the manager's for everything):
+    # one a client chose that could be guessed is replaced; the room state tells the client
+    given = hs.query.get("userUid") or ""
+    user_uid = given if auth.strong_user_uid(given) else str(uuid.uuid4())
     ws = hs.accept()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ws.run)
@@ -128,13 +155,13 @@ async def seed_session(service: MeetingService, hs: Handshake) -> None:
             return
         except StoreUnavailable:
             ws.send_text_nowait(seed.error("the meeting service is unavailable; try again"))
-            ws.close_nowait(1013, "try again later")
+            ws.close_nowait(Close.TRY_AGAIN, "try again later")
             return
         try:
             await _serve_frames(service, ws, joined, meeting_id)
         except Exception:  # a bug costs this member its connection, not the server
             log.exception("seed session failed", extra={"meeting": meeting_id})
-            ws.close_nowait(1011, "internal error")
+            ws.close_nowait(Close.INTERNAL, "internal error")
         finally:
             await service.disconnected(joined, leave_reason(ws, not service.accepting))
 
@@ -143,11 +170,14 @@ async def _serve_frames(
     service: MeetingService, ws: WebSocket, joined: Joined, meeting_id: str
 ) -> None:
     limiter = RateLimiter(service.config.chat_rate, service.config.chat_burst)
+    controls_limiter = RateLimiter(service.config.control_rate, service.config.control_burst)
     async for message in ws.messages():
         try:
             if isinstance(message, BadFrame):
                 raise Denied(message.kind, f"{message.kind} frames are not supported")
             if message.startswith(seed.CONTROL_PREFIX):
+                if not controls_limiter.allow():
+                    raise Denied("rate_limited", "too many control frames; slow down")
                 await _control(service, joined, meeting_id, message[len(seed.CONTROL_PREFIX):])
             else:
                 await service.chat_message(joined, message, limiter)
@@ -167,14 +197,18 @@ async def _control(service: MeetingService, joined: Joined, meeting_id: str, res
         raise Denied("bad_control", "unknown control flag; use 1 (isMute) or 2 (isVideo)")
     field_name, flag, inverted = seed.SEED_FLAGS[rest[0]]
     try:
-        body = json.loads(rest[1:])
-    except ValueError as exc:
-        raise Denied("bad_control", f"control frame: malformed JSON ({exc})") from exc
+        body = decode(rest[1:])
+    except BadInput as exc:
+        raise Denied("bad_control", f"control frame: {exc.message}") from exc
     if not isinstance(body, dict) or not isinstance(body.get(field_name), bool):
         raise Denied("bad_control", f"control frame needs {field_name}: true or false")
-    if body.get("meetingUid", meeting_id) != meeting_id:
+    user_uid, named = body.get("userUid"), body.get("meetingUid", meeting_id)
+    if not isinstance(user_uid, str) or not isinstance(named, str):
+        raise Denied("bad_control", "control frame: userUid and meetingUid must be strings")
+    if named != meeting_id:
         raise Denied("not_host", "control frame names another meeting")
-    if not await service.is_host(meeting_id, body.get("userUid")):
+    # from what the session knows (no store read): it joined as the manager, with this userUid
+    if joined.record.role != "host" or not auth.secret_matches(user_uid, joined.record.key_hash):
         raise Denied("not_host", "only the meeting's manager may change its controls")
     value = body[field_name]
     await service.set_controls(

@@ -17,6 +17,7 @@ from typing import Any
 from quart import Blueprint, Response, request
 
 from .. import auth
+from ..config import Config
 from ..controls import Controls
 from ..service import Denied, MeetingService
 from ..stores.base import AttendanceRecord, MemberRecord
@@ -70,12 +71,36 @@ def _csv_cell(value: Any) -> str:
 
 
 def attendance_csv(sessions: Sequence[dict[str, Any]]) -> str:
+    """Every cell quoted: a spreadsheet that splits on ``;`` (many locales) must not see
+    ``x;=2+5;`` as three cells, one of them a formula."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL)
     writer.writerow(ATTENDANCE_COLUMNS)
     for session in sessions:
         writer.writerow([_csv_cell(session[c]) for c in ATTENDANCE_COLUMNS])
     return out.getvalue()
+
+
+#: names that always mean this very server, whatever it is bound to
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def own_host(host: str, server: tuple[str, int | None] | None, config: Config) -> str:
+    """``host`` (a request's Host header) if it names this server (its bind address, the
+    address the request came in on, or loopback), else that address: a forged Host must not
+    end up in a link that members are sent to."""
+    name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not name or (port and not port.isdigit()):
+        name, port = host, ""
+    ours = set(_LOOPBACK_NAMES) | {config.host_port[0]}
+    if server is not None:
+        ours.add(server[0])
+    if name.strip("[]").lower() in ours:
+        return host
+    if server is not None and server[1] is not None:
+        addr = server[0]
+        return f"[{addr}]:{server[1]}" if ":" in addr else f"{addr}:{server[1]}"
+    return config.bind
 
 
 def _expected_revision(body: dict[str, Any]) -> int | None:
@@ -118,8 +143,13 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
             raise Denied("not_admin", "that is not the admin token")
 
     def join_url(meeting_id: str) -> str:
+        path = f"/v1/meetings/{meeting_id}/ws"
+        public = service.config.public_url.rstrip("/")
+        if public:
+            scheme, _, rest = public.partition("://")
+            return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{path}"
         scheme = "wss" if request.scheme == "https" else "ws"
-        return f"{scheme}://{request.host}/v1/meetings/{meeting_id}/ws"
+        return f"{scheme}://{own_host(request.host, request.server, service.config)}{path}"
 
     @bp.get("/openapi.json")
     async def openapi() -> Any:
@@ -213,7 +243,9 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
         return [_session(e, now) for e in await service.attendance(meeting_id)]
 
     def csv_response(meeting_id: str, rows: list[dict[str, Any]]) -> Response:
-        response = Response(attendance_csv(rows), content_type="text/csv; charset=utf-8")
+        # "replace": a name stored before input was checked must not make the export fail
+        response = Response(attendance_csv(rows).encode("utf-8", "replace"),
+                            content_type="text/csv; charset=utf-8")
         response.headers["Content-Disposition"] = (
             f'attachment; filename="attendance-{meeting_id}.csv"'
         )

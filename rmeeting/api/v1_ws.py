@@ -18,11 +18,13 @@ from typing import Any
 import trio
 
 from .. import auth
+from ..closes import Close
 from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
-from ..transport.websocket import CLOSE_SLOW_CONSUMER, BadFrame, WebSocket, text_payload
+from ..transport.websocket import BadFrame, WebSocket, text_payload
 from ..wire import v1
+from ..wire._decode import BadInput, decode
 from .seed import DENIED_CLOSE_CODES, leave_reason
 
 __all__ = ["v1_session"]
@@ -30,7 +32,7 @@ __all__ = ["v1_session"]
 log = logging.getLogger("rmeeting.v1")
 
 #: why a join was refused -> close code; the seed's, plus a store outage (try again later)
-CLOSE_CODES = {**DENIED_CLOSE_CODES, "unavailable": 1013}
+CLOSE_CODES = {**DENIED_CLOSE_CODES, "unavailable": Close.TRY_AGAIN}
 MAX_ID_CHARS = 128
 #: seconds the welcome waits for the member's own join to come back through the hub
 OWN_JOIN_TIMEOUT = 2.0
@@ -62,7 +64,7 @@ class _Gate:
             return False
         self._bytes += len(frame)
         if self._bytes > self._limit:
-            self.ws.close_nowait(CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
+            self.ws.close_nowait(Close.SLOW_CONSUMER, "slow consumer: outgoing queue full")
             self.own_join.set()
             return False
         msg = json.loads(text_payload(frame))  # only while held: a few frames per join
@@ -80,7 +82,7 @@ class _Gate:
         if msg.get("type") == "member_joined" and msg["member"].get("id") == self.member_id:
             self.own_join.set()
 
-    def close_nowait(self, code: int = 1000, reason: str = "") -> None:
+    def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None:
         self.ws.close_nowait(code, reason)
 
     def release(self, first: bytes, keep: Callable[[dict[str, Any]], bool]) -> None:
@@ -93,7 +95,7 @@ class _Gate:
 
 def _refuse(ws: WebSocket, code: str, message: str) -> None:
     ws.send_text_nowait(v1.error(code, message))
-    ws.close_nowait(CLOSE_CODES.get(code, 4400), message)
+    ws.close_nowait(CLOSE_CODES.get(code, Close.BAD_REQUEST), message)
 
 
 async def v1_session(service: MeetingService, hs: Handshake) -> None:
@@ -105,7 +107,7 @@ async def v1_session(service: MeetingService, hs: Handshake) -> None:
             await _session(service, hs, ws)
         except Exception:  # a bug must cost this member its connection, not the front door
             log.exception("v1 session failed", extra={"meeting": hs.params["meeting_id"]})
-            ws.close_nowait(1011, "internal error")
+            ws.close_nowait(Close.INTERNAL, "internal error")
 
 
 async def _session(service: MeetingService, hs: Handshake, ws: WebSocket) -> None:
@@ -252,6 +254,9 @@ class _Session:
         self.joined = joined
         # one budget for everything a member broadcasts (chat, renames, media changes)
         self.limiter = RateLimiter(service.config.chat_rate, service.config.chat_burst)
+        # host actions have their own, smaller budget (and the meeting has one more, for all)
+        self.control_limiter = RateLimiter(service.config.control_rate,
+                                           service.config.control_burst)
 
     @property
     def meeting_id(self) -> str:
@@ -264,6 +269,10 @@ class _Session:
     def spend(self) -> None:
         if not self.limiter.allow():
             raise Denied("rate_limited", "too many messages; slow down")
+
+    def spend_control(self) -> None:
+        if not self.control_limiter.allow():
+            raise Denied("rate_limited", "too many control frames; slow down")
 
     async def chat(self, frame: dict[str, Any]) -> dict[str, Any]:
         body = _fields(frame, {"text": "a string"})
@@ -288,6 +297,7 @@ class _Session:
         body = _fields(frame, {"controls": "an object"},
                        {"expected_revision": "an integer", "duration": "a number"})
         self.require_host()
+        self.spend_control()
         expected = body.get("expected_revision")
         if expected is not None and not 0 <= expected < 2**63:
             raise Denied("bad_request", "expected_revision must not be negative")
@@ -300,6 +310,7 @@ class _Session:
     async def kick(self, frame: dict[str, Any]) -> dict[str, Any]:
         body = _fields(frame, {"member_id": "a string"})
         self.require_host()
+        self.spend_control()
         if body["member_id"] == self.joined.record.member_id:
             raise Denied("bad_request", "you cannot kick yourself; close the connection instead")
         record = await self.service.remove_member(self.meeting_id, body["member_id"])
@@ -333,9 +344,9 @@ def _decode(message: str | BadFrame) -> dict[str, Any]:
     if isinstance(message, BadFrame):
         raise Denied("bad_frame", f"{message.kind} frames are not supported; send JSON text")
     try:
-        frame = json.loads(message)
-    except ValueError as exc:
-        raise Denied("bad_json", f"malformed JSON: {exc}") from exc
+        frame = decode(message)
+    except BadInput as exc:
+        raise Denied(exc.code, exc.message) from exc
     if not isinstance(frame, dict):
         raise Denied("bad_request", "a frame must be a JSON object")
     reply_to = frame.get("id")

@@ -61,10 +61,15 @@ def server_stats(pid: int) -> dict[str, float]:
 
 def bench_limits(members: int) -> dict[str, str]:
     """The server's limits that would refuse the bench's load (20 chat messages/s per member,
-    1000 members per meeting), raised; those the environment already sets are left alone."""
+    1000 members per meeting, control changes a few per second), raised; those the environment
+    already sets are left alone."""
     defaults = {
         "RMEETING_CHAT_RATE": "1000000",
         "RMEETING_CHAT_BURST": "1000000",
+        "RMEETING_CONTROL_RATE": "1000000",
+        "RMEETING_CONTROL_BURST": "1000000",
+        "RMEETING_MEETING_CONTROL_RATE": "1000000",
+        "RMEETING_MEETING_CONTROL_BURST": "1000000",
         "RMEETING_MAX_MEMBERS": str(max(1000, members + 16)),
         "RMEETING_MAX_MEETINGS": str(max(10000, members + 16)),
     }

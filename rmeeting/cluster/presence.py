@@ -24,6 +24,8 @@ from dataclasses import replace
 
 import trio
 
+from ..closes import Close, LeaveReason
+from ..events import MemberJoined
 from ..hub import Subscriber
 from ..service import MeetingService
 from ..stores.base import MeetingFull
@@ -33,9 +35,7 @@ __all__ = ["LOST", "Presence"]
 log = logging.getLogger("rmeeting.cluster")
 
 #: the attendance reason of a presence ended because its instance died
-LOST = "instance lost"
-#: the close code of a connection that could not be registered again (the meeting filled up)
-CLOSE_TRY_AGAIN = 1013
+LOST = LeaveReason.INSTANCE_LOST
 
 
 class Presence:
@@ -100,13 +100,14 @@ class Presence:
         except MeetingFull:
             log.warning("member %s could not be registered again: meeting %s is full",
                         sub.member_id, sub.meeting_id)
-            sub.outlet.close_nowait(CLOSE_TRY_AGAIN, "the meeting is full; try again")
+            # a connection that could not be registered again (the meeting filled up)
+            sub.outlet.close_nowait(Close.TRY_AGAIN, "the meeting is full; try again")
             return
         sub.record = record
         log.info("member %s of meeting %s registered again", sub.member_id, sub.meeting_id)
-        await service.chat.publish(sub.meeting_id, "joined", record.public())
+        await service.chat.publish(MemberJoined.of(record))
         if sub.gone:  # its session ended while it was being registered: it leaves after all
-            await service.leave(sub.meeting_id, sub.member_id, "closed",
+            await service.leave(sub.meeting_id, sub.member_id, LeaveReason.CLOSED,
                                 instance_id=self.instance_id, joined_at=record.joined_at)
 
     async def _end_unheld(self) -> None:
@@ -119,7 +120,7 @@ class Presence:
         for record in records:
             if (record.meeting_id, record.member_id) in held:
                 continue
-            reason = LOST if record.joined_at < self.started_at else "closed"
+            reason = LOST if record.joined_at < self.started_at else LeaveReason.CLOSED
             left = await service.leave(record.meeting_id, record.member_id, reason,
                                        instance_id=self.instance_id, joined_at=record.joined_at)
             if left is not None:

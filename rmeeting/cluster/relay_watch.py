@@ -27,8 +27,9 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from ..events import BusEvent, Notice
 from ..service import MeetingService
-from ..stores.base import BusEvent, StoreUnavailable
+from ..stores.base import StoreUnavailable
 from .presence import Presence
 
 __all__ = ["ChatRelayWatch"]
@@ -152,5 +153,4 @@ class ChatRelayWatch:
             await self._notice(meeting_id, "chat_gap")
 
     async def _notice(self, meeting_id: str, code: str) -> None:
-        data = {"code": code, "message": NOTICES[code]}
-        await self.service.hub.deliver(BusEvent(meeting_id, "notice", data, 0, time.time()))
+        await self.service.hub.deliver(Notice(meeting_id, code, NOTICES[code], time.time()))

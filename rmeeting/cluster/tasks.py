@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..config import Config
+from ..events import BusEvent
 from ..service import MeetingService
-from ..stores.base import BusEvent
 from .presence import Presence
 from .relay_watch import ChatRelayWatch
 

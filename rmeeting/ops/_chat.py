@@ -25,12 +25,14 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from ..closes import Close
 from ._errors import OpsError
 
 __all__ = ["chat_join", "chat_tail"]
 
 #: close codes (and refusals) after which another try, maybe on another instance, will work
-RETRY_CLOSE = {1012: "the instance is restarting", 1013: "a store is unavailable"}
+RETRY_CLOSE: dict[int, str] = {Close.RESTART: "the instance is restarting",
+                               Close.TRY_AGAIN: "a store is unavailable"}
 RETRY_REFUSED = {"draining", "unavailable"}
 RETRIES = 20
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
@@ -165,7 +167,7 @@ async def _run(member: _Member, lines: trio.MemoryReceiveChannel[str] | None) ->
         except ConnectionClosed as closed:
             code = closed.reason.code if closed.reason else 1006
             reason = (closed.reason.reason if closed.reason else "") or ""
-            if member.quitting or code == 4000:
+            if member.quitting or code == Close.MEETING_ENDED:
                 return 0
             if code not in RETRY_CLOSE:
                 raise OpsError(f"disconnected by the server: {code} {reason}".strip()) from None

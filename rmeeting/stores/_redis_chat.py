@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
+from ..events import ChatPosted, MemberJoined, MemberLeft, MemberUpdated, stamped
+from . import _event_json
 from ._redis_common import SOCKET_TIMEOUT, Keys, call, connect, dumps, ping
 from ._redis_relay import PubSubRelay
 from .base import BusEvent, History, StoreUnavailable
@@ -32,17 +34,28 @@ return seq
 """
 
 
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
+
+
 def _event(raw: bytes | str) -> BusEvent:
-    """Decode one published or stored event; ValueError, TypeError or KeyError if malformed."""
+    """Decode one published or stored event (format: ``_event_json``); ValueError, TypeError
+    or KeyError if malformed."""
     obj = json.loads(raw)
     meeting_id, kind, data, seq, ts = (
         obj["meeting_id"], obj["kind"], obj["data"], obj["seq"], obj["ts"]
     )
     if not (isinstance(meeting_id, str) and isinstance(kind, str) and isinstance(data, dict)):
         raise TypeError("meeting_id, kind or data of the wrong type")
-    if type(seq) is not int or seq < 0 or not isinstance(ts, int | float):
+    if type(seq) is not int or seq < 0 or isinstance(ts, bool) or not isinstance(ts, int | float):
         raise TypeError("seq or ts of the wrong type")
-    return BusEvent(meeting_id, kind, data, seq, float(ts))
+    return _event_json.decode(meeting_id, kind, data, seq, float(ts))
+
+
+def _chat(raw: bytes) -> ChatPosted:
+    event = _event(raw)
+    if not isinstance(event, ChatPosted):
+        raise ValueError("a history entry that is not chat")
+    return event
 
 
 class _Subscription:
@@ -108,17 +121,19 @@ class RedisChatLog:
     async def aclose(self) -> None:
         self.close()
 
-    async def publish(self, meeting_id: str, kind: str, data: Mapping[str, Any]) -> BusEvent:
+    async def publish(self, event: _B) -> _B:
+        meeting_id = event.meeting_id
+        kind, data = _event_json.encode(event)
         ts = self._clock()
         head = (
             f'{{"meeting_id":{dumps(meeting_id)},"kind":{dumps(kind)},"ts":{dumps(ts)},'
-            f'"data":{dumps(dict(data))},"seq":'
+            f'"data":{dumps(data)},"seq":'
         )
-        chat = kind == "chat"
+        chat = isinstance(event, ChatPosted)
         keys = [self._keys.meeting(meeting_id, "seq"), self._keys.meeting(meeting_id, "chat")]
         args = [self._keys.channel(meeting_id), head, "1" if chat else "0", self._limit]
         seq = await call(partial(self._publish, keys=keys, args=args))
-        return BusEvent(meeting_id, kind, dict(data), int(seq), ts)
+        return stamped(event, seq=int(seq), ts=ts)
 
     async def history(self, meeting_id: str, after_seq: int, limit: int) -> History:
         limit = max(limit, 0)
@@ -140,7 +155,7 @@ class RedisChatLog:
         if len(newest) > limit:
             newest = newest[:limit]
             complete = False
-        events = [_event(fields[b"e"]) for _, fields in reversed(newest)]
+        events = [_chat(fields[b"e"]) for _, fields in reversed(newest)]
         return History(events, last, complete)
 
     async def subscribe(self, meeting_id: str) -> None:

@@ -41,15 +41,21 @@ local function close(member, record, now, reason)
 end
 """
 
-# ARGV: member, record, ledger entry, max_members, now, reason "replaced" (JSON), token.
+# ARGV: member, record, ledger entry, max_members, now, reason "replaced" (JSON), token, role.
 # Returns {0} when full, else {1, replaced record or false, its open value or false}.
+# max_members counts members, not hosts (the host always has a seat); the roster is scanned
+# only when it holds at least max_members records, hosts included, i.e. when it may be full.
 _JOIN = _CLOSE + """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local old_open = false
 if old then
   old_open = close(ARGV[1], old, ARGV[5], ARGV[6])
-elseif redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
-  return {0}
+elseif ARGV[8] ~= 'host' and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
+  local members = 0
+  for _, r in ipairs(redis.call('HVALS', KEYS[1])) do
+    if not string.find(r, '"role":"host"', 1, true) then members = members + 1 end
+  end
+  if members >= tonumber(ARGV[4]) then return {0} end
 end
 local n = redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -163,7 +169,7 @@ class RedisMemberStore:
         index_entry = dumps([record.meeting_id, record.member_id, token])
         args: list[str | int] = [
             record.member_id, dumps(asdict(record)), dumps({"session": asdict(session)}),
-            max_members, dumps(self._clock()), dumps("replaced"), token,
+            max_members, dumps(self._clock()), dumps("replaced"), token, record.role,
         ]
         index = self._keys.instance(record.instance_id)
 

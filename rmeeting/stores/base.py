@@ -3,18 +3,30 @@
 Each interface has a memory implementation (embedded mode) and a real one (etcd for meetings and
 controls, Redis for members and chat), and every implementation passes the same conformance suite
 (``tests/conformance``). Stores know nothing of connections: what they have to tell the server
-(a control changed, a meeting ended, a chat event arrived) they hand to one async handler.
+(a control changed, a meeting ended, a chat event arrived) they hand to one async handler, as
+the typed events of :mod:`rmeeting.events`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import trio
 
 from ..controls import Controls
+from ..events import (
+    BusEvent,
+    ChatPosted,
+    ControlsChanged,
+    MeetingEnded,
+    MeetingEvent,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+    Role,
+)
 
 __all__ = [
     "AttendanceRecord",
@@ -32,10 +44,12 @@ __all__ = [
     "MemberRecord",
     "MemberStore",
     "RevisionConflict",
+    "Role",
     "StoreUnavailable",
 ]
 
-Role = Literal["host", "member"]
+#: the events are defined in rmeeting.events; these names are kept here for the stores' users
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
 
 
 class MeetingNotFound(LookupError):
@@ -73,34 +87,6 @@ class MeetingMeta:
 
 
 @dataclass(frozen=True)
-class ControlsChanged:
-    """One change of a meeting's flags, as every instance sees it."""
-
-    meeting_id: str
-    controls: Controls
-    #: flag -> (old, new), only flags whose value really changed.
-    changed: Mapping[str, tuple[bool, bool]]
-    #: who changed it: a member id, ``"operator"`` (etcdctl), ``"timer"`` (a timed change ran out)
-    #: or ``"snapshot"`` (a resync after a lost watch).
-    actor: str
-    #: when the change returns to the default, for a timed change.
-    expires_at: float | None = None
-    #: epoch seconds when the change was written, if the writer recorded it (API writes), and
-    #: when this instance's watch received it: for the propagation metrics, not part of equality
-    written_at: float | None = field(default=None, compare=False)
-    received_at: float | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class MeetingEnded:
-    meeting_id: str
-    reason: str
-
-
-MeetingEvent = ControlsChanged | MeetingEnded
-
-
-@dataclass(frozen=True)
 class AuditEntry:
     meeting_id: str
     flag: str
@@ -119,6 +105,11 @@ class MeetingStore(Protocol):
     async def get(self, meeting_id: str) -> MeetingMeta | None: ...
 
     async def list(self) -> Sequence[MeetingMeta]: ...
+
+    async def count(self) -> int:
+        """How many meetings exist, in O(1) (``create`` checks ``max_meetings`` with it): from
+        what the store keeps in memory, so in cluster mode as of the last change its watch saw."""
+        ...
 
     async def end(self, meeting_id: str, *, reason: str) -> bool:
         """Delete the meeting; True if it existed. Every instance learns MeetingEnded."""
@@ -143,7 +134,10 @@ class MeetingStore(Protocol):
         ``serve_events``, never from this call's caller."""
         ...
 
-    async def audit(self, meeting_id: str) -> Sequence[AuditEntry]: ...
+    async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
+        """The meeting's control changes, oldest first: at most the store's ``audit_limit``
+        newest (older ones are dropped as new ones are recorded)."""
+        ...
 
     async def serve_events(
         self,
@@ -203,7 +197,9 @@ class MemberStore(Protocol):
     """Live roster and the attendance ledger (memory, or Redis in cluster mode)."""
 
     async def join(self, record: MemberRecord, *, max_members: int) -> None:
-        """Add to the roster and open an attendance session; MeetingFull past ``max_members``.
+        """Add to the roster and open an attendance session; MeetingFull when ``max_members``
+        members are present (hosts do not count, and a host is never refused: it always has a
+        seat).
         Joining again with a present member id replaces the old presence (its session closes
         with reason ``replaced``)."""
         ...
@@ -259,19 +255,8 @@ class MemberStore(Protocol):
 
 
 @dataclass(frozen=True)
-class BusEvent:
-    """One event of a meeting's stream. ``seq`` numbers chat (1, 2, ...) and is 0 otherwise."""
-
-    meeting_id: str
-    kind: str
-    data: Mapping[str, Any]
-    seq: int = 0
-    ts: float = 0.0
-
-
-@dataclass(frozen=True)
 class History:
-    events: Sequence[BusEvent]
+    events: Sequence[ChatPosted]
     #: the last chat seq the meeting has (0 if none).
     last_seq: int
     #: False if some chat after the requested seq is no longer kept.
@@ -281,9 +266,10 @@ class History:
 class ChatLog(Protocol):
     """The meeting's ordered event stream: chat history plus the relay between instances."""
 
-    async def publish(self, meeting_id: str, kind: str, data: Mapping[str, Any]) -> BusEvent:
+    async def publish(self, event: _B) -> _B:
         """Append (chat gets the next seq and is kept in history) and deliver to every
-        subscribed instance; all of them see one meeting's events in one order."""
+        subscribed instance; all of them see one meeting's events in one order. Returns the
+        event as published: stamped with its time and, for chat, its seq."""
         ...
 
     async def history(self, meeting_id: str, after_seq: int, limit: int) -> History:

@@ -100,8 +100,9 @@ TXN_ATTEMPTS = 20
 class EtcdMeetingStore:
     """:class:`~rmeeting.stores.base.MeetingStore` on etcd.
 
-    ``EtcdMeetingStore(endpoints, prefix="/rmeeting", timeout=2.0)``: ``endpoints`` like
-    ``["http://127.0.0.1:2379"]`` (the first reachable one is used, the next on failure);
+    ``EtcdMeetingStore(endpoints, prefix="/rmeeting", timeout=2.0, audit_limit=1000)``:
+    ``endpoints`` like ``["http://127.0.0.1:2379"]`` (the first reachable one is used, the next
+    on failure); ``audit_limit`` records are kept per meeting (past it the oldest are dropped);
     ``timeout`` bounds every KV call, retries included, after which it raises
     :class:`StoreUnavailable`. Close it with :meth:`aclose`, or use
     :func:`open_etcd_meeting_store`. One :meth:`serve_events` at a time per store.
@@ -114,8 +115,10 @@ class EtcdMeetingStore:
         prefix: str = "/rmeeting",
         timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
+        audit_limit: int = 1000,
     ) -> None:
         self._conn = Connection(endpoints, timeout)
+        self._audit_limit = audit_limit
         self._keys = Keys(prefix)
         self._clock = clock
         self._cache = MeetingCache(self._keys)
@@ -192,6 +195,12 @@ class EtcdMeetingStore:
             if sub == "meta":
                 out.append(meta_from(meeting_id, kv.value))
         return out
+
+    async def count(self) -> int:
+        """From the watcher's cache; a store that is not watching (a tool) reads every key."""
+        if self._serving:
+            return len(self._cache.meetings)
+        return len(await self.list())
 
     async def controls(self, meeting_id: str) -> Controls:
         read = await self._read(meeting_id)
@@ -331,8 +340,11 @@ class EtcdMeetingStore:
                 compare(keys.flag(meeting_id, f), "mod", "==", read.mods.get(f, 0))
                 for f in FLAGS
             ]
+            trail = keys.audit(meeting_id)
+            ops.append(range_op(trail, prefix_end(trail), count_only=True))
             response = await self._conn.txn(compares, ops, [range_op(keys.actor(meeting_id))])
             if response.succeeded:
+                await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
                 return Controls(new, response.header.revision)
             if _txn_of(response) == token:  # a retried call whose first attempt landed
                 return Controls(new, response.responses[0].response_range.kvs[0].mod_revision)
@@ -350,6 +362,23 @@ class EtcdMeetingStore:
             raise
         return then.meta_mod == now.meta_mod and then.mods == now.mods
 
+    async def _trim_audit(self, meeting_id: str, count: int) -> None:
+        """Keep the newest ``audit_limit`` records of the meeting: past it, drop the oldest (by
+        the revision that created them). Best effort: a failed trim is retried by the next."""
+        if count <= self._audit_limit:
+            return
+        trail = self._keys.audit(meeting_id)
+        try:
+            response = await self._conn.kv("Range", rpc.RangeRequest(
+                key=trail, range_end=prefix_end(trail), keys_only=True,
+            ))
+            excess = len(response.kvs) - self._audit_limit
+            oldest = sorted(response.kvs, key=lambda kv: (kv.create_revision, kv.key))[:excess]
+            if oldest:
+                await self._conn.txn([], [delete_op(kv.key) for kv in oldest])
+        except (StoreUnavailable, grpc.RpcError) as exc:
+            log.warning("meeting %s: audit trail not trimmed: %s", meeting_id, exc)
+
     async def _audit_observed(self, task: AuditTask, actor: str) -> None:
         """Record a change nobody recorded when making it (etcdctl, a lease running out).
 
@@ -360,15 +389,19 @@ class EtcdMeetingStore:
         meeting_id, revision, changed = task
         keys = {f: self._keys.audit(meeting_id, f"{revision:020d}-{f}") for f in changed}
         now = self._clock()
+        trail = self._keys.audit(meeting_id)
         try:
-            await self._conn.txn(
+            response = await self._conn.txn(
                 [compare(self._keys.meta(meeting_id), "version", ">", 0)]
                 + [compare(k, "version", "==", 0) for k in keys.values()],
                 [put_op(k, json.dumps({
                     "flag": f, "old": changed[f][0], "new": changed[f][1],
                     "revision": revision, "actor": actor, "at": now,
-                }).encode()) for f, k in keys.items()],
+                }).encode()) for f, k in keys.items()]
+                + [range_op(trail, prefix_end(trail), count_only=True)],
             )
+            if response.succeeded:
+                await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
         except (StoreUnavailable, grpc.RpcError) as exc:
             log.warning("meeting %s: audit of revision %d not written: %s",
                         meeting_id, revision, exc)
@@ -521,10 +554,11 @@ def _txn_of(response: Any) -> str | None:
 
 @asynccontextmanager
 async def open_etcd_meeting_store(
-    endpoints: Sequence[str], *, prefix: str = "/rmeeting", timeout: float = 2.0
+    endpoints: Sequence[str], *, prefix: str = "/rmeeting", timeout: float = 2.0,
+    audit_limit: int = 1000,
 ) -> AsyncIterator[EtcdMeetingStore]:
     """An :class:`EtcdMeetingStore`, closed on exit."""
-    store = EtcdMeetingStore(endpoints, prefix=prefix, timeout=timeout)
+    store = EtcdMeetingStore(endpoints, prefix=prefix, timeout=timeout, audit_limit=audit_limit)
     try:
         yield store
     finally:

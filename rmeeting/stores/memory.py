@@ -11,11 +11,12 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from ..controls import DEFAULTS, Controls
+from ..events import ChatPosted, MemberJoined, MemberLeft, MemberUpdated, stamped
 from .base import (
     AttendanceRecord,
     AuditEntry,
@@ -36,6 +37,8 @@ __all__ = ["MemoryChatLog", "MemoryMeetingStore", "MemoryMemberStore"]
 #: Events waiting for the handler. When full, writers wait: a change is never dropped.
 EVENT_BUFFER = 1024
 
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
+
 
 class _Expiry:
     """A timed change: these flags of this meeting go back to their defaults at ``deadline``."""
@@ -47,12 +50,14 @@ class _Expiry:
 
 
 class MemoryMeetingStore:
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, audit_limit: int = 1000) -> None:
         self._clock = clock
+        self._audit_limit = audit_limit
         self._meta: dict[str, MeetingMeta] = {}
         self._values: dict[str, dict[str, bool]] = {}
         self._revision: dict[str, int] = {}
-        self._audit: dict[str, list[AuditEntry]] = defaultdict(list)
+        self._audit: dict[str, deque[AuditEntry]] = defaultdict(
+            lambda: deque(maxlen=self._audit_limit))  # full: the oldest entry is dropped
         # (meeting, flag) -> the timed change that still owns the flag's value
         self._timers: dict[tuple[str, str], _Expiry] = {}
         self._counter = itertools.count(1)
@@ -71,6 +76,9 @@ class MemoryMeetingStore:
 
     async def list(self) -> Sequence[MeetingMeta]:
         return list(self._meta.values())
+
+    async def count(self) -> int:
+        return len(self._meta)
 
     async def end(self, meeting_id: str, *, reason: str) -> bool:
         if self._meta.pop(meeting_id, None) is None:
@@ -176,7 +184,9 @@ class MemoryMemberStore:
         present = self._present[record.meeting_id]
         if record.member_id in present:
             await self.leave(record.meeting_id, record.member_id, reason="replaced")
-        elif len(present) >= max_members:
+        elif record.role != "host" and len(present) >= max_members and sum(
+            r.role != "host" for r in present.values()
+        ) >= max_members:  # the host always has a seat: max_members counts members
             raise MeetingFull(record.meeting_id)
         present[record.member_id] = record
         self._ledger[record.meeting_id].append(
@@ -269,17 +279,18 @@ class MemoryChatLog:
         self._clock = clock
         self._limit = history_limit
         self._seq: dict[str, int] = defaultdict(int)
-        self._history: dict[str, deque[BusEvent]] = {}
+        self._history: dict[str, deque[ChatPosted]] = {}
         self._subscribed: dict[str, int] = defaultdict(int)
         self._send, self._receive = trio.open_memory_channel[BusEvent](EVENT_BUFFER)
 
-    async def publish(self, meeting_id: str, kind: str, data: Mapping[str, Any]) -> BusEvent:
+    async def publish(self, event: _B) -> _B:
+        meeting_id = event.meeting_id
         seq = 0
-        if kind == "chat":
+        if isinstance(event, ChatPosted):
             self._seq[meeting_id] += 1
             seq = self._seq[meeting_id]
-        event = BusEvent(meeting_id, kind, dict(data), seq, self._clock())
-        if seq:
+        event = stamped(event, seq=seq, ts=self._clock())
+        if isinstance(event, ChatPosted):
             history = self._history.setdefault(meeting_id, deque(maxlen=self._limit))
             history.append(event)
         if self._subscribed.get(meeting_id):

@@ -35,9 +35,9 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
+from ..closes import Close
+
 __all__ = [
-    "CLOSE_GOING_AWAY",
-    "CLOSE_SLOW_CONSUMER",
     "BadFrame",
     "WebSocket",
     "close_frame",
@@ -46,16 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("rmeeting.ws")
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_RESTART = 1012
-#: the member's outbox overflowed: it does not read what it is sent.
-CLOSE_SLOW_CONSUMER = 4008
 
 RECV_CHUNK = 65536
 
@@ -152,7 +142,7 @@ class WebSocket:
                 return True
             frame = frame[sent:]
         if self._outbox_bytes + len(frame) > self._max_buffer and not self._closing:
-            self._start_close(CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
+            self._start_close(Close.SLOW_CONSUMER, "slow consumer: outgoing queue full")
             return False
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
@@ -174,7 +164,7 @@ class WebSocket:
         self._closing = True
         self._closing_event.set()
         self.close_code, self.close_reason = code, reason
-        if code == CLOSE_SLOW_CONSUMER:
+        if code == Close.SLOW_CONSUMER:
             # whatever this member has not read is lost to it anyway; free it now
             self._outbox.clear()
             self._outbox_bytes = 0
@@ -188,7 +178,7 @@ class WebSocket:
         self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
         self._wake_writer.set()
 
-    def close_nowait(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+    def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None:
         self._start_close(code, reason)
 
     def _abort(self) -> None:
@@ -251,7 +241,7 @@ class WebSocket:
                     if isinstance(event, TextMessage):
                         size += len(event.data)
                         if size > self._max_message:
-                            self._start_close(CLOSE_TOO_BIG, "message too big")
+                            self._start_close(Close.TOO_BIG, "message too big")
                             return
                         parts.append(event.data)
                         if event.message_finished:
@@ -302,7 +292,7 @@ class WebSocket:
             await trio.sleep(self._ping_interval)
             if trio.current_time() - self._last_heard > self._ping_interval + self._ping_timeout:
                 # the peer is gone or stuck: a close frame is sent if it can be, not awaited
-                self._start_close(CLOSE_POLICY, "keep-alive timeout")
+                self._start_close(Close.POLICY, "keep-alive timeout")
                 self.timed_out = True
                 return
             if not self._closing:
@@ -314,7 +304,7 @@ class WebSocket:
         finally:
             self._reader_done.set()
             if not self._closing:
-                self._start_close(CLOSE_NORMAL, "")
+                self._start_close(Close.NORMAL, "")
 
     async def run(self, initial: bytes = b"", *, close_timeout: float = 2.0) -> None:
         """Drive the connection until it closes; the socket is closed on return.

@@ -7,19 +7,31 @@ See ../shared/seed/wire-protocol.md. The seed knows three of rmeeting's flags: `
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, assert_never
 
 from ..controls import Controls
-from ..stores.base import BusEvent, ControlsChanged, MeetingEnded
+from ..events import (
+    ChatPosted,
+    ControlsChanged,
+    HubEvent,
+    MeetingEnded,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+    Notice,
+)
+from ..transport.websocket import text_frame
 from ._json import dumps
 
 __all__ = [
     "CONTROL_PREFIX",
+    "ENCODER",
     "NOTICE_CHANGED",
     "NOTICE_JOINED",
     "NOTICE_LEFT",
     "SEED_FLAGS",
     "SERVER_NOTICES",
+    "SeedEncoder",
     "encode_event",
     "error",
     "room_state",
@@ -60,25 +72,43 @@ def error(message: str) -> bytes:
     return dumps({"error": message})
 
 
-def encode_event(event: BusEvent | ControlsChanged | MeetingEnded) -> bytes | None:
-    """The seed frame for an event, or None when the seed has nothing to say about it."""
-    if isinstance(event, BusEvent):
-        data = event.data
-        if event.kind == "chat":
-            return dumps({"notice": data["text"], "name": data["name"]})
-        if event.kind == "joined":
-            return dumps({"notice": NOTICE_JOINED, "name": data["name"]})
-        if event.kind == "left":
-            return dumps({"notice": NOTICE_LEFT, "name": data["name"]})
-        if event.kind == "notice":
-            code = str(data["code"])
-            return dumps({"notice": SERVER_NOTICES.get(code, str(data["message"])), "code": code})
-        return None
-    if isinstance(event, ControlsChanged):
-        out: dict[str, Any] = {"notice": NOTICE_CHANGED}
-        for flag, (_old, new) in event.changed.items():
-            if flag in _NOTICE_FIELD:
-                field, inverted = _NOTICE_FIELD[flag]
-                out[field] = (not new) if inverted else new
-        return dumps(out) if len(out) > 1 else None
-    return dumps({"notice": NOTICE_ENDED, "reason": event.reason})
+def encode_event(event: HubEvent) -> bytes | None:
+    """The seed frame's payload for an event, or None when the seed has nothing to say."""
+    match event:
+        case ChatPosted():
+            return dumps({"notice": event.text, "name": event.name})
+        case MemberJoined():
+            return dumps({"notice": NOTICE_JOINED, "name": event.name})
+        case MemberLeft():
+            return dumps({"notice": NOTICE_LEFT, "name": event.name})
+        case MemberUpdated():
+            return None  # the seed never announced renames or camera/mic changes
+        case Notice():
+            code = event.code
+            return dumps({"notice": SERVER_NOTICES.get(code, event.message), "code": code})
+        case ControlsChanged():
+            out: dict[str, Any] = {"notice": NOTICE_CHANGED}
+            for flag, (_old, new) in event.changed.items():
+                if flag in _NOTICE_FIELD:
+                    field, inverted = _NOTICE_FIELD[flag]
+                    out[field] = (not new) if inverted else new
+            return dumps(out) if len(out) > 1 else None
+        case MeetingEnded():
+            return dumps({"notice": NOTICE_ENDED, "reason": event.reason})
+        case _:
+            assert_never(event)
+
+
+class SeedEncoder:
+    """The hub's encoder for seed members (``rmeeting.hub.Encoder``)."""
+
+    def frame(self, event: HubEvent) -> bytes | None:
+        payload = encode_event(event)
+        return None if payload is None else text_frame(payload)
+
+    def own_join_frame(self, controls: Controls, user_uid: str) -> bytes | None:
+        # the seed's quirk: right after its own join notice, a member gets the room state
+        return text_frame(room_state(controls, user_uid))
+
+
+ENCODER = SeedEncoder()

@@ -7,19 +7,24 @@ here; what only one member receives (welcome, errors, acks) too.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, assert_never
 
 from ..controls import Controls
-from ..stores.base import BusEvent, ControlsChanged, MeetingEnded, MeetingMeta, MemberRecord
+from ..events import (
+    ChatPosted,
+    ControlsChanged,
+    HubEvent,
+    MeetingEnded,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+    Notice,
+)
+from ..stores.base import MeetingMeta, MemberRecord
+from ..transport.websocket import text_frame
 from ._json import dumps
 
-__all__ = ["ack", "chat", "encode_event", "error", "message", "welcome"]
-
-_KINDS = {
-    "joined": "member_joined",
-    "left": "member_left",
-    "updated": "member_updated",
-}
+__all__ = ["ENCODER", "V1Encoder", "ack", "chat", "encode_event", "error", "message", "welcome"]
 
 
 def message(type_: str, **fields: Any) -> bytes:
@@ -41,15 +46,14 @@ def ack(reply_to: Any, type_: str = "ack", **fields: Any) -> bytes:
     return dumps(out)
 
 
-def chat(event: BusEvent) -> dict[str, Any]:
+def chat(event: ChatPosted) -> dict[str, Any]:
     """A chat event as a JSON object: the live frame, and an item of a welcome's history."""
-    data = event.data
     return {
         "type": "chat",
         "seq": event.seq,
         "ts": event.ts,
-        "from": {"id": data["id"], "name": data["name"], "role": data["role"]},
-        "text": data["text"],
+        "from": {"id": event.member_id, "name": event.name, "role": event.role},
+        "text": event.text,
     }
 
 
@@ -61,8 +65,8 @@ def welcome(
     controls: Controls,
     roster: Iterable[MemberRecord],
     last_seq: int,
-    recent: Iterable[BusEvent] | None,
-    missed: Iterable[BusEvent] | None = None,
+    recent: Iterable[ChatPosted] | None,
+    missed: Iterable[ChatPosted] | None = None,
     gap: bool = False,
     resumed: bool = False,
 ) -> bytes:
@@ -88,30 +92,54 @@ def welcome(
     return dumps(out)
 
 
-def encode_event(event: BusEvent | ControlsChanged | MeetingEnded) -> bytes | None:
-    if isinstance(event, BusEvent):
-        data = event.data
-        if event.kind == "chat":
+def encode_event(event: HubEvent) -> bytes | None:
+    """The v1 frame's payload for an event (v1 has something to say about every one)."""
+    match event:
+        case ChatPosted():
             return dumps(chat(event))
-        if event.kind == "notice":  # from this instance, not a member: {code, message, ...}
-            return dumps({"type": "notice", **data, "ts": event.ts})
-        kind = _KINDS.get(event.kind)
-        if kind is None:
-            return None
-        member = {k: v for k, v in data.items() if k not in ("reason", "changes", "close")}
-        out: dict[str, Any] = {"type": kind, "member": member, "ts": event.ts}
-        if "reason" in data:
-            out["reason"] = data["reason"]
-        if "changes" in data:
-            out["changes"] = data["changes"]
-        return dumps(out)
-    if isinstance(event, ControlsChanged):
-        return dumps({
-            "type": "controls",
-            "controls": event.controls.as_dict(),
-            "revision": event.controls.revision,
-            "changed": {flag: new for flag, (_old, new) in event.changed.items()},
-            "by": event.actor,
-            "expires_at": event.expires_at,
-        })
-    return dumps({"type": "meeting_ended", "reason": event.reason})
+        case MemberJoined():
+            return dumps({"type": "member_joined", "member": _member(event), "ts": event.ts})
+        case MemberUpdated():
+            return dumps({"type": "member_updated", "member": _member(event), "ts": event.ts,
+                          "changes": dict(event.changes)})
+        case MemberLeft():
+            member = {"id": event.member_id, "name": event.name, "role": event.role,
+                      "joined_at": event.joined_at}
+            return dumps({"type": "member_left", "member": member, "ts": event.ts,
+                          "reason": str(event.reason)})
+        case Notice():  # from this instance, not a member
+            return dumps({"type": "notice", "code": event.code, "message": event.message,
+                          "ts": event.ts})
+        case ControlsChanged():
+            return dumps({
+                "type": "controls",
+                "controls": event.controls.as_dict(),
+                "revision": event.controls.revision,
+                "changed": {flag: new for flag, (_old, new) in event.changed.items()},
+                "by": event.actor,
+                "expires_at": event.expires_at,
+            })
+        case MeetingEnded():
+            return dumps({"type": "meeting_ended", "reason": event.reason})
+        case _:
+            assert_never(event)
+
+
+def _member(event: MemberJoined | MemberUpdated) -> dict[str, Any]:
+    """The member as ``MemberRecord.public`` shows it."""
+    return {"id": event.member_id, "name": event.name, "role": event.role,
+            "camera": event.camera, "mic": event.mic, "joined_at": event.joined_at}
+
+
+class V1Encoder:
+    """The hub's encoder for v1 members (``rmeeting.hub.Encoder``)."""
+
+    def frame(self, event: HubEvent) -> bytes | None:
+        payload = encode_event(event)
+        return None if payload is None else text_frame(payload)
+
+    def own_join_frame(self, controls: Controls, user_uid: str) -> bytes | None:
+        return None  # the welcome already said it all
+
+
+ENCODER = V1Encoder()

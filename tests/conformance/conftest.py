@@ -21,6 +21,8 @@ from ..redis_server import RedisServer, redis_server  # noqa: F401  (the fixture
 
 # the real servers' params carry their tier's marker (tests/_tiers.py)
 MEETING_STORES = ["memory", pytest.param("etcd", marks=pytest.mark.etcd)]
+#: audit records kept per meeting by the stores under test (small, so the bound is tested)
+AUDIT_LIMIT = 8
 MEMBER_STORES = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 CHAT_LOGS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 
@@ -28,10 +30,12 @@ CHAT_LOGS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 @pytest.fixture(params=MEETING_STORES)
 async def meeting_store(request: pytest.FixtureRequest) -> AsyncIterator[object]:
     if request.param == "memory":
-        yield MemoryMeetingStore()
+        yield MemoryMeetingStore(audit_limit=AUDIT_LIMIT)
     elif request.param == "etcd":
         etcd: EtcdServer = request.getfixturevalue("etcd_server")  # a fresh etcd per test
-        async with open_etcd_meeting_store([etcd.endpoint]) as etcd_meetings:
+        async with open_etcd_meeting_store(
+            [etcd.endpoint], audit_limit=AUDIT_LIMIT
+        ) as etcd_meetings:
             yield etcd_meetings
 
 

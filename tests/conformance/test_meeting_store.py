@@ -20,6 +20,8 @@ from rmeeting.stores.base import (
     RevisionConflict,
 )
 
+from .conftest import AUDIT_LIMIT
+
 
 def _meta(name: str = "standup") -> MeetingMeta:
     return MeetingMeta(uuid.uuid4().hex, name, time.time(), "ab" * 32)
@@ -147,6 +149,41 @@ async def test_audit_records_each_change(meeting_store: Any) -> None:
         ("camera", False, True, c2.revision, "h2"),
         ("mic", True, False, c2.revision, "h2"),
     ])
+
+
+async def test_audit_keeps_the_newest_records_only(meeting_store: Any) -> None:
+    meta = _meta()
+    await meeting_store.create(meta, {})
+    revisions = []
+    for i in range(AUDIT_LIMIT + 5):
+        changed = await meeting_store.set_controls(
+            meta.meeting_id, {"chat": i % 2 == 1}, actor=f"h{i}")
+        revisions.append(changed.revision)
+    trail = await meeting_store.audit(meta.meeting_id)
+    # the oldest were dropped; the newest are all there, in order
+    assert [e.revision for e in trail] == revisions[-AUDIT_LIMIT:]
+    assert [e.actor for e in trail] == [f"h{i}" for i in range(5, AUDIT_LIMIT + 5)]
+
+
+async def test_count_is_the_number_of_meetings_without_reading_them(meeting_store: Any) -> None:
+    metas = [_meta() for _ in range(3)]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            events = await _serving(nursery, meeting_store)
+            for meta in metas:
+                await meeting_store.create(meta, {})
+            await meeting_store.end(metas[0].meeting_id, reason="done")
+            # the watch handles changes in order: once this one is seen, so are those before
+            await meeting_store.set_controls(metas[2].meeting_id, {"chat": False}, actor="h")
+            await events.wait_for(lambda e: isinstance(e, ControlsChanged)
+                                  and e.meeting_id == metas[2].meeting_id)
+
+            async def no_full_read() -> None:
+                raise AssertionError("count() must not list every meeting")
+
+            meeting_store.list = no_full_read
+            assert await meeting_store.count() == 2
+            nursery.cancel_scope.cancel()
 
 
 async def test_end_meeting_notifies_and_forgets(meeting_store: Any) -> None:

@@ -56,6 +56,24 @@ async def test_max_members(member_store: Any) -> None:
     assert len(await member_store.roster(meeting)) == 2
 
 
+async def test_the_host_always_has_a_seat(member_store: Any) -> None:
+    # strangers with the link fill the meeting: the host still gets in, and is not counted
+    meeting = uuid.uuid4().hex
+    await member_store.join(_member(meeting), max_members=2)
+    await member_store.join(_member(meeting), max_members=2)
+    await member_store.join(_member(meeting, "boss", role="host"), max_members=2)
+    await member_store.join(_member(meeting, "boss2", role="host"), max_members=2)
+    assert len(await member_store.roster(meeting)) == 4
+    with pytest.raises(MeetingFull):
+        await member_store.join(_member(meeting), max_members=2)
+    # hosts present do not take members' seats either
+    other = uuid.uuid4().hex
+    await member_store.join(_member(other, "boss", role="host"), max_members=1)
+    await member_store.join(_member(other), max_members=1)
+    with pytest.raises(MeetingFull):
+        await member_store.join(_member(other), max_members=1)
+
+
 async def test_attendance_keeps_every_session(member_store: Any) -> None:
     meeting = uuid.uuid4().hex
     a = _member(meeting, "ann")
