@@ -67,7 +67,6 @@ class Config:
     #: "auto" (JSON when stderr is not a terminal), "json" or "text"
     log_format: str = "auto"
     log_level: str = "info"
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # --- input validation and application limits (issue 10; docs/security.md) ---
     #: the public base URL clients reach this server at (``https://meet.example.com``); join_url
     #: is built from it. Empty: from the request's Host, only if it names this server itself
@@ -149,7 +148,7 @@ def _validate_webhooks(urls: tuple[str, ...], secret: str) -> None:
                           "(make one with: rmeeting webhooks secret)")
 
 
-_FIELDS = {f.name: f for f in fields(Config) if f.name != "extra"}
+_FIELDS = {f.name: f for f in fields(Config)}
 
 
 def _coerce(name: str, value: Any) -> Any:
