@@ -211,6 +211,11 @@ def test_every_metric_is_documented() -> None:
                     .removesuffix("_count") == name:
                 labels |= set(_labels(sample["labels"])) - {"le"}
         exposed.add((name, kind, frozenset(labels)))
+    # the webhook sender's metrics exist only with webhook_urls (bound apart: test_webhooks.py
+    # reads them from a real server); every other documented one is exposed here
+    webhook_metrics = {d for d in documented if d[0].startswith("rmeeting_webhook_")}
+    assert len(webhook_metrics) == 5
+    documented -= webhook_metrics
     assert len(documented) == 22
     assert exposed == documented
     assert set(metrics.registry.names()) == {name for name, _, _ in documented}
