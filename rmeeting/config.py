@@ -66,6 +66,20 @@ class Config:
     #: "auto" (JSON when stderr is not a terminal), "json" or "text"
     log_format: str = "auto"
     log_level: str = "info"
+    # --- transport limits (docs/security.md, "Limits"; the front door and the HTTP bridge) ---
+    #: open client connections (HTTP and WebSocket) at most; more are answered 503 and closed
+    max_connections: int = 10000
+    #: open connections from one client address at most (0: no such cap); behind a proxy or a
+    #: load balancer every client has its address: raise it or set 0 there
+    max_connections_per_ip: int = 1000
+    #: largest request head (request line and headers) in bytes; larger: 431
+    max_head_bytes: int = 16384
+    #: seconds a new connection has to send its first request head whole; then 408 and close
+    head_timeout: float = 10.0
+    #: seconds an idle HTTP keep-alive connection stays open
+    keep_alive_timeout: float = 5.0
+    #: seconds an HTTP read (the rest of a head, a piece of a body) may wait; then it is closed
+    read_timeout: float = 30.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -87,6 +101,14 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("chat_rate", "ping_interval", "ping_timeout", "shutdown_grace"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_connections < 0 or self.max_connections_per_ip < 0:
+            raise ConfigError("max_connections and max_connections_per_ip must be 0 (no cap) "
+                              "or more")
+        if self.max_head_bytes < 1024:
+            raise ConfigError("max_head_bytes must be at least 1024")
+        for name in ("head_timeout", "keep_alive_timeout", "read_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.instance_ttl < 1:
