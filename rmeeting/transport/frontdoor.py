@@ -35,8 +35,8 @@ __all__ = ["FrontDoor", "FrontDoorLimits", "Handshake", "WsLimits", "WsRoute"]
 log = logging.getLogger("rmeeting.frontdoor")
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#: seconds a refused connection gets to take its 503 before it is closed
-REFUSE_LINGER = 1.0
+#: seconds a refused or answered-and-closed connection gets to read its answer
+LINGER = 1.0
 #: file descriptors kept free for everything that is not a client connection (stores, files)
 FD_RESERVE = 256
 
@@ -154,6 +154,7 @@ class FrontDoor:
         try:
             read = await _read_head(conn, self._door)
             if read is None:
+                await _linger(conn)
                 return
             buf, end = read
             head = parse_head(buf[:end])
@@ -240,21 +241,27 @@ async def _refuse(conn: socket.socket, reason: str) -> None:
     try:
         _send_response(conn, 503, b'{"error":"%s"}' % reason.encode(),
                        extra=b"Retry-After: 1\r\n")
+        await _linger(conn)
+    finally:
+        conn.close()
+
+
+async def _linger(conn: socket.socket) -> None:
+    """Stop sending, then read and drop what the client still sends until it closes or
+    :data:`LINGER` passes: closing with unread input would reset the connection, and a reset
+    can destroy the answer just sent before the client reads it."""
+    try:
         conn.shutdown(socket.SHUT_WR)
-        # read what the client sent (closing with unread data would reset the connection and
-        # could destroy the 503 before the client reads it), until it closes or time is up
-        with trio.move_on_after(REFUSE_LINGER):
+        with trio.move_on_after(LINGER):
             while True:
                 await trio.lowlevel.wait_readable(conn)
                 try:
                     if not conn.recv(65536):
-                        break
+                        return
                 except BlockingIOError:
                     continue
     except OSError:
         pass
-    finally:
-        conn.close()
 
 
 def _send_response(
