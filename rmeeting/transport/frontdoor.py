@@ -150,7 +150,6 @@ class FrontDoor:
             listener.close()
 
     async def _handle(self, conn: socket.socket, client: tuple[str, int]) -> None:
-        handed_off = False
         try:
             read = await _read_head(conn, self._door)
             if read is None:
@@ -163,14 +162,12 @@ class FrontDoor:
                 found = self._ws_route(head.path)
             if found is None:
                 # everything else, including what the parse refused, is Hypercorn's to answer
-                handed_off = True
                 await self._http.handle(conn, buf, client)
                 return
             assert head is not None
             handshake = _handshake(head, conn, buf[end:], self._limits, found[1], client)
             if handshake is None:
                 return
-            handed_off = True
             await found[0](handshake)
         except OSError:
             pass
@@ -178,8 +175,7 @@ class FrontDoor:
             log.exception("connection handler failed")
         finally:
             self.caps.release(client[0])
-            if not handed_off:
-                conn.close()
+            conn.close()  # mostly closed already (by the WebSocket or the splice): then a no-op
 
 
 def _handshake(
