@@ -82,7 +82,8 @@ async def _round(url: str, mode: str, connections: int, seconds: float) -> float
 
 
 async def _spawn(tree: str) -> tuple[trio.Process, str]:
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(tree), "RMEETING_LOG_LEVEL": "warning"}
+    """``rmeeting serve`` from ``tree`` (an absolute path) and the URL it listens on."""
+    env = {**os.environ, "PYTHONPATH": tree, "RMEETING_LOG_LEVEL": "warning"}
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "rmeeting", "serve", "--bind", "127.0.0.1:0"],
         stdout=subprocess.PIPE, env=env,
@@ -127,4 +128,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=8)
-    trio.run(main, parser.parse_args())
+    options = parser.parse_args()
+    options.before, options.after = os.path.abspath(options.before), os.path.abspath(options.after)
+    trio.run(main, options)

@@ -61,7 +61,8 @@ def server_stats(pid: int) -> dict[str, float]:
 
 def bench_limits(members: int) -> dict[str, str]:
     """The server's limits that would refuse the bench's load (20 chat messages/s per member,
-    1000 members per meeting, 1000 connections per client address), raised; those the environment already sets are left alone."""
+    1000 members per meeting, 1000 connections per client address), raised; those the
+    environment already sets are left alone."""
     defaults = {
         "RMEETING_CHAT_RATE": "1000000",
         "RMEETING_CHAT_BURST": "1000000",
