@@ -7,6 +7,7 @@ close frame's bytes land inside the frame's payload and the client sees garbage 
 
 from __future__ import annotations
 
+import gc
 import socket
 from urllib.parse import urlencode
 
@@ -114,18 +115,29 @@ async def test_a_slow_member_reads_whole_frames_then_4008(server: RunningServer,
             async with open_seed(server.url, mid, "talker") as talker:
                 await recv_until(talker, lambda m: "user_uid" in m)
                 big = "x" * 16000
-                # far more than the kernel's buffers and the 64 KiB outbox hold: the sloth
-                # overflows; its close frame waits (2 s at most) for it to read
+                earlier = _slow_consumers_closing()  # other tests' leftovers, if any
+                # up to far more than the kernel's buffers and the 64 KiB outbox hold; once the
+                # sloth overflowed, its close frame waits (2 s at most) for it to read: read now
                 for i in range(600):
                     await talker.send_message(f"{i}:{big}")
                     echo = await recv_until(talker, lambda m: m.get("name") == "talker")
                     assert str(echo.get("notice", "")).startswith(f"{i}:"), echo
+                    if i % 5 == 4 and _slow_consumers_closing() - earlier:
+                        break
+                else:
+                    raise AssertionError("the sloth never overflowed")
             with _raw_socket(stream) as sock:
                 events = await _read_all_events(sock)
     finally:
         await stream.aclose()
     assert isinstance(events[-1], CloseConnection), events[-3:]
     assert events[-1].code == CLOSE_SLOW_CONSUMER
+
+
+def _slow_consumers_closing() -> set[int]:
+    """The server's (in this process) WebSockets closing with 4008, by id."""
+    return {id(o) for o in gc.get_objects()
+            if isinstance(o, WebSocket) and o.close_code == CLOSE_SLOW_CONSUMER}
 
 
 def _raw_socket(stream: trio.SocketStream) -> socket.socket:
