@@ -5,7 +5,8 @@
 Starts ``rmeeting serve`` from each tree (``PYTHONPATH=<tree>``), then alternates short rounds
 against the two servers (so machine noise hits both alike) in two modes: keep-alive (each of
 ``--connections`` clients sends GET /healthz again and again on one connection) and a new
-connection per request. Prints requests/s per round and the median after/before ratio per mode.
+connection per request. Prints requests/s per round, the median after/before ratio per mode,
+and the servers' CPU time per request (from /proc, less sensitive to a busy machine than rates).
 Written for the front door's splice to Hypercorn (docs/benchmarks.md, "HTTP through the front
 door"); /healthz is the cheapest route, so its ratio is the worst case of the extra hop.
 """
@@ -65,7 +66,13 @@ async def _new_connections(host: str, port: int, stop: Callable[[], bool]) -> in
     return done
 
 
-async def _round(url: str, mode: str, connections: int, seconds: float) -> float:
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _round(url: str, mode: str, connections: int, seconds: float) -> tuple[float, int]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     deadline = trio.current_time() + seconds
     counts: list[int] = []
@@ -78,7 +85,7 @@ async def _round(url: str, mode: str, connections: int, seconds: float) -> float
     async with trio.open_nursery() as nursery:
         for _ in range(connections):
             nursery.start_soon(one)
-    return sum(counts) / (trio.current_time() - start)
+    return sum(counts) / (trio.current_time() - start), sum(counts)
 
 
 async def _spawn(tree: str) -> tuple[trio.Process, str]:
@@ -105,15 +112,23 @@ async def main(args: argparse.Namespace) -> None:
             procs.append(proc)
         for mode, connections in (("keep-alive", args.connections), ("new connection", 4)):
             rates: dict[str, list[float]] = {"before": [], "after": []}
+            cpu: dict[str, list[float]] = {"before": [], "after": []}  # server µs per request
             for i in range(args.rounds):
                 order = ("before", "after") if i % 2 == 0 else ("after", "before")
                 for label in order:
-                    rates[label].append(await _round(urls[label], mode, connections, args.seconds))
+                    pid = procs[0 if label == "before" else 1].pid
+                    cpu_start = _cpu_seconds(pid)
+                    rate, requests = await _round(urls[label], mode, connections, args.seconds)
+                    rates[label].append(rate)
+                    cpu[label].append((_cpu_seconds(pid) - cpu_start) / requests * 1e6)
             ratios = [a / b for a, b in zip(rates["after"], rates["before"], strict=True)]
+            cpu_ratio = statistics.median(cpu["after"]) / statistics.median(cpu["before"])
             print(f"{mode}: before {', '.join(f'{r:.0f}' for r in rates['before'])} req/s; "
                   f"after {', '.join(f'{r:.0f}' for r in rates['after'])} req/s; "
                   f"after/before median {statistics.median(ratios):.2f} "
-                  f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+                  f"(rounds {', '.join(f'{r:.2f}' for r in ratios)}); server CPU per request "
+                  f"median {statistics.median(cpu['before']):.0f} -> "
+                  f"{statistics.median(cpu['after']):.0f} µs (x{cpu_ratio:.2f})", flush=True)
     finally:
         for proc in procs:
             proc.terminate()
