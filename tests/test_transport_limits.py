@@ -14,7 +14,7 @@ import trio
 
 from rmeeting.api.openapi import openapi_document
 from rmeeting.config import Config
-from rmeeting.server import RunningServer
+from rmeeting.server import RunningServer, serve_rmeeting
 
 from .clients import Api, masked_frame, open_raw_ws, raw_close_code
 from .conftest import make_config
@@ -134,14 +134,18 @@ async def test_head_limit_holds_on_the_next_request_of_a_connection(server: Runn
 
 # --- item 5: Connection: close, keep-alive and read timeouts, connection caps ----------------
 
-async def test_connection_close_is_honoured(server: RunningServer) -> None:
-    with trio.fail_after(0.4):  # well under keep_alive_timeout: the close follows the answer
+async def test_connection_close_is_honoured(nursery: trio.Nursery) -> None:
+    # keep-alive long enough that only honouring Connection: close can end the connection
+    server: RunningServer = await nursery.start(
+        serve_rmeeting, make_config(keep_alive_timeout=60.0, read_timeout=60.0))
+    with trio.fail_after(10):
         stream = await _connect(server)
         async with stream:
             await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             buf = bytearray()
             assert (await _read_response(stream, buf))[0] == 200
             assert await _eof(stream) == b""
+    server.shutdown.set()
 
 
 async def test_idle_keep_alive_connection_is_closed_as_configured(server: RunningServer) -> None:
