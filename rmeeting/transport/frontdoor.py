@@ -167,6 +167,7 @@ class FrontDoor:
             assert head is not None
             handshake = _handshake(head, conn, buf[end:], self._limits, found[1], client)
             if handshake is None:
+                await _linger(conn)
                 return
             await found[0](handshake)
         except OSError:
