@@ -78,7 +78,8 @@ class Config:
     head_timeout: float = 10.0
     #: seconds an idle HTTP keep-alive connection stays open
     keep_alive_timeout: float = 5.0
-    #: seconds an HTTP read (the rest of a head, a piece of a body) may wait; then it is closed
+    #: seconds an HTTP read (a piece of a body, a later head) may wait, then the connection is
+    #: closed; also the time a whole request body has from its head (then 408)
     read_timeout: float = 30.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 

@@ -180,6 +180,35 @@ async def test_a_body_that_stalls_is_closed_by_the_read_timeout(server: RunningS
             await _eof(stream)  # closed (answered or not): the socket is free
 
 
+async def test_a_body_trickled_within_each_read_timeout_still_ends_in_408(
+    server: RunningServer,
+) -> None:
+    # every read comes well within read_timeout (0.5 s); the whole body never does
+    with trio.fail_after(5):
+        stream = await _connect(server)
+        async with stream:
+            await stream.send_all(b"POST /CreateMeeting HTTP/1.1\r\nHost: x\r\n"
+                                  b"Content-Type: application/json\r\nContent-Length: 100\r\n"
+                                  b"\r\n{")
+            buf = bytearray()
+
+            async def trickle() -> None:
+                try:
+                    for _ in range(60):
+                        await trio.sleep(0.1)
+                        await stream.send_all(b" ")
+                except trio.BrokenResourceError:
+                    pass
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trickle)
+                got, body = await _read_response(stream, buf)
+                assert (got, json.loads(body)["error"]) == (
+                    408, "request body not received in time")
+                await _eof(stream)
+                nursery.cancel_scope.cancel()
+
+
 async def test_connection_caps_refuse_fast_and_clearly(server: RunningServer) -> None:
     idle: list[trio.SocketStream] = []
     try:

@@ -18,10 +18,12 @@ and exists for the splice, so connection caps and limits cannot be bypassed thro
 
 The wrapper also holds the head-size limit on every request, whatever Hypercorn's parser
 accepted (431; the front door checks the first request's head itself, Hypercorn's parser checks
-only heads that arrive in pieces). A response sent before the request's body was read to its end
-(a 413) makes Hypercorn close the connection; the splice then closes the client's side
-gracefully: it stops sending, and reads and discards what the client still sends for up to
-:data:`LINGER` seconds, so the client can read that response instead of losing it to a reset.
+only heads that arrive in pieces), and a deadline on the whole body (408: Hypercorn's
+``read_timeout`` bounds each read, not a trickle). A response sent before the request's body
+was read to its end (a 413) makes Hypercorn close the connection; the splice then closes the
+client's side gracefully: it stops sending, and reads and discards what the client still sends
+for up to :data:`LINGER` seconds, so the client can read that response instead of losing it to
+a reset.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class HttpBridge:
         config.graceful_timeout = SHUTDOWN_GRACE / 2
         self._config = config
         self._peers: dict[Address, Address] = {}
-        self._app = _FrontDoorApp(app, self._peers, max_head_bytes)
+        self._app = _FrontDoorApp(app, self._peers, max_head_bytes, read_timeout)
         self._address: Address | None = None
         self._stop = trio.Event()
 
@@ -175,10 +177,13 @@ async def _pump_request(
 class _FrontDoorApp:
     """The ASGI wrapper between Hypercorn and the app (see the module docstring)."""
 
-    def __init__(self, app: Any, peers: dict[Address, Address], max_head_bytes: int) -> None:
+    def __init__(
+        self, app: Any, peers: dict[Address, Address], max_head_bytes: int, body_timeout: float
+    ) -> None:
         self._app = app
         self._peers = peers
         self._max_head = max_head_bytes
+        self._body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,7 +199,51 @@ class _FrontDoorApp:
             await _answer(send, 431, b'{"error":"request head too large"}')
             return
         scope = {**scope, "client": peer}
-        await self._app(scope, receive, partial(_send_shielded_end, send))
+        if not _has_body(scope):
+            await self._app(scope, receive, partial(_send_shielded_end, send))
+            return
+        await _BodyDeadline(self._body_timeout, receive, send).run(self._app, scope)
+
+
+class _BodyDeadline:
+    """A request body must arrive whole within ``timeout`` seconds of its head.
+
+    Hypercorn's ``read_timeout`` bounds each read; a client trickling a byte at a time would
+    hold the connection for ever. Past the deadline the client gets 408 and the connection is
+    closed; the app is told the client went away (it never saw a response it did not send)."""
+
+    def __init__(self, timeout: float, receive: Receive, send: Send) -> None:
+        self._deadline = trio.current_time() + timeout
+        self._receive = receive
+        self._send = send
+        self._body_done = False
+        self._app_responded = False
+        self._timed_out = False
+
+    async def run(self, app: Any, scope: Scope) -> None:
+        await app(scope, self.receive, self.send)
+
+    async def receive(self) -> Message:
+        if self._body_done:
+            return await self._receive()  # only the disconnect is left: no deadline on it
+        with trio.move_on_at(self._deadline):
+            message = await self._receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                self._body_done = True
+            return message
+        self._body_done = True
+        if not self._app_responded:
+            self._timed_out = True
+            await _answer(partial(_send_shielded_end, self._send), 408,
+                          b'{"error":"request body not received in time"}')
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self._timed_out:
+            return  # the 408 went out instead of whatever the app says now
+        if message["type"] == "http.response.start":
+            self._app_responded = True
+        await _send_shielded_end(self._send, message)
 
 
 async def _send_shielded_end(send: Send, message: Message) -> None:
@@ -209,6 +258,15 @@ async def _send_shielded_end(send: Send, message: Message) -> None:
             await send(message)
     else:
         await send(message)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
 
 
 def _head_size(scope: Scope) -> int:
