@@ -79,7 +79,8 @@ class Config:
     #: seconds an idle HTTP keep-alive connection stays open
     keep_alive_timeout: float = 5.0
     #: seconds an HTTP read (a piece of a body, a later head) may wait, then the connection is
-    #: closed; also the time a whole request body has from its head (then 408)
+    #: closed; also the time a whole request body has from its head (then 408), and how long
+    #: a client may take none of its response's bytes (then closed)
     read_timeout: float = 30.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 

@@ -209,6 +209,39 @@ async def test_a_body_trickled_within_each_read_timeout_still_ends_in_408(
                 nursery.cancel_scope.cancel()
 
 
+async def test_a_client_that_never_reads_its_responses_is_cut_off(
+    server: RunningServer,
+) -> None:
+    # pipelined requests for a 28 KB asset: ~11 MB of responses, far more than the buffers on
+    # the way hold, and the client reads none of it for several read_timeouts (0.5 s)
+    count = 400
+    request = b"GET /console/console.js HTTP/1.1\r\nHost: x\r\n\r\n"
+    with trio.fail_after(30):
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        await sock.connect((server.host, server.port))
+        async with trio.SocketStream(sock) as stream:
+            async def pipeline() -> None:
+                try:
+                    await stream.send_all(request * count)
+                except trio.BrokenResourceError:
+                    pass  # cut off while still sending: what this test wants
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pipeline)
+                await trio.sleep(3)
+                received = 0
+                try:
+                    while chunk := await stream.receive_some(65536):
+                        received += len(chunk)
+                except trio.BrokenResourceError:
+                    pass  # reset: the server closed with the client's requests unread
+                nursery.cancel_scope.cancel()
+    async with Api(server.url) as api:
+        size = len((await api.request("GET", "/console/console.js")).content)
+    assert received < count * size / 2, (received, count * size)
+
+
 async def test_connection_caps_refuse_fast_and_clearly(server: RunningServer) -> None:
     idle: list[trio.SocketStream] = []
     try:

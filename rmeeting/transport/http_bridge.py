@@ -19,16 +19,19 @@ and exists for the splice, so connection caps and limits cannot be bypassed thro
 The wrapper also holds the head-size limit on every request, whatever Hypercorn's parser
 accepted (431; the front door checks the first request's head itself, Hypercorn's parser checks
 only heads that arrive in pieces), and a deadline on the whole body (408: Hypercorn's
-``read_timeout`` bounds each read, not a trickle). A response sent before the request's body
-was read to its end (a 413) makes Hypercorn close the connection; the splice then closes the
-client's side gracefully: it stops sending, and reads and discards what the client still sends
-for up to :data:`LINGER` seconds, so the client can read that response instead of losing it to
-a reset.
+``read_timeout`` bounds each read, not a trickle). The splice cuts off a client that takes no
+response bytes for ``read_timeout`` (Hypercorn itself has no write timeout).
+
+A response sent before the request's body was read to its end (a 413) makes Hypercorn close the
+connection; the splice then closes the client's side gracefully: it stops sending, and reads and
+discards what the client still sends for up to :data:`LINGER` seconds, so the client can read
+that response instead of losing it to a reset.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
@@ -77,6 +80,9 @@ class HttpBridge:
         self._peers: dict[Address, Address] = {}
         self._app = _FrontDoorApp(app, self._peers, max_head_bytes, read_timeout)
         self._address: Address | None = None
+        #: a client that takes no response bytes for this long is cut off (Hypercorn has no
+        #: write timeout, and the splice is where its responses wait)
+        self._send_timeout = read_timeout
         self._stop = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -126,11 +132,12 @@ class HttpBridge:
                 # Hypercorn ends the exchange: when it closes (Connection: close, keep-alive
                 # timeout, an error), so does the client's connection
                 try:
-                    await _copy(upstream, downstream)
+                    stalled = not await _copy(upstream, downstream, self._send_timeout)
                 except OSError:
-                    pass  # Hypercorn reset its side: it had closed with input unread
+                    stalled = False  # Hypercorn reset its side: it had closed with input unread
                 nursery.cancel_scope.cancel()
-            await _linger(downstream)
+            if not stalled:  # a client that does not read gets no time to read
+                await _linger(downstream)
         except OSError:
             pass  # either side went away: nothing to tell anyone
         finally:
@@ -147,12 +154,18 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes | memoryview) -> N
         view = view[sent:]
 
 
-async def _copy(src: trio.socket.SocketType, dst: trio.socket.SocketType) -> None:
+async def _copy(
+    src: trio.socket.SocketType, dst: trio.socket.SocketType, send_timeout: float = math.inf
+) -> bool:
+    """Copy until ``src`` ends (True) or a send to ``dst`` waited ``send_timeout`` (False)."""
     while True:
         data = await src.recv(RECV)
         if not data:
-            return
-        await _send_all(dst, data)
+            return True
+        with trio.move_on_after(send_timeout):
+            await _send_all(dst, data)
+            continue
+        return False
 
 
 async def _linger(sock: trio.socket.SocketType) -> None:
