@@ -69,7 +69,7 @@ class RequestHead:
     def wants_websocket(self) -> bool:
         return (
             self.method == "GET"
-            and (self.header("upgrade") or "").strip().lower() == "websocket"
+            and self.has_token("upgrade", "websocket")
             and self.has_token("connection", "upgrade")
         )
 
