@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import socket
+import struct
 from urllib.parse import urlencode
 
 import pytest
@@ -145,3 +146,29 @@ def _raw_socket(stream: trio.SocketStream) -> socket.socket:
     sock = socket.socket(fileno=socket.dup(stream.socket.fileno()))
     sock.setblocking(False)
     return sock
+
+
+async def test_what_a_client_sent_before_it_vanished_still_reaches_the_session() -> None:
+    """A send that finds the socket dead (the client reset it) must not throw away the messages
+    already read from it: the session gets every one, and nothing raises."""
+    server_sock, client_sock = _tcp_pair()
+    ws = WebSocket(server_sock, Connection(ConnectionType.SERVER), max_message=65536,
+                   max_buffer=60_000, ping_interval=60, ping_timeout=60)
+    client = Connection(ConnectionType.CLIENT)
+    count = 24  # more than the 16 the reader may queue: it is blocked on the rest
+    client_sock.send(b"".join(client.send(TextMessage(data=f"m{i}")) for i in range(count)))
+    got: list[str] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ws.run)
+            while ws._incoming.statistics().current_buffer_used < 16:  # the reader is blocked
+                await trio.sleep(0.01)
+            client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                   struct.pack("ii", 1, 0))
+            client_sock.close()  # a reset
+            while ws.send_frame_nowait(text_frame(b"x")):  # until a send sees the reset
+                await trio.sleep(0.01)
+            async for message in ws.messages():
+                assert isinstance(message, str)
+                got.append(message)
+    assert got == [f"m{i}" for i in range(count)]

@@ -208,15 +208,16 @@ class WebSocket:
         self._start_close(code, reason)
 
     def _abort(self) -> None:
+        """The socket is dead: nothing more goes out. The reader is left to end by itself (its
+        next read fails or sees the end; ``run`` bounds the wait), so that the messages the
+        client sent before it went, already read, still reach the session."""
         self._aborted = True
         self._closing = True
         self._closing_event.set()
-        self._reader_done.set()
         self._outbox.clear()
         self._outbox_bytes = 0
         self._flushed.set()
         self._wake_writer.set()
-        self._incoming_send.close()
 
     async def _write_loop(self) -> None:
         while True:
