@@ -12,6 +12,12 @@ encoders the hub is given (:class:`Encoder`; the wire modules own every byte for
 Overflow policy of a shard's inbox: bounded (``inbox_size``); a producer waits when it is full.
 Producers are the store event tasks and joining/leaving sessions, so a saturated shard slows
 the intake of new events, never drops one.
+
+Coalescing: when the shard wakes it takes every op already waiting in its inbox (at most
+``MAX_BATCH``), and the frames one member gets from them go out in one ``send`` (the frames one
+after the other, each complete): in a join storm a member gets the notices of many joins for the
+price of one write. Nothing waits for a batch to form: a lone op is handled, and its frames
+written, the moment the shard sees it, so latency at low rates does not move.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, assert_never
 
@@ -39,9 +45,13 @@ from .events import (
 )
 from .records import MemberRecord
 
-__all__ = ["Encoder", "Holder", "Hub", "Outlet", "Subscriber"]
+__all__ = ["MAX_BATCH", "Encoder", "Holder", "Hub", "Outlet", "Subscriber"]
 
 log = logging.getLogger("rmeeting.hub")
+
+#: ops a shard takes from its inbox in one go (what is already there, never waited for); their
+#: frames are written per member in one ``send``. Bounds the bytes held per member meanwhile.
+MAX_BATCH = 64
 
 
 class Encoder(Protocol):
@@ -53,6 +63,11 @@ class Encoder(Protocol):
 
     def own_join_frame(self, controls: Controls, user_uid: str) -> bytes | None:
         """A frame for the member alone, right after its own join reached it (None: none)."""
+        ...
+
+    def roster_frame(self, events: Sequence[MemberJoined | MemberLeft]) -> bytes | None:
+        """One frame for several joins and leaves of one meeting, in order, found waiting
+        together in a shard; None: this protocol says each on its own (the seed's)."""
         ...
 
 
@@ -131,6 +146,32 @@ class _SetSeq:
 _ShardOp = _Attach | _Detach | _Deliver | _CloseAll | _SetSeq
 
 
+def _roster_event(op: _ShardOp, meeting_id: str | None) -> MemberJoined | MemberLeft | None:
+    """The op's join or leave (one that closes nobody), if of ``meeting_id`` (None: any)."""
+    if not isinstance(op, _Deliver):
+        return None
+    event = op.event
+    if isinstance(event, MemberJoined) or (isinstance(event, MemberLeft) and event.close is None):
+        if meeting_id is None or event.meeting_id == meeting_id:
+            return event
+    return None
+
+
+def _roster_run(batch: Sequence[_ShardOp], start: int) -> list[MemberJoined | MemberLeft]:
+    """Two or more joins/leaves of one meeting, one after the other in ``batch`` from
+    ``start`` (nothing else of any meeting between them); else []."""
+    first = _roster_event(batch[start], None)
+    if first is None:
+        return []
+    run = [first]
+    for op in batch[start + 1:]:
+        event = _roster_event(op, first.meeting_id)
+        if event is None:
+            break
+        run.append(event)
+    return run if len(run) > 1 else []
+
+
 class _Meeting:
     __slots__ = ("by_protocol", "controls", "holding", "last_seq", "since")
 
@@ -171,29 +212,90 @@ class _Shard:
         self.meetings: dict[str, _Meeting] = {}
         self.send, self.receive = trio.open_memory_channel[_ShardOp](inbox_size)
         self.delivered = 0
+        #: wake-ups, ops taken in batches of more than one, frames that shared a write
+        self.batches = self.batched_ops = self.coalesced = 0
+        #: frames that said several joins/leaves at once (``Encoder.roster_frame``)
+        self.roster_frames = 0
+        #: during a batch: each member's frames, written once the batch is done
+        self._pending: dict[Subscriber, list[bytes]] | None = None
         #: called after a control change was fanned out (the propagation metric)
         self.on_controls: Callable[[ControlsChanged], None] | None = None
 
     async def run(self) -> None:
         async for op in self.receive:
+            batch = [op]
+            while len(batch) < MAX_BATCH:  # what is already waiting, never more
+                try:
+                    batch.append(self.receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self.batches += 1
+            if len(batch) == 1:
+                self._apply(op)
+                continue
+            self.batched_ops += len(batch)
+            # no checkpoint from here to the flush: no other task writes to a member meanwhile
+            self._pending = {}
             try:
-                match op:
-                    case _Deliver(event):
-                        self._event(event)
-                    case _Attach(sub, controls):
-                        self._attach(sub, controls)
-                    case _Detach(sub):
-                        self._detach(sub)
-                    case _CloseAll(code, reason):
-                        self._close_all(code, reason)
-                    case _SetSeq(meeting_id, seq):
-                        meeting = self.meetings.get(meeting_id)
-                        if meeting is not None:
-                            meeting.last_seq = seq
-                    case _:
-                        assert_never(op)
-            except Exception:  # one bad event must not take the shard (and its meetings) down
-                log.exception("shard %d failed on %r", self.index, op)
+                i = 0
+                while i < len(batch):
+                    run = _roster_run(batch, i)
+                    if run:
+                        self._roster(run)
+                        i += len(run)
+                    else:
+                        self._apply(batch[i])
+                        i += 1
+            finally:
+                pending, self._pending = self._pending, None
+                for sub, frames in pending.items():
+                    self._write(sub, frames)
+
+    def _apply(self, op: _ShardOp) -> None:
+        try:
+            match op:
+                case _Deliver(event):
+                    self._event(event)
+                case _Attach(sub, controls):
+                    self._attach(sub, controls)
+                case _Detach(sub):
+                    self._detach(sub)
+                case _CloseAll(code, reason):
+                    self._close_all(code, reason)
+                case _SetSeq(meeting_id, seq):
+                    meeting = self.meetings.get(meeting_id)
+                    if meeting is not None:
+                        meeting.last_seq = seq
+                case _:
+                    assert_never(op)
+        except Exception:  # one bad event must not take the shard (and its meetings) down
+            log.exception("shard %d failed on %r", self.index, op)
+
+    def _write(self, sub: Subscriber, frames: list[bytes]) -> None:
+        if len(frames) > 1:
+            self.coalesced += len(frames) - 1
+        sub.outlet.send_frame_nowait(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _send(self, sub: Subscriber, frame: bytes) -> None:
+        """Write ``frame`` to the member now, or (in a batch) after the batch's other frames
+        for it, in one write."""
+        pending = self._pending
+        if pending is None:
+            sub.outlet.send_frame_nowait(frame)
+            return
+        frames = pending.get(sub)
+        if frames is None:
+            pending[sub] = [frame]
+        else:
+            frames.append(frame)
+
+    def _close(self, sub: Subscriber, code: Close, reason: str) -> None:
+        """Close the member's connection after what the batch already has for it."""
+        if self._pending is not None:
+            frames = self._pending.pop(sub, None)
+            if frames is not None:
+                self._write(sub, frames)
+        sub.outlet.close_nowait(code, reason)
 
     def _attach(self, sub: Subscriber, controls: Controls) -> None:
         meeting = self.meetings.get(sub.meeting_id)
@@ -204,7 +306,7 @@ class _Shard:
         old = meeting.by_protocol[sub.protocol].get(sub.member_id)
         if old is not None and old is not sub:
             old.evicted = True
-            old.outlet.close_nowait(Close.REPLACED, "replaced by a newer connection")
+            self._close(old, Close.REPLACED, "replaced by a newer connection")
         else:
             self._on_change(+1)
         meeting.by_protocol[sub.protocol][sub.member_id] = sub
@@ -222,7 +324,40 @@ class _Shard:
         if not len(meeting):
             del self.meetings[sub.meeting_id]
 
-    def _event(self, event: HubEvent) -> None:
+    def _roster(self, events: list[MemberJoined | MemberLeft]) -> None:
+        """Joins and leaves of one meeting, found together: one frame for the protocols that
+        have one (``Encoder.roster_frame``), each event on its own for the others."""
+        try:
+            meeting = self.meetings.get(events[0].meeting_id)
+            if meeting is None:
+                return
+            combined: dict[str, bytes] = {}
+            for protocol, members in meeting.by_protocol.items():
+                frame = self._encoders[protocol].roster_frame(events) if members else None
+                if frame is not None:
+                    combined[protocol] = frame
+            for event in events:  # the other protocols, and what follows a join or a leave
+                self._event(event, skip=combined)
+            for protocol, frame in combined.items():
+                members = meeting.by_protocol[protocol]
+                self.delivered += len(members) * len(events)
+                self.roster_frames += 1
+                singles: list[bytes | None] = [None] * len(events)
+                for sub in members.values():
+                    if sub.held is None:
+                        self._send(sub, frame)
+                        continue
+                    for k, event in enumerate(events):  # a welcome being made filters each
+                        single = singles[k]
+                        if single is None:
+                            single = singles[k] = self._encoders[protocol].frame(event) or b""
+                        if single:
+                            sub.held.hold(event, single)
+        except Exception:  # as in _apply: the shard goes on
+            log.exception("shard %d failed on roster changes of %s", self.index,
+                          events[0].meeting_id)
+
+    def _event(self, event: HubEvent, skip: Mapping[str, bytes] | None = None) -> None:
         meeting = self.meetings.get(event.meeting_id)
         if meeting is None:
             return
@@ -238,22 +373,32 @@ class _Shard:
             meeting.controls = event.controls
         holding = False
         for protocol, members in meeting.by_protocol.items():
-            if not members:
+            if not members or (skip and protocol in skip):
                 continue
             frame = self._encoders[protocol].frame(event)
             if frame is None:
                 continue
-            if not meeting.holding:
+            pending = self._pending
+            if not meeting.holding and pending is None:
                 for sub in members.values():
                     if seq and sub.skip_chat_upto >= seq:
                         continue
                     sub.outlet.send_frame_nowait(frame)
+            elif not meeting.holding and pending is not None:
+                for sub in members.values():
+                    if seq and sub.skip_chat_upto >= seq:
+                        continue
+                    frames = pending.get(sub)
+                    if frames is None:
+                        pending[sub] = [frame]
+                    else:
+                        frames.append(frame)
             else:
                 for sub in members.values():
                     if seq and sub.skip_chat_upto >= seq:
                         continue
                     if sub.held is None:
-                        sub.outlet.send_frame_nowait(frame)
+                        self._send(sub, frame)
                     else:
                         holding = True
                         sub.held.hold(event, frame)
@@ -284,7 +429,7 @@ class _Shard:
         sub._awaiting_join = False
         frame = self._encoders[sub.protocol].own_join_frame(meeting.controls, sub.user_uid)
         if frame is not None:
-            sub.outlet.send_frame_nowait(frame)
+            self._send(sub, frame)
 
     def _after_leave(self, meeting: _Meeting, event: MemberLeft) -> None:
         if event.close is None:
@@ -296,13 +441,13 @@ class _Shard:
             return  # a newer presence of the member (it reconnected here): not this one
         code, reason = event.close
         sub.evicted = True
-        sub.outlet.close_nowait(code, reason)
+        self._close(sub, code, reason)
 
     def _close_meeting(self, meeting_id: str, meeting: _Meeting, code: Close, reason: str) -> None:
         for members in meeting.by_protocol.values():
             for sub in members.values():
                 sub.evicted = True
-                sub.outlet.close_nowait(code, reason)
+                self._close(sub, code, reason)
         if self.meetings.pop(meeting_id, None) is not None:
             # their detach will find no meeting: count them out now, or a drain waits forever
             self._on_change(-len(meeting))
@@ -311,7 +456,7 @@ class _Shard:
         for meeting in self.meetings.values():
             for members in meeting.by_protocol.values():
                 for sub in members.values():
-                    sub.outlet.close_nowait(code, reason)
+                    self._close(sub, code, reason)
 
 
 class Hub:
@@ -380,7 +525,18 @@ class Hub:
         await self._put(self._shard(sub.meeting_id), _Detach(sub))
 
     async def deliver(self, event: HubEvent) -> None:
-        await self._put(self._shard(event.meeting_id), _Deliver(event))
+        """Queue ``event`` for its meeting's shard. When the inbox has room this returns
+        without yielding (it is a checkpoint only if cancelled or full): a producer handing on
+        several events it already holds (a bus or a watch draining its queue) puts them all in
+        before the shard runs, and the shard writes them to each member in one ``send``. Its
+        own loop must checkpoint (a channel's ``receive`` does)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        shard = self._shard(event.meeting_id)
+        try:
+            shard.send.send_nowait(_Deliver(event))
+        except trio.WouldBlock:
+            self.inbox_full += 1  # the inbox's overflow policy: wait (module docstring)
+            await shard.send.send(_Deliver(event))
 
     async def close_all(self, code: Close, reason: str) -> None:
         for shard in self._shards:
@@ -424,4 +580,8 @@ class Hub:
             "deliveries": sum(s.delivered for s in self._shards),
             "queued": sum(s.send.statistics().current_buffer_used for s in self._shards),
             "inbox_full": self.inbox_full,
+            "wakeups": sum(s.batches for s in self._shards),
+            "batched_ops": sum(s.batched_ops for s in self._shards),
+            "coalesced_frames": sum(s.coalesced for s in self._shards),
+            "roster_frames": sum(s.roster_frames for s in self._shards),
         }

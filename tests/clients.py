@@ -135,9 +135,17 @@ class V1:
         await self.ws.send_message(json.dumps(frame))
 
     async def recv(self, timeout: float = 5) -> dict[str, Any]:
-        if self._backlog:
-            return self._backlog.popleft()
-        return await recv_json(self.ws, timeout)
+        """The next frame; the events of a ``members_changed`` one by one, as a client applies
+        them (docs/protocol.md)."""
+        if not self._backlog:
+            self._keep(await recv_json(self.ws, timeout))
+        return self._backlog.popleft()
+
+    def _keep(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "members_changed":
+            self._backlog.extend(message["events"])
+        else:
+            self._backlog.append(message)
 
     async def recv_type(self, *types: str, timeout: float = 5) -> dict[str, Any]:
         """The next frame of one of ``types``, skipping (dropping) others."""
@@ -161,7 +169,7 @@ class V1:
                 message = await recv_json(self.ws)
                 if message.get("id") == rid:
                     return message
-                self._backlog.append(message)
+                self._keep(message)
 
     async def closed_code(self, timeout: float = 5) -> int:
         """Read until the server closes; its close code."""

@@ -22,7 +22,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .scenarios import Options
 
 __all__ = ["add_arguments", "main", "run_from_args"]
 
@@ -92,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--png", metavar="PATH",
                      help="draw a latency CDF and throughput plot (needs matplotlib)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    out.add_argument("--compare", metavar="KEY=A,B",
+                     help="run the scenario with KEY=A and KEY=B in turns (--rounds times) and "
+                     "print B/A for each figure; KEY: protocol, room-size, members, via, "
+                     "concurrency, or tree (a source directory for the spawned servers, e.g. "
+                     "tree=/path/to/main,.)")
+    out.add_argument("--rounds", type=int, default=3,
+                     help="--compare: rounds of A then B (default 3)")
 
 
 def _raise_fd_limit(wanted: int) -> None:
@@ -132,31 +142,43 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def run_from_args(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Run the bench the parsed ``args`` ask for; ``argv`` is recorded as the command line."""
-    import trio
-
-    from .report import format_text, summarize
-    from .runner import BenchCluster, BenchError, SpawnedServer, run_bench
-    from .scenarios import Options
+    from .report import format_text
 
     problem = _usage_error(args)
-    server_pids: list[int] = []
     if problem is None:
         try:
-            server_pids = _pids(args.server_pid)
+            _pids(args.server_pid)
         except ValueError:
             problem = f"--server-pid: not a list of numbers: {args.server_pid!r}"
     if problem is not None:
         print(f"rmeeting bench: {problem}", file=sys.stderr)
         return 2
-    members = _DEFAULT_MEMBERS[args.scenario] if args.members is None else args.members
-    room = _DEFAULT_ROOM[args.scenario] if args.room_size is None else args.room_size
-    numbers = (members, args.messages, args.size, args.concurrency, args.procs, args.flips)
-    if min(numbers) < 1 or args.duration <= 0 or args.rate < 0 or room < 0:
+    opts = _options(args)
+    numbers = (opts.members, args.messages, args.size, args.concurrency, args.procs, args.flips)
+    if min(numbers) < 1 or args.duration <= 0 or args.rate < 0 or opts.room_size < 0:
         print("rmeeting bench: counts must be at least 1, --duration positive",
               file=sys.stderr)
         return 2
+    members = opts.members
+    _raise_fd_limit(members + 1024)
+    command = shlex.join(["rmeeting", *argv])
+    if args.compare:
+        return _compare(args, command)
+    result, failure = _run_once(args, opts, command)
+    if result is None:
+        print(f"rmeeting bench: {failure}", file=sys.stderr)
+        return 1
+    print(format_text(result))
+    return _write_outputs(args, result)
+
+
+def _options(args: argparse.Namespace) -> Options:
+    from .scenarios import Options
+
+    members = _DEFAULT_MEMBERS[args.scenario] if args.members is None else args.members
+    room = _DEFAULT_ROOM[args.scenario] if args.room_size is None else args.room_size
     urls = tuple(u.strip() for u in (args.urls or "").split(",") if u.strip())
-    opts = Options(
+    return Options(
         scenario=args.scenario, url=urls[0] if urls else args.url or "", urls=urls,
         protocol=args.protocol, members=members,
         messages=args.messages, rate=args.rate, size=args.size, room_size=room,
@@ -164,11 +186,55 @@ def run_from_args(args: argparse.Namespace, argv: Sequence[str]) -> int:
         duration=args.duration, drain=args.drain, hold=args.hold, via=args.via,
         etcd=args.etcd or "", etcd_prefix=args.etcd_prefix,
     )
-    _raise_fd_limit(members + 1024)
-    command = shlex.join(["rmeeting", *argv])
-    spawned = SpawnedServer(members) if args.spawn else None
-    cluster = BenchCluster(args.cluster, members, through_nginx=args.nginx) \
-        if args.cluster is not None else None
+
+
+def _compare(args: argparse.Namespace, command: str) -> int:
+    from .compare import parse_compare, run_compare
+
+    try:
+        compare = parse_compare(args.compare)
+    except ValueError as exc:
+        print(f"rmeeting bench: {exc}", file=sys.stderr)
+        return 2
+    if compare.key == "tree" and not (args.spawn or args.cluster is not None):
+        print("rmeeting bench: --compare tree=… needs --spawn or --cluster", file=sys.stderr)
+        return 2
+    if args.rounds < 1:
+        print("rmeeting bench: --rounds must be at least 1", file=sys.stderr)
+        return 2
+
+    def once(variant: argparse.Namespace) -> tuple[dict[str, Any] | None, str]:
+        return _run_once(variant, _options(variant), command)
+
+    try:
+        table, runs = run_compare(args, compare, args.rounds, once, command=command)
+    except RuntimeError as exc:
+        print(f"rmeeting bench: {exc}", file=sys.stderr)
+        return 1
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"compare": vars(compare), "table": table,
+             "rounds": [{"A": a, "B": b} for a, b in runs]}, indent=1) + "\n",
+            encoding="utf-8")
+    return 0
+
+
+def _run_once(
+    args: argparse.Namespace, opts: Options, command: str
+) -> tuple[dict[str, Any] | None, str]:
+    """One run: (its result, "") or (None, why it failed)."""
+    import trio
+
+    from .report import summarize
+    from .runner import BenchCluster, BenchError, SpawnedServer, run_bench
+
+    members = opts.members
+    server_pids = _pids(args.server_pid)
+    pythonpath = getattr(args, "server_pythonpath", None)
+    spawned = SpawnedServer(members, pythonpath=pythonpath) if args.spawn else None
+    cluster = BenchCluster(args.cluster, members, through_nginx=args.nginx,
+                           pythonpath=pythonpath) if args.cluster is not None else None
     helpers: dict[str, int] = {}
     facts: dict[str, Any] = {}
     failure = ""
@@ -197,15 +263,12 @@ def run_from_args(args: argparse.Namespace, argv: Sequence[str]) -> int:
             facts = cluster.facts()
             cluster.stop()
     if failure:
-        print(f"rmeeting bench: {failure}", file=sys.stderr)
-        return 1
+        return None, failure
     if spawned is not None:
         server.update(spawned=True, command=spawned.command, log=spawned.log.name)
     if cluster is not None:
         server.update(cluster=facts)
-    result = summarize(opts, parts, server=server, command=command)
-    print(format_text(result))
-    return _write_outputs(args, result)
+    return summarize(opts, parts, server=server, command=command), ""
 
 
 def _write_outputs(args: argparse.Namespace, result: dict[str, Any]) -> int:

@@ -436,8 +436,8 @@ class Poller:
                     self.controls += 1
                     if self.on_control is not None:
                         self.on_control()
-                elif kind == "joined":
-                    self.join_notices += 1
+                elif kind == "joined":  # one, or several in a v1 members_changed
+                    self.join_notices += max(1, buf.count(b'"member_joined"', start, end))
                 elif kind == "ping":
                     member.write_nowait(member.frame(OP_TEXT, self._pong))
                 elif kind == "error":

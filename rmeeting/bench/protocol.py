@@ -131,6 +131,7 @@ class V1:
         (b'{"type":"welcome"', "welcome"),
         (b'{"type":"controls"', "control"),
         (b'{"type":"member_joined"', "joined"),
+        (b'{"type":"members_changed"', "joined"),  # several joins/leaves in one frame
         (b'{"type":"error"', "error"),
     )
 

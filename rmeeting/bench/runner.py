@@ -83,8 +83,10 @@ class SpawnedServer:
     """``python -m rmeeting serve --bind 127.0.0.1:0`` for the length of a run, with
     :func:`bench_limits`."""
 
-    def __init__(self, members: int) -> None:
+    def __init__(self, members: int, *, pythonpath: str | None = None) -> None:
         self.env = bench_limits(members)
+        if pythonpath:  # the server's source tree (``--compare tree=…``)
+            self.env["PYTHONPATH"] = pythonpath
         self.argv = [sys.executable, "-m", "rmeeting", "serve", "--bind", "127.0.0.1:0"]
         self.log = tempfile.NamedTemporaryFile(
             prefix="rmeeting-bench-server-", suffix=".log", delete=False)
@@ -156,9 +158,12 @@ class BenchCluster:
     The members connect to the instances' own URLs, round-robin (member 0, the fanout sender,
     on the first), or all through nginx with ``through_nginx``."""
 
-    def __init__(self, size: int, members: int, *, through_nginx: bool = False) -> None:
+    def __init__(self, size: int, members: int, *, through_nginx: bool = False,
+                 pythonpath: str | None = None) -> None:
         self.size = size
         self.env = bench_limits(members)
+        if pythonpath:  # the instances' source tree (``--compare tree=…``)
+            self.env["PYTHONPATH"] = pythonpath
         self.through_nginx = through_nginx
         self.cluster: Any = None
 

@@ -332,6 +332,14 @@ class MemoryChatLog:
         task_status.started()
         async for event in self._receive:
             await handler(event)
+            # and whatever else is already queued, in the same step: the hub then writes the
+            # frames of many joins (a join storm) to each member at once (rmeeting/hub.py)
+            while True:
+                try:
+                    event = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                await handler(event)
 
     async def ready(self) -> bool:
         return True

@@ -6,7 +6,7 @@ See ../shared/seed/wire-protocol.md. The seed knows three of rmeeting's flags: `
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, assert_never
 
 from ..controls import Controls
@@ -109,6 +109,9 @@ class SeedEncoder:
     def own_join_frame(self, controls: Controls, user_uid: str) -> bytes | None:
         # the seed's quirk: right after its own join notice, a member gets the room state
         return text_frame(room_state(controls, user_uid))
+
+    def roster_frame(self, events: Sequence[MemberJoined | MemberLeft]) -> bytes | None:
+        return None  # the seed's clients know one notice per join or leave, nothing else
 
 
 ENCODER = SeedEncoder()

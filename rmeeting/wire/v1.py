@@ -6,7 +6,7 @@ here; what only one member receives (welcome, errors, acks) too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, assert_never
 
 from ..controls import Controls
@@ -140,6 +140,11 @@ class V1Encoder:
 
     def own_join_frame(self, controls: Controls, user_uid: str) -> bytes | None:
         return None  # the welcome already said it all
+
+    def roster_frame(self, events: Sequence[MemberJoined | MemberLeft]) -> bytes | None:
+        """``{"type":"members_changed","events":[…]}``: each event as its own frame would be."""
+        parts = [encode_event(event) or b"" for event in events]
+        return text_frame(b'{"type":"members_changed","events":[' + b",".join(parts) + b"]}")
 
 
 ENCODER = V1Encoder()

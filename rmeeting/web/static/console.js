@@ -305,6 +305,8 @@ function onFrame(msg) {
     case 'chat': return addChat(msg);
     case 'member_joined': return memberJoined(msg);
     case 'member_left': return memberLeft(msg);
+    // several joins/leaves that were waiting together: each as if it had come alone
+    case 'members_changed': for (const e of msg.events || []) onFrame(e); return undefined;
     case 'member_updated': return memberUpdated(msg);
     case 'controls': return controlsChanged(msg);
     case 'meeting_ended': S.endReason = msg.reason; return undefined;

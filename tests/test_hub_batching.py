@@ -1,0 +1,136 @@
+"""The hub's coalescing: ops already waiting in a shard's inbox are taken together, and each
+member's frames from them go out in one write, in order; a lone event is written at once, and a
+member closed in a batch gets its frames before the close."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from rmeeting import wire
+from rmeeting.closes import Close, LeaveReason
+from rmeeting.controls import Controls
+from rmeeting.events import ChatPosted, MemberJoined, MemberLeft
+from rmeeting.hub import MAX_BATCH, Hub, Subscriber
+from rmeeting.records import MemberRecord
+
+from .test_hub import Recorder
+
+
+class Log(Recorder):
+    """A recorder that also keeps writes and closes in one order; like a WebSocket, it takes
+    nothing once closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actions: list[str] = []
+
+    def send_frame_nowait(self, frame: bytes) -> bool:
+        if self.closed is not None:
+            return False
+        self.actions.append("write")
+        return super().send_frame_nowait(frame)
+
+    def close_nowait(self, code: int = 1000, reason: str = "") -> None:
+        self.actions.append("close")
+        super().close_nowait(code, reason)
+
+
+def _chat(seq: int) -> ChatPosted:
+    return ChatPosted("m", "s", "s", "member", f"text {seq}", seq, 0.0)
+
+
+def _joined(member_id: str) -> MemberJoined:
+    return MemberJoined.of(MemberRecord("m", member_id, member_id, "member", "i", 1.0, "h"))
+
+
+async def test_a_backlog_goes_out_in_one_write_per_member_in_order() -> None:
+    hub = Hub(shards=1, encoders=wire.encoders())
+    seed, v1 = Log(), Log()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await hub.attach(Subscriber("m", "a", "seed", seed), Controls())
+            await hub.attach(Subscriber("m", "b", "v1", v1), Controls())
+            await trio.testing.wait_all_tasks_blocked()
+            # deliver() does not yield while the inbox has room: all five wait for the shard
+            for seq in range(1, 6):
+                await hub.deliver(_chat(seq))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    for outlet in (seed, v1):
+        assert outlet.actions == ["write"]
+    assert [m["seq"] for m in v1.texts()] == [1, 2, 3, 4, 5]
+    assert len(seed.texts()) == 5
+    assert hub.statistics()["coalesced_frames"] == 2 * 4
+
+
+async def test_a_lone_event_is_written_at_once_and_alone() -> None:
+    hub = Hub(shards=1, encoders=wire.encoders())
+    outlet = Log()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await hub.attach(Subscriber("m", "a", "v1", outlet), Controls())
+            for seq in (1, 2, 3):
+                await hub.deliver(_chat(seq))
+                # nothing else is waiting: written before the shard sleeps again, no timer
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(outlet.writes) == seq
+            nursery.cancel_scope.cancel()
+    assert [m["seq"] for m in outlet.texts()] == [1, 2, 3]
+    assert hub.statistics()["coalesced_frames"] == 0
+
+
+async def test_a_member_closed_in_a_batch_gets_its_frames_first() -> None:
+    hub = Hub(shards=1, encoders=wire.encoders())
+    gone, stays = Log(), Log()
+    record = MemberRecord("m", "g", "g", "member", "i", 1.0, "h")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await hub.attach(Subscriber("m", "g", "v1", gone, record=record), Controls())
+            await hub.attach(Subscriber("m", "s", "v1", stays), Controls())
+            await trio.testing.wait_all_tasks_blocked()
+            await hub.deliver(_chat(1))
+            await hub.deliver(_chat(2))
+            await hub.deliver(MemberLeft.of(record, LeaveReason.KICKED, (Close.KICKED, "out")))
+            await hub.deliver(_chat(3))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert gone.actions == ["write", "close"] and gone.closed == (Close.KICKED, "out")
+    assert [m.get("seq") for m in gone.texts()] == [1, 2, None]
+    assert stays.actions == ["write"]
+    assert [m["type"] for m in stays.texts()] == ["chat", "chat", "member_left", "chat"]
+
+
+async def test_a_member_attached_mid_batch_gets_only_what_follows() -> None:
+    hub = Hub(shards=1, encoders=wire.encoders())
+    early, late = Log(), Log()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await hub.attach(Subscriber("m", "e", "seed", early), Controls())
+            await trio.testing.wait_all_tasks_blocked()
+            await hub.deliver(_joined("x"))
+            await hub.attach(Subscriber("m", "l", "seed", late), Controls())  # yields: put first
+            await hub.deliver(_joined("y"))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert len(early.texts()) == 2 and len(late.texts()) == 1
+
+
+async def test_a_batch_is_bounded() -> None:
+    hub = Hub(shards=1, encoders=wire.encoders(), inbox_size=4 * MAX_BATCH)
+    outlet = Log()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await hub.attach(Subscriber("m", "a", "v1", outlet), Controls())
+            await trio.testing.wait_all_tasks_blocked()
+            for seq in range(1, 2 * MAX_BATCH + 1):
+                await hub.deliver(_chat(seq))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert len(outlet.writes) == 2
+    assert [m["seq"] for m in outlet.texts()] == list(range(1, 2 * MAX_BATCH + 1))
