@@ -76,6 +76,8 @@ class Joined:
     sub: Subscriber
     #: v1: the secret part of the reconnect token (None for the seed, whose userUid is the key)
     secret: str | None = None
+    #: the meeting's record as the join read it (a welcome needs not read it again)
+    meta: MeetingMeta | None = None
 
 
 @dataclass(frozen=True)
@@ -293,16 +295,23 @@ class MeetingService:
         returning: bool = False,
         user_uid: str = "",
         holder: Holder | None = None,
+        host_key: str | None = None,
     ) -> Joined:
         """Register a member and attach its connection; everyone learns ``member_joined``.
 
         ``key`` is the member's secret (the seed's userUid, or the secret of a v1 token);
         ``returning`` members (a valid token) may join a locked meeting. With ``holder``, the
-        hub hands it the member's frames (``Subscriber.held``) until it is cleared."""
+        hub hands it the member's frames (``Subscriber.held``) until it is cleared. With
+        ``host_key``, the member joins as the host if it is the meeting's host credential
+        (checked on the record the join reads anyway: no read of its own)."""
         if not self.accepting:
             raise Denied("draining", "this server is shutting down; reconnect")
-        await self.require_meeting(meeting_id)
-        controls = await self.meetings.controls(meeting_id)
+        snapshot = await self.meetings.snapshot(meeting_id)  # one round trip: record + flags
+        if snapshot is None:
+            raise Denied("meeting_not_found", "no such meeting")
+        meta, controls = snapshot
+        if host_key is not None and auth.secret_matches(host_key, meta.host_key_hash):
+            role = "host"
         if controls["locked"] and role != "host" and not returning:
             raise Denied("locked", "the meeting is locked: no new members may join")
         name = name.strip()[: self.config.max_name_chars] or "guest"
@@ -344,7 +353,7 @@ class MeetingService:
         except BaseException:
             await self._unlisten(sub)
             raise
-        return Joined(record, controls, sub, secret)
+        return Joined(record, controls, sub, secret, meta)
 
     async def _unlisten(self, sub: Subscriber) -> None:
         with trio.CancelScope(shield=True):

@@ -17,6 +17,7 @@ import trio
 
 from rmeeting.controls import DEFAULTS
 from rmeeting.stores.base import (
+    AuditEntry,
     ControlsChanged,
     MeetingEnded,
     MeetingMeta,
@@ -71,6 +72,40 @@ async def serving(
             nursery.cancel_scope.cancel()
 
 
+async def audit_of(store: EtcdMeetingStore, meeting_id: str, count: int) -> list[AuditEntry]:
+    """The trail once it has ``count`` records: an observed change (an operator's put) is
+    recorded after its fan-out, so the record may trail the event a little."""
+    while len(trail := list(await store.audit(meeting_id))) < count:
+        await trio.sleep(0.02)
+    return trail
+
+
+async def test_the_fan_out_comes_before_the_record(etcd: EtcdServer) -> None:
+    """An operator's put reaches the handler (the members) before any instance writes its
+    audit record: while the handler holds the event, the trail does not have it."""
+    meta = _meta()
+    with trio.fail_after(20):
+        async with open_etcd_meeting_store([etcd.endpoint]) as store:
+            await store.create(meta, {})
+            holding = trio.Event()
+            release = trio.Event()
+
+            async def slow_handler(event: object) -> None:
+                if isinstance(event, ControlsChanged):
+                    holding.set()
+                    await release.wait()
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.serve_events, slow_handler)
+                await etcd.etcdctl("put", f"{PREFIX}/{meta.meeting_id}/controls/mic", "off")
+                await holding.wait()
+                assert list(await store.audit(meta.meeting_id)) == []
+                release.set()
+                [entry] = await audit_of(store, meta.meeting_id, 1)
+                assert (entry.flag, entry.new, entry.actor) == ("mic", False, "operator")
+                nursery.cancel_scope.cancel()
+
+
 async def test_operator_put_is_applied_attributed_and_audited(etcd: EtcdServer) -> None:
     meta = _meta()
     with trio.fail_after(20):
@@ -88,7 +123,7 @@ async def test_operator_put_is_applied_attributed_and_audited(etcd: EtcdServer) 
                 expected.append(("camera", value, not value, event.controls.revision, "operator"))
                 value = not value
             assert (await store.controls(meta.meeting_id))["camera"] is True
-            trail = await store.audit(meta.meeting_id)
+            trail = await audit_of(store, meta.meeting_id, len(expected))
             assert [(e.flag, e.old, e.new, e.revision, e.actor) for e in trail] == expected
             assert store.invalid_values == 0
 
@@ -136,7 +171,7 @@ async def test_deleting_keys_restores_defaults_and_ends(etcd: EtcdServer) -> Non
             event = await events.next_change(meta.meeting_id)
             assert event.changed == {"mic": (False, True)} and event.actor == "operator"
             assert (await store.controls(meta.meeting_id)).revision == event.controls.revision
-            trail = await store.audit(meta.meeting_id)
+            trail = await audit_of(store, meta.meeting_id, 2)
             assert [(e.flag, e.old, e.new, e.actor) for e in trail] == [
                 ("mic", True, False, "host"), ("mic", False, True, "operator"),
             ]
@@ -261,11 +296,12 @@ async def test_compacted_watch_resyncs_from_a_snapshot(etcd: EtcdServer) -> None
                 await events.wait_for(
                     lambda e: isinstance(e, MeetingEnded) and e.meeting_id == gone.meeting_id
                 )
-                trail = await store.audit(kept.meeting_id)
-                assert [(e.flag, e.new, e.actor) for e in trail] == [
-                    ("chat", False, "host"), ("camera", False, "operator"),
-                    ("mic", False, "operator"),
-                ]
+                # the records of observed changes are written after their fan-out
+                want = [("chat", False, "host"), ("camera", False, "operator"),
+                        ("mic", False, "operator")]
+                while [(e.flag, e.new, e.actor)
+                       for e in await store.audit(kept.meeting_id)] != want:
+                    await trio.sleep(0.02)
                 # And the watch goes on from the snapshot.
                 await etcd.etcdctl("put", f"{home}/controls/camera", "true")
                 event = await events.next_change(kept.meeting_id)
@@ -290,10 +326,10 @@ async def test_timed_change_expires_without_the_instance_that_set_it(
             back = await events.next_change(meta.meeting_id, timeout=15)
             assert back.actor == "timer" and back.changed == {"mic": (False, True)}
             assert (await b.controls(meta.meeting_id))["mic"] is True
-            trail = await b.audit(meta.meeting_id)
-            assert [(e.flag, e.new, e.actor) for e in trail] == [
-                ("mic", False, "host"), ("mic", True, "timer"),
-            ]
+            # the record of an observed change is written after its fan-out: wait for it
+            want = [("mic", False, "host"), ("mic", True, "timer")]
+            while [(e.flag, e.new, e.actor) for e in await b.audit(meta.meeting_id)] != want:
+                await trio.sleep(0.02)
 
 
 async def test_compare_and_set_race_between_instances(etcd: EtcdServer) -> None:

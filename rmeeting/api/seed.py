@@ -143,10 +143,9 @@ async def seed_session(service: MeetingService, hs: Handshake) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ws.run)
         try:
-            is_host = await service.is_host(meeting_id, user_uid)
+            # the manager is recognised by its userUid on the record the join reads
             joined = await service.join(
-                meeting_id, name=username, protocol="seed", outlet=ws,
-                role="host" if is_host else "member",
+                meeting_id, name=username, protocol="seed", outlet=ws, host_key=user_uid,
                 key=user_uid, user_uid=user_uid,
             )
         except Denied as denied:

@@ -176,8 +176,9 @@ async def _welcome(
     # bounded: a relay outage must delay the welcome, not withhold it
     with trio.move_on_after(OWN_JOIN_TIMEOUT):
         await gate.own_join.wait()
-    meta = await service.require_meeting(me.meeting_id)
+    # the record as the join read it; controls() still says if the meeting ended meanwhile
     controls = await service.controls(me.meeting_id)
+    meta = joined.meta or await service.require_meeting(me.meeting_id)
     roster = await service.present(me.meeting_id)
     config = service.config
     if last_seq is None:

@@ -99,6 +99,11 @@ class MeetingStore(Protocol):
         """The current flags; raises MeetingNotFound."""
         ...
 
+    async def snapshot(self, meeting_id: str) -> tuple[MeetingMeta, Controls] | None:
+        """The meeting's record and its current flags, read together in one round trip (what
+        a join needs); None if there is no such meeting."""
+        ...
+
     async def set_controls(
         self,
         meeting_id: str,

@@ -89,6 +89,9 @@ Handler = Callable[[MeetingEvent], Awaitable[None]]
 #: Watch responses waiting for the event loop. When full, the watch thread waits (and grpc flow
 #: control makes etcd wait): nothing is dropped, a slow handler slows only this instance's watch.
 WATCH_BUFFER = 64
+#: audits of observed changes waiting to be written after their fan-out; full: the watch waits
+#: (the trail keeps every record; a burst of operator flips slows the watch, never loses one)
+AUDIT_BUFFER = 1024
 #: The watch is re-opened after a failure with this backoff (seconds), doubling.
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 #: With several endpoints, a watch that has not started by then moves to the next endpoint.
@@ -124,6 +127,8 @@ class EtcdMeetingStore:
         self._cache = MeetingCache(self._keys)
         self._serving = False
         self._watch_ok = False
+        #: while serving: where the audits of observed changes go, written by their own task
+        self._audits: trio.MemorySendChannel[tuple[AuditTask, str]] | None = None
         self._watch_rev = 0  # every change up to this revision has been handled
         self._backoff = BACKOFF_MIN
         self._waiting: trio.CancelScope | None = None
@@ -208,6 +213,18 @@ class EtcdMeetingStore:
         return Controls(
             self._cache.values(meeting_id, read), self._cache.revision(meeting_id, read)
         )
+
+    async def snapshot(self, meeting_id: str) -> tuple[MeetingMeta, Controls] | None:
+        # the range of controls() covers the meta key too: one round trip for both
+        try:
+            read = await self._read(meeting_id)
+        except MeetingNotFound:  # an id that cannot be a key
+            return None
+        if read.meta is None:
+            return None
+        controls = Controls(
+            self._cache.values(meeting_id, read), self._cache.revision(meeting_id, read))
+        return meta_from(meeting_id, read.meta), controls
 
     async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
         """Every change, oldest first: API changes recorded in their own transaction, the
@@ -425,22 +442,48 @@ class EtcdMeetingStore:
             raise RuntimeError("serve_events is already running on this store")
         self._serving, self._watch_ok = True, False
         unstarted: trio.TaskStatus[None] | None = task_status
+        audits, to_write = trio.open_memory_channel[tuple[AuditTask, str]](AUDIT_BUFFER)
         try:
-            await self._resync(None)
-            while not self._closed:
-                outcome = await self._follow(handler, unstarted)
-                unstarted = None if self._watch_ok else unstarted
-                if outcome in ("compacted", "failed") and not self._closed:
-                    self._reconnects += 1
-                if outcome == "compacted":
-                    await self._resync(handler)
-                elif outcome == "failed" and not self._closed:
-                    self._watch_ok = False
-                    self._conn.fail_over()
-                    await trio.sleep(self._backoff)
-                    self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            async with trio.open_nursery() as nursery, audits:
+                nursery.start_soon(self._write_audits, to_write)
+                self._audits = audits
+                await self._follow_until_closed(handler, unstarted)
         finally:
+            self._audits = None
             self._serving = self._watch_ok = False
+
+    async def _write_audits(
+        self, to_write: trio.MemoryReceiveChannel[tuple[AuditTask, str]]
+    ) -> None:
+        """The audit records of observed changes, written after their fan-out, so that an
+        operator's flip reaches the members first (the record is best effort anyway)."""
+        async with to_write:
+            async for task, actor in to_write:
+                await self._audit_observed(task, actor)
+
+    async def _audit_later(self, task: AuditTask, actor: str) -> None:
+        if self._audits is None:
+            await self._audit_observed(task, actor)
+        else:
+            await self._audits.send((task, actor))
+
+    async def _follow_until_closed(
+        self, handler: Handler, unstarted: trio.TaskStatus[None] | None
+    ) -> None:
+        """The watch, re-opened after each failure or compaction, until the store closes."""
+        await self._resync(None)
+        while not self._closed:
+            outcome = await self._follow(handler, unstarted)
+            unstarted = None if self._watch_ok else unstarted
+            if outcome in ("compacted", "failed") and not self._closed:
+                self._reconnects += 1
+            if outcome == "compacted":
+                await self._resync(handler)
+            elif outcome == "failed" and not self._closed:
+                self._watch_ok = False
+                self._conn.fail_over()
+                await trio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
     async def _follow(self, handler: Handler, task_status: trio.TaskStatus[None] | None) -> str:
         """One watch session from the last revision + 1, until it fails or compacts;
@@ -496,13 +539,13 @@ class EtcdMeetingStore:
         for revision, meetings in groups.items():
             for meeting_id, changes in meetings.items():
                 event, audit = self._cache.apply(meeting_id, revision, changes)
-                if audit and isinstance(event, ControlsChanged):
-                    await self._audit_observed((meeting_id, revision, dict(event.changed)),
-                                               event.actor)
                 if isinstance(event, ControlsChanged):
                     event = replace(event, received_at=received)
                 if event is not None:
-                    await handler(event)
+                    await handler(event)  # the members first, then the record
+                if audit and isinstance(event, ControlsChanged):
+                    await self._audit_later((meeting_id, revision, dict(event.changed)),
+                                            event.actor)
             self._watch_rev = revision
 
     async def _resync(self, handler: Handler | None) -> None:
@@ -522,13 +565,13 @@ class EtcdMeetingStore:
         self._watch_rev = response.header.revision
         if handler is None:
             return
-        for task in audits:
-            await self._audit_observed(task, "operator")
         received = self._clock()
         for event in events:
             if isinstance(event, ControlsChanged):
                 event = replace(event, received_at=received)
             await handler(event)
+        for task in audits:
+            await self._audit_later(task, "operator")
 
 
 def _txn_of(response: Any) -> str | None:

@@ -100,6 +100,10 @@ class MemoryMeetingStore:
             raise MeetingNotFound(meeting_id)
         return self._controls(meeting_id)
 
+    async def snapshot(self, meeting_id: str) -> tuple[MeetingMeta, Controls] | None:
+        meta = self._meta.get(meeting_id)
+        return None if meta is None else (meta, self._controls(meeting_id))
+
     async def set_controls(
         self,
         meeting_id: str,

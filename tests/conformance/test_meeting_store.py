@@ -65,6 +65,22 @@ async def test_create_get_list_and_defaults(meeting_store: Any) -> None:
         await meeting_store.controls("no-such-meeting")
 
 
+async def test_snapshot_reads_the_record_and_the_flags_together(meeting_store: Any) -> None:
+    meta = _meta("all-hands")
+    created = await meeting_store.create(meta, {"chat": False})
+    snap = await meeting_store.snapshot(meta.meeting_id)
+    assert snap is not None
+    got, controls = snap
+    assert got.name == "all-hands" and got.host_key_hash == meta.host_key_hash
+    assert controls == created and not controls["chat"]
+    changed = await meeting_store.set_controls(meta.meeting_id, {"locked": True}, actor="t")
+    snap = await meeting_store.snapshot(meta.meeting_id)
+    assert snap is not None and snap[1] == changed and snap[1]["locked"]
+    assert await meeting_store.snapshot("no-such-meeting") is None
+    await meeting_store.end(meta.meeting_id, reason="done")
+    assert await meeting_store.snapshot(meta.meeting_id) is None
+
+
 async def test_set_controls_bumps_revision_and_notifies(meeting_store: Any) -> None:
     meta = _meta()
     with trio.fail_after(10):
