@@ -8,6 +8,7 @@ median, and that a lost delivery is reported instead of hidden behind a ratio.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,23 @@ def test_two_protocols_in_turns_on_spawned_servers(tmp_path: Path,
 
 
 def test_two_source_trees(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """tree=A,B: each spawned server runs from its tree (here the same one, twice)."""
+    """tree=A,B: each spawned server runs from its own tree, whatever the working directory
+    (B is a copy of this tree that leaves a mark when it is imported)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "rmeeting", copy / "rmeeting",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    mark = tmp_path / "imported"
+    init = copy / "rmeeting" / "__init__.py"
+    init.write_text(init.read_text() + f"\nopen({str(mark)!r}, 'a').write('x')\n")
     out = tmp_path / "trees.json"
     code = bench_main(["join", "--spawn", "-n", "5", "-q", "--duration", "30",
-                       "--compare", f"tree={ROOT},{ROOT}", "--rounds", "1", "--json", str(out)])
+                       "--compare", f"tree={ROOT},{copy}", "--rounds", "1", "--json", str(out)])
     assert code == 0
     pair = json.loads(out.read_text())["rounds"][0]
-    for result in (pair["A"], pair["B"]):
+    for result, tree in ((pair["A"], ROOT), (pair["B"], copy)):
         assert result["joined"] == 5
-        assert f"PYTHONPATH={ROOT}" in result["server"]["command"]
+        assert f"PYTHONPATH={tree}" in result["server"]["command"]
+    assert mark.read_text() == "x"  # B's server, once; A's did not import the copy
     assert "joins/s" in capsys.readouterr().out
 
 

@@ -87,6 +87,8 @@ class SpawnedServer:
         self.env = bench_limits(members)
         if pythonpath:  # the server's source tree (``--compare tree=…``)
             self.env["PYTHONPATH"] = pythonpath
+            # and only it: ``python -m`` would otherwise put the working directory first
+            self.env["PYTHONSAFEPATH"] = "1"
         self.argv = [sys.executable, "-m", "rmeeting", "serve", "--bind", "127.0.0.1:0"]
         self.log = tempfile.NamedTemporaryFile(
             prefix="rmeeting-bench-server-", suffix=".log", delete=False)
@@ -164,6 +166,8 @@ class BenchCluster:
         self.env = bench_limits(members)
         if pythonpath:  # the instances' source tree (``--compare tree=…``)
             self.env["PYTHONPATH"] = pythonpath
+            # and only it: ``python -m`` would otherwise put the working directory first
+            self.env["PYTHONSAFEPATH"] = "1"
         self.through_nginx = through_nginx
         self.cluster: Any = None
 
