@@ -82,10 +82,12 @@ def test_ratios_are_b_over_a_per_round_with_their_median() -> None:
     runs = [(_fanout(100.0, 0.010), _fanout(150.0, 0.005)),
             (_fanout(100.0, 0.010), _fanout(120.0, 0.010)),
             (_fanout(200.0, 0.010), _fanout(400.0, 0.020, lost=3))]
+    runs[1][0]["timed_out"] = True
     assert figures(runs[0][1])["server µs/delivery"] == pytest.approx(5.0)
     text = format_comparison("fanout", Compare("protocol", "seed", "v1"), runs,
                              loadavg=(1.0, 2.0, 3.0))
     assert "B/A 1.50, 1.20, 2.00  median 1.50  (higher is better)" in text
     assert "B/A 0.50, 1.00, 2.00  median 1.00  (lower is better)" in text
     assert "note: round 3 B: lost 3" in text
+    assert "note: round 2 A: the --duration cap ended the run early" in text
     assert "load average    1.00 2.00 3.00" in text

@@ -134,3 +134,28 @@ async def test_a_batch_is_bounded() -> None:
             nursery.cancel_scope.cancel()
     assert len(outlet.writes) == 2
     assert [m["seq"] for m in outlet.texts()] == list(range(1, 2 * MAX_BATCH + 1))
+
+
+async def test_a_welcome_and_what_was_held_behind_it_go_out_in_one_write() -> None:
+    from typing import Any, cast
+
+    from rmeeting.api.v1_ws import _Gate
+    from rmeeting.service import Joined
+
+    class Socket(Log):
+        closing = False
+
+    ws = Socket()
+    gate = _Gate(cast(Any, ws), limit=1 << 20)
+    record = MemberRecord("m", "me", "me", "member", "i", 1.0, "h")
+    sub = Subscriber("m", "me", "v1", ws, held=gate, record=record)
+    encoder = wire.encoders()["v1"]
+    for event in (_joined("x"), _chat(7), _joined("y"), _chat(9)):
+        frame = encoder.frame(event)
+        assert frame is not None
+        gate.hold(event, frame)
+    gate.release(Joined(record, Controls(), sub), b'{"type":"welcome"}',
+                 keep=lambda e: not (isinstance(e, ChatPosted) and e.seq <= 7))
+    assert ws.actions == ["write"] and sub.held is None
+    assert [m["type"] for m in ws.texts()] == ["welcome", "member_joined", "member_joined",
+                                                "chat"]

@@ -22,7 +22,7 @@ from ..events import ChatPosted, ControlsChanged, HubEvent, MemberJoined, Member
 from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
-from ..transport.websocket import BadFrame, WebSocket
+from ..transport.websocket import BadFrame, WebSocket, text_frame
 from ..wire import BadInput, decode, v1
 from .seed import DENIED_CLOSE_CODES, leave_reason
 
@@ -82,10 +82,9 @@ class _Gate:
         to the member's socket itself."""
         held, self._held = self._held, []
         joined.sub.held = None
-        self.ws.send_text_nowait(first)
-        for event, frame in held:
-            if keep(event):
-                self.ws.send_frame_nowait(frame)
+        # all in one write: in a join storm a welcome may have hundreds of joins behind it
+        frames = [text_frame(first), *(frame for event, frame in held if keep(event))]
+        self.ws.send_frame_nowait(b"".join(frames))
 
 
 def _refuse(ws: WebSocket, code: str, message: str) -> None:

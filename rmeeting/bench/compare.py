@@ -118,6 +118,11 @@ def _loss(result: Mapping[str, Any]) -> str:
         bad.append("join errors")
     if result.get("flips_incomplete"):
         bad.append(f"{result['flips_incomplete']} flips incomplete")
+    if result.get("closed_by_server"):
+        bad.append("closed by the server: " + ", ".join(
+            f"{n}× {code}" for code, n in result["closed_by_server"].items()))
+    if result.get("timed_out"):
+        bad.append("the --duration cap ended the run early (raise it)")
     return ", ".join(bad)
 
 
