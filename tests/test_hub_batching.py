@@ -159,3 +159,23 @@ async def test_a_welcome_and_what_was_held_behind_it_go_out_in_one_write() -> No
     assert ws.actions == ["write"] and sub.held is None
     assert [m["type"] for m in ws.texts()] == ["welcome", "member_joined", "member_joined",
                                                 "chat"]
+
+
+def test_the_welcome_roster_is_each_member_as_public_shows_it() -> None:
+    """The roster is spliced from per-member JSON made once; names that look like the splice
+    point, quotes and non-ASCII come out exactly."""
+    import json
+
+    from rmeeting.records import MeetingMeta
+    from rmeeting.wire import v1
+
+    tricky = ['"roster":[]', 'a"b\\c', "Zoë 李", "]}{"]
+    roster = [MemberRecord("m", f"id{i}", name, "member", "i", float(i), "h", camera=i % 2 == 0)
+              for i, name in enumerate(tricky)]
+    meta = MeetingMeta("m", '"roster":[] all-hands', 1.0, "h")
+    for members in (roster, roster[:1], []):
+        frame = v1.welcome(you=roster[0], token="t", meta=meta, controls=Controls(),
+                           roster=members, last_seq=0, recent=[])
+        body = json.loads(frame)
+        assert body["roster"] == [r.public() for r in members]
+        assert body["meeting"]["name"] == meta.name and body["you"] == roster[0].public()

@@ -6,6 +6,7 @@ here; what only one member receives (welcome, errors, acks) too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any, assert_never
 
@@ -80,7 +81,7 @@ def welcome(
         "meeting": {"id": meta.meeting_id, "name": meta.name, "created_at": meta.created_at},
         "controls": controls.as_dict(),
         "revision": controls.revision,
-        "roster": [r.public() for r in roster],
+        "roster": [],  # spliced in below, each member's JSON made once (_member_json)
         "last_seq": last_seq,
         "resumed": resumed,
     }
@@ -89,7 +90,16 @@ def welcome(
     if missed is not None:
         out["missed"] = [chat(e) for e in missed]
         out["gap"] = gap
-    return dumps(out)
+    # `"roster":[]` occurs once: inside a JSON string every quote is escaped (\")
+    members = b",".join(_member_json(r) for r in roster)
+    return dumps(out).replace(b'"roster":[]', b'"roster":[' + members + b"]", 1)
+
+
+@functools.lru_cache(maxsize=16384)
+def _member_json(record: MemberRecord) -> bytes:
+    """A member as a welcome's roster shows it, encoded once per record: a join storm into a
+    meeting of N builds N welcomes of up to N members each."""
+    return dumps(record.public())
 
 
 def encode_event(event: HubEvent) -> bytes | None:
