@@ -17,6 +17,7 @@ header plus the payload, the same bytes for every member (:func:`text_frame`).
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import struct
 from collections import deque
@@ -99,9 +100,13 @@ class WebSocket:
         self._ping_timeout = ping_timeout
         self._outbox: deque[bytes] = deque()
         self._outbox_bytes = 0
+        #: the connection's nursery while ``run`` drives it; the writer task is started in it
+        #: only while the outbox has something to write (most members, most of the time, have
+        #: nothing queued: their frames go straight to the kernel)
+        self._nursery: trio.Nursery | None = None
+        self._writing = False
         #: the outbox's first entry is the rest of a frame whose start is already sent
         self._head_partial = False
-        self._wake_writer = trio.Event()
         self._flushed = trio.Event()
         self._flushed.set()
         self._closing = False
@@ -113,6 +118,7 @@ class WebSocket:
         self.timed_out = False
         self._incoming_send, self._incoming = trio.open_memory_channel[str | BadFrame](16)
         self._last_heard = trio.current_time()
+        self._next_ping = self._last_heard + ping_interval
         #: the code this side closed with (None while open, or if the peer closed first)
         self.close_code: int | None = None
         self.close_reason = ""
@@ -160,7 +166,12 @@ class WebSocket:
         self._outbox_bytes += len(frame)
         self.frames_sent += 1
         self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
-        self._wake_writer.set()
+        self._start_writer()
+
+    def _start_writer(self) -> None:
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._write_loop)
 
     def send_text_nowait(self, payload: bytes) -> bool:
         return self.send_frame_nowait(text_frame(payload))
@@ -192,7 +203,7 @@ class WebSocket:
             self._outbox.append(data)
             self._outbox_bytes += len(data)
         self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
-        self._wake_writer.set()
+        self._start_writer()
 
     def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None:
         self._start_close(code, reason)
@@ -207,16 +218,20 @@ class WebSocket:
         self._outbox.clear()
         self._outbox_bytes = 0
         self._flushed.set()
-        self._wake_writer.set()
 
     async def _write_loop(self) -> None:
+        """Drain the outbox as the socket takes it, then end (started again by the next frame
+        that has to wait: :meth:`_start_writer`)."""
+        try:
+            await self._drain_outbox()
+        finally:
+            self._writing = False
+
+    async def _drain_outbox(self) -> None:
         while True:
-            while not self._outbox:
+            if not self._outbox:
                 self._flushed.set()
-                if self._closing:
-                    return
-                self._wake_writer = trio.Event()
-                await self._wake_writer.wait()
+                return
             chunk = self._outbox[0]
             try:
                 sent = self._sock.send(chunk)
@@ -281,7 +296,13 @@ class WebSocket:
                         return
                 if self._ws.state is ConnectionState.CLOSED or self._aborted:
                     return
-                await trio.lowlevel.wait_readable(self._sock)
+                # the keep-alive is a deadline on this wait, not a task of its own
+                with trio.move_on_at(self._next_ping):
+                    await trio.lowlevel.wait_readable(self._sock)
+                if trio.current_time() >= self._next_ping:
+                    self._keepalive()
+                    data = b""  # nothing new was read (the socket is read on the next turn)
+                    continue
                 try:
                     data = self._sock.recv(RECV_CHUNK)
                 except BlockingIOError:
@@ -308,22 +329,25 @@ class WebSocket:
                     self._put(self._ws.send(event.response()))
                 except LocalProtocolError:
                     pass
-                self._wake_writer.set()
             return False
         elif isinstance(event, Pong):
             pass
         return True
 
-    async def _keepalive(self) -> None:
-        while not self._closing:
-            await trio.sleep(self._ping_interval)
-            if trio.current_time() - self._last_heard > self._ping_interval + self._ping_timeout:
-                # the peer is gone or stuck: a close frame is sent if it can be, not awaited
-                self._start_close(Close.POLICY, "keep-alive timeout")
-                self.timed_out = True
-                return
-            if not self._closing:
-                self._put(self._ws.send(Ping(b"k")))
+    def _keepalive(self) -> None:
+        """Every ``ping_interval``: close a peer not heard from for ``ping_interval +
+        ping_timeout`` (it is gone or stuck), else ping it."""
+        self._next_ping = trio.current_time() + self._ping_interval
+        if self._closing:
+            self._next_ping = math.inf  # no more pings; the reader waits for the close
+            return
+        if trio.current_time() - self._last_heard > self._ping_interval + self._ping_timeout:
+            # a close frame is sent if it can be, not awaited
+            self._start_close(Close.POLICY, "keep-alive timeout")
+            self.timed_out = True
+            self._next_ping = math.inf
+            return
+        self._put(self._ws.send(Ping(b"k")))
 
     async def _read_then_close(self) -> None:
         try:
@@ -341,8 +365,9 @@ class WebSocket:
         self._initial = initial or self._initial
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop)
-                nursery.start_soon(self._keepalive)
+                self._nursery = nursery
+                if self._outbox:  # queued before run started
+                    self._start_writer()
                 nursery.start_soon(self._read_then_close)
                 await self._closing_event.wait()
                 with trio.move_on_after(close_timeout):
@@ -350,6 +375,7 @@ class WebSocket:
                     await self._reader_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None
             self._closing = True
             self._closing_event.set()
             self._incoming_send.close()
