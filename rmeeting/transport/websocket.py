@@ -48,6 +48,8 @@ __all__ = [
 log = logging.getLogger("rmeeting.ws")
 
 RECV_CHUNK = 65536
+#: the most bytes of waiting frames the writer joins into one ``send``
+SEND_CHUNK = 65536
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -228,11 +230,22 @@ class WebSocket:
             self._writing = False
 
     async def _drain_outbox(self) -> None:
+        outbox = self._outbox
         while True:
-            if not self._outbox:
+            if not outbox:
                 self._flushed.set()
                 return
-            chunk = self._outbox[0]
+            if len(outbox) > 1 and len(outbox[0]) < SEND_CHUNK:
+                # frames already waiting go out in one send (a send costs about the same for
+                # one frame or many); whole frames stay whole, so a half-sent head stays the
+                # only partial one
+                parts, size = [], 0
+                while outbox and size < SEND_CHUNK:
+                    part = outbox.popleft()
+                    parts.append(part)
+                    size += len(part)
+                outbox.appendleft(b"".join(parts))
+            chunk = outbox[0]
             try:
                 sent = self._sock.send(chunk)
             except BlockingIOError:
