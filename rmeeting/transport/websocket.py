@@ -3,8 +3,9 @@
 Why not an ASGI or trio-websocket connection: a broadcast here is one pre-encoded frame written to
 many sockets, and the cheapest write is a plain non-blocking ``send`` from the shard task
 (docs/benchmarks.md). So the shard calls :meth:`WebSocket.send_frame_nowait`, which writes straight
-to the kernel when nothing is queued, and otherwise appends to this connection's outbox, which one
-writer task drains as the socket becomes writable.
+to the kernel when nothing is queued, and otherwise appends to this connection's outbox, which a
+writer task drains as the socket becomes writable (the task exists only while there is something
+to write, and sends whatever is waiting in one ``send``).
 
 Backpressure policy: the outbox holds at most ``max_buffer`` bytes. A member whose outbox would
 grow past that is not read by its client; it is closed with code 4008 ("slow consumer") and the
