@@ -74,7 +74,10 @@ class Encoder(Protocol):
 class Outlet(Protocol):
     """Where a member's frames go (a :class:`rmeeting.transport.websocket.WebSocket`)."""
 
-    def send_frame_nowait(self, frame: bytes) -> bool: ...
+    def send_frame_nowait(self, frame: bytes) -> bool:
+        """Write ``frame``: one or more whole encoded frames, back to back (the hub joins a
+        member's frames of one batch into one write)."""
+        ...
 
     def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None: ...
 
