@@ -42,6 +42,8 @@ class Close(IntEnum):
     BAD_TOKEN = 4401
     NOT_HOST = 4403
     NOT_FOUND = 4404
+    #: a join refused: the meeting has ended (a tombstone until its retention passes)
+    ENDED = 4410
     LOCKED = 4423
     FULL = 4429
 

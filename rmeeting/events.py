@@ -33,7 +33,9 @@ __all__ = [
     "stamped",
 ]
 
-Role = Literal["host", "member"]
+#: a ``cohost`` (from a join token) is accepted and recorded; until the moderation issue (#14)
+#: gives it powers, every check treats it as a member (only ``host`` is special)
+Role = Literal["host", "cohost", "member"]
 
 
 class _Member(Protocol):

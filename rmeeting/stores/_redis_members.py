@@ -162,7 +162,7 @@ class RedisMemberStore:
     async def join(self, record: MemberRecord, *, max_members: int) -> None:
         session = AttendanceRecord(
             record.meeting_id, record.member_id, record.name, record.role, record.joined_at,
-            record.key_hash,
+            record.key_hash, sub=record.sub,
         )
         token = uuid.uuid4().hex
         index_entry = dumps([record.meeting_id, record.member_id, token])
@@ -316,6 +316,28 @@ class RedisMemberStore:
             return [record for record, _ in pairs]
 
         return await call(work)
+
+    def _meeting_keys(self, meeting_id: str) -> list[str]:
+        # seq and chat are the chat log's, dropped when the meeting ends; named here so that a
+        # purge leaves nothing of the meeting behind whatever the order of events
+        return [self._keys.meeting(meeting_id, k)
+                for k in ("roster", "open", "ledger", "banned", "seq", "chat")]
+
+    async def retire(self, meeting_id: str, *, keep: float) -> None:
+        """Redis forgets the meeting's keys by itself ``keep`` seconds from now (PEXPIRE), so
+        the purge happens even if no instance is running then."""
+        keys, ms = self._meeting_keys(meeting_id), max(1, int(keep * 1000))
+
+        def work() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.pexpire(key, ms)
+            pipe.execute()
+
+        await call(work)
+
+    async def purge(self, meeting_id: str) -> None:
+        await call(partial(self._redis.delete, *self._meeting_keys(meeting_id)))
 
     async def ready(self) -> bool:
         """True when Redis answers PING."""

@@ -27,7 +27,7 @@ from ..events import (
     MemberUpdated,
     Role,
 )
-from ..records import AttendanceRecord, AuditEntry, MeetingMeta, MemberRecord
+from ..records import AttendanceRecord, AuditEntry, MeetingMeta, MemberRecord, Tombstone
 
 __all__ = [
     "AttendanceRecord",
@@ -47,6 +47,7 @@ __all__ = [
     "RevisionConflict",
     "Role",
     "StoreUnavailable",
+    "Tombstone",
 ]
 
 #: the events are defined in rmeeting.events; these names are kept here for the stores' users
@@ -91,8 +92,38 @@ class MeetingStore(Protocol):
         what the store keeps in memory, so in cluster mode as of the last change its watch saw."""
         ...
 
-    async def end(self, meeting_id: str, *, reason: str) -> bool:
-        """Delete the meeting; True if it existed. Every instance learns MeetingEnded."""
+    async def end(self, meeting_id: str, *, reason: str, retention: float = 0.0) -> bool:
+        """Delete the meeting; True for exactly one caller if it existed, however many race
+        (instances, timers). Every instance learns MeetingEnded. With ``retention`` > 0 the same
+        atomic step leaves a :class:`Tombstone` (meta, reason, audit) for that many seconds."""
+        ...
+
+    async def tombstone(self, meeting_id: str) -> Tombstone | None:
+        """The ended meeting, while its retention lasts (else None)."""
+        ...
+
+    async def purge_due(self) -> Sequence[str]:
+        """Forget the tombstones whose retention passed; their ids (for the member store and
+        chat log to forget too). A store whose backend expires them itself may return them
+        late or not at all: the member store and chat log then expire on their own."""
+        ...
+
+    async def snapshot(self) -> Sequence[MeetingMeta]:
+        """The live meetings as this instance knows them now, without a round trip where the
+        store keeps them current (etcd's watch); for the lifecycle sweep."""
+        ...
+
+    async def put_ticket(self, ticket_hash: str, payload: Mapping[str, Any], ttl: float) -> None:
+        """Keep a WebSocket ticket (by the hash of its secret) for ``ttl`` seconds."""
+        ...
+
+    async def take_ticket(self, ticket_hash: str) -> Mapping[str, Any] | None:
+        """The ticket's payload, once: of racing callers (on any instance) one gets it."""
+        ...
+
+    async def update_meta(self, meeting_id: str, extra: Mapping[str, Any]) -> MeetingMeta:
+        """Merge ``extra`` into the meeting's ``meta.extra`` (its join policy); raises
+        MeetingNotFound."""
         ...
 
     async def controls(self, meeting_id: str) -> Controls:
@@ -187,6 +218,15 @@ class MemberStore(Protocol):
 
     async def clear_meeting(self, meeting_id: str, *, reason: str) -> Sequence[MemberRecord]:
         """Everyone leaves (meeting ended); returns who was present. The ledger is kept."""
+        ...
+
+    async def retire(self, meeting_id: str, *, keep: float) -> None:
+        """The meeting ended: its ledger and bans are forgotten ``keep`` seconds from now
+        (Redis expires the keys itself), or at :meth:`purge`, whichever comes first."""
+        ...
+
+    async def purge(self, meeting_id: str) -> None:
+        """Forget every trace of the meeting (roster, ledger, bans) now."""
         ...
 
     async def ready(self) -> bool: ...
