@@ -71,6 +71,8 @@ def verify_join_token(
         header = jwt.get_unverified_header(token)
     except jwt.DecodeError as exc:
         raise TokenRefused("token_malformed", "the access token is not a JWT") from exc
+    if "alg" not in header:
+        raise TokenRefused("token_malformed", "the access token's header has no alg")
     if header.get("alg") != "HS256":  # "none" above all: an unsigned token is no token
         raise TokenRefused("token_algorithm", "join tokens must be signed with HS256")
     claims: dict[str, Any] | None = None

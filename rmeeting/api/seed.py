@@ -53,6 +53,7 @@ def seed_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.post("/CreateMeeting")
     async def create_meeting() -> Any:
+        body = await json_body()  # read first: a refusal leaves none unread
         if service.config.create_policy == "api_key":
             key = auth.bearer(request.headers.get("Authorization"))
             if key is None:
@@ -60,7 +61,6 @@ def seed_blueprint(service: MeetingService) -> Blueprint:
                              "<api_key>")
             if not service.is_api_key(key):
                 raise Denied("not_api_key", "that is not an API key of this server")
-        body = await json_body()
         name = field(body, "meeting_name", str, "")
         field(body, "username", str, "")
         is_mute = field(body, "is_mute", bool, False)

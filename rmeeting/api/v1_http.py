@@ -173,10 +173,10 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.post("/meetings")
     async def create_meeting() -> Any:
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
         if service.config.create_policy == "api_key" and not service.is_api_key(
                 credential("creating a meeting needs Authorization: Bearer <api_key>")):
             raise Denied("not_api_key", "that is not an API key of this server")
-        body = await json_body(required=True)
         only(body, "name", "controls", "join_policy")
         name = field(body, "name", str, "").strip()
         if not name:
@@ -236,8 +236,8 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.patch("/meetings/<meeting_id>")
     async def update_meeting(meeting_id: str) -> Any:
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
         await require_host(meeting_id)
-        body = await json_body(required=True)
         only(body, "join_policy")
         policy = field(body, "join_policy", str)
         if policy is None:
@@ -258,8 +258,8 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.patch("/meetings/<meeting_id>/controls")
     async def set_controls(meeting_id: str) -> Any:
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
         await require_host(meeting_id)
-        body = await json_body(required=True)
         only(body, "controls", "expected_revision", "duration")
         changes = field(body, "controls", dict)
         if changes is None:
@@ -274,9 +274,9 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
     async def ticket(meeting_id: str) -> Any:
         """A single-use WebSocket ticket for the host key or a reconnect token (Authorization),
         so that the WebSocket URL carries no lasting secret."""
+        body = await json_body()  # read first: a refusal leaves none unread
         await service.require_meeting(meeting_id)
         key = credential("a ticket needs Authorization: Bearer <host_key or reconnect token>")
-        body = await json_body()
         only(body, "token")
         issued = await service.issue_ticket(meeting_id, key, field(body, "token", str))
         return json_response({"ticket": issued, "expires_in": TICKET_TTL}, 201)
