@@ -237,6 +237,8 @@ def test_console_two_members_and_a_host(
     try:
         # the host starts a meeting from the start page (directly on the server)
         host = pages.open("host")
+        ws_urls: list[str] = []
+        host.on("websocket", lambda ws: ws_urls.append(ws.url))
         host.goto(embedded.url + "/")
         host.fill("#create-name", "Design review")
         host.fill("#create-you", "Hana")
@@ -379,7 +381,7 @@ def test_console_two_members_and_a_host(
         csv_text = Path(download.value.path()).read_text()
         rows = list(csv.reader(io.StringIO(csv_text)))  # every cell is quoted
         assert rows[0] == ["name", "member_id", "role", "joined_at", "left_at", "duration_s",
-                           "reason"]
+                           "reason", "sub"]
         assert sum(row[0] == "Ann" for row in rows) == 3  # joined, and back twice
         assert any(row[0] == "Hana" and row[2] == "host" for row in rows)
 
@@ -391,9 +393,20 @@ def test_console_two_members_and_a_host(
         host.click("#end-meeting")
         for page in (host, ann):
             expect(page.locator("#over-title")).to_have_text("The meeting has ended")
+        # the ended meeting's attendance, for its host only, now and on a later visit
+        expect(host.locator("#over-sessions tr")).to_have_count(len(rows) - 1)
+        expect(host.locator("#over-sessions tr").first).to_contain_text("Hana")
+        expect(ann.locator("#over-attendance")).to_be_hidden()
+        host.goto(f"{embedded.url}/m/{meeting_id}#host_key={host_key}")
+        host.reload()
+        expect(host.locator("#over-title")).to_have_text("The meeting has ended")
+        expect(host.locator("#over-text")).to_contain_text("Reason: ended by the host.")
+        expect(host.locator("#over-sessions tr")).to_have_count(len(rows) - 1)
         assert pages.errors == []
-        # the host key rode in the URL's fragment and the WebSocket's query: never in the log
+        # the host key rode in the URL's fragment and the WebSocket's first frame: never in a
+        # URL the server (or a proxy) sees, nor in the log
         assert host_key not in (tmp_path / "server.log").read_text()
+        assert ws_urls and all(host_key not in url and "token" not in url for url in ws_urls)
     finally:
         proxy.stop()
     elapsed = time.monotonic() - started

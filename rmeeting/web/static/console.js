@@ -2,7 +2,7 @@
 //
 //   /               start page: create a meeting (you become its host) or join one by link
 //   /m/<id>         a meeting; a host link adds #host_key=… (a fragment never reaches the server's
-//                   logs; the page hands it to the WebSocket as the host_key query parameter)
+//                   logs; the page presents it in the WebSocket's first frame, never in a URL)
 //
 // One WebSocket per page. After a drop it reconnects by itself (backoff with jitter) with its
 // token and the last chat seq it saw: the welcome then carries what was missed (`missed`, `gap`),
@@ -29,7 +29,7 @@ const BACKOFF = [0.25, 0.5, 1, 2, 4, 8, 15];  // seconds before reconnect attemp
 const PING_EVERY = 25000;  // ms; a pong must come within PONG_WITHIN or the link is dead
 const PONG_WITHIN = 10000;
 // close codes after which reconnecting cannot help (docs/protocol.md, "Close codes")
-const FINAL = new Set([4000, 4001, 4003, 4009, 4400, 4401, 4403, 4404, 4423, 4429]);
+const FINAL = new Set([4000, 4001, 4003, 4009, 4400, 4401, 4403, 4404, 4410, 4423, 4429]);
 
 const $ = (id) => document.getElementById(id);
 
@@ -161,6 +161,11 @@ async function meetingPage(id) {
   try {
     const meeting = await apiJson(`/v1/meetings/${encodeURIComponent(id)}`);
     say('meeting-title', meeting.name);
+    if (meeting.ended) {
+      document.title = `${meeting.name} · rmeeting`;
+      ended(meeting.ended_reason, meeting.ended_at);
+      return;
+    }
     document.title = `${meeting.name} · rmeeting`;
     say('lobby-title', `Join “${meeting.name}”`);
     const n = meeting.members;
@@ -186,16 +191,18 @@ async function meetingPage(id) {
 function connect() {
   clearTimeout(S.retryTimer);
   S.retryTimer = 0;
-  const query = new URLSearchParams();
-  if (S.token) query.set('token', S.token); else query.set('name', S.name);
-  if (S.hostKey) query.set('host_key', S.hostKey);
-  if (S.haveChat) query.set('last_seq', String(S.lastSeq));
+  // the secrets (host key, reconnect token) go in the first frame: a URL is logged by proxies
+  const hello = { type: 'auth' };
+  if (S.token) hello.token = S.token; else hello.name = S.name;
+  if (S.hostKey) hello.host_key = S.hostKey;
+  if (S.haveChat) hello.last_seq = S.lastSeq;
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const path = `/v1/meetings/${encodeURIComponent(S.meetingId)}/ws`;
-  const ws = new WebSocket(`${scheme}//${location.host}${path}?${query}`);
+  const ws = new WebSocket(`${scheme}//${location.host}${path}?auth=frame`);
   S.ws = ws;
   S.welcomed = false;
   S.refusal = null;
+  ws.onopen = () => ws.send(JSON.stringify(hello));
   ws.onmessage = (event) => { if (S.ws === ws) onFrame(JSON.parse(event.data)); };
   ws.onclose = (event) => { if (S.ws === ws) closed(event.code); };
   status(S.joinedOnce ? 'Reconnecting…' : 'Connecting…', 'busy');
@@ -235,7 +242,9 @@ function closed(code) {
   S.pendingFlags.clear();
   if (S.leaving) return;
   const refusal = S.refusal ? S.refusal.message : '';
-  if (code === 4000) return over('The meeting has ended', S.endReason ? `Reason: ${S.endReason}.` : '');
+  if (code === 4000 || code === 4410) {
+    return ended(S.endReason, null);
+  }
   if (code === 4003) return over('You were removed', 'The host removed you from this meeting.');
   if (code === 4009) {
     return over('Opened somewhere else',
@@ -263,6 +272,33 @@ function closed(code) {
   S.retryAt = Date.now() + delay;
   S.retryTimer = setTimeout(connect, delay);
   tick();
+}
+
+const REASONS = {  // why a meeting ended, for people
+  empty: 'nobody was in it for a while',
+  max_duration: 'it reached its maximum duration',
+};
+
+// the end of a meeting; its host also sees who attended (the tombstone keeps it readable)
+function ended(reason, when) {
+  const why = reason ? `Reason: ${REASONS[reason] || reason}.` : '';
+  const at = when ? `Ended at ${new Date(when).toLocaleString()}. ` : '';
+  over('The meeting has ended', at + why);
+  if (S.hostKey) showAttendance();
+}
+
+async function showAttendance() {
+  try {
+    const path = `/v1/meetings/${encodeURIComponent(S.meetingId)}/attendance`;
+    const rows = (await apiJson(path, { headers: hostHeaders() })).sessions;
+    const time = (iso) => (iso ? new Date(iso).toLocaleTimeString() : '—');
+    $('over-sessions').replaceChildren(...rows.map((r) => el('tr', {},
+      el('td', {}, r.name), el('td', {}, r.role), el('td', {}, time(r.joined_at)),
+      el('td', {}, time(r.left_at)), el('td', {}, (r.duration_s / 60).toFixed(1)))));
+    $('over-attendance').hidden = false;
+  } catch (err) {
+    say('over-text', `${$('over-text').textContent} The attendance could not be read: ${err.message}.`);
+  }
 }
 
 function over(title, text, rejoin = false) {
