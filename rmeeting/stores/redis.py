@@ -37,6 +37,10 @@ one primary; ``P:c:{M}`` is a shard channel (``SPUBLISH``/``SSUBSCRIBE``, see ``
 command of its own; and ``instances()`` scans every primary. The relay's ``P:relay:<uuid>`` is
 not used there (a local socket pair wakes its thread).
 
+When a meeting ends, every one of its ``P:m:{M}:*`` keys gets a TTL of the ``retention`` setting
+(``MemberStore.retire``): its ledger and bans stay readable that long, then Redis drops them by
+itself (issue #10, item 10), whether or not any instance is running.
+
 Everything that must survive a Redis restart (roster, ledger, bans, seq, history) lives in Redis,
 none of it only in instance memory, so with AOF on a restart loses nothing that was acknowledged.
 The relay (``RedisChatLog.serve``) reconnects and re-subscribes by itself after an outage and
