@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from .events import Role
 
-__all__ = ["AttendanceRecord", "AuditEntry", "MeetingMeta", "MemberRecord", "Role", "Tombstone"]
+__all__ = ["AttendanceRecord", "AuditEntry", "Knock", "MeetingMeta", "MemberRecord", "Role",
+           "Tombstone"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +90,14 @@ class Tombstone:
     reason: str
     purge_at: float
     audit: Sequence[AuditEntry] = ()
+
+
+@dataclass(frozen=True)
+class Knock:
+    """Someone waiting in a meeting's lobby (``join_policy`` lobby): the member id it will have
+    once admitted, the name it gave, and since when it waits."""
+
+    meeting_id: str
+    member_id: str
+    name: str
+    since: float

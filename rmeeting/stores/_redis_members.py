@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from ._redis_common import SOCKET_TIMEOUT, Keys, call, connect, dumps, ping
-from .base import AttendanceRecord, MeetingFull, MemberRecord, StoreUnavailable
+from .base import AttendanceRecord, Knock, MeetingFull, MemberRecord, StoreUnavailable
 
 __all__ = ["RedisMemberStore"]
 
@@ -106,6 +106,12 @@ def _token(open_value: bytes | str | None) -> str:
         return ""
     text = open_value.decode() if isinstance(open_value, bytes) else open_value
     return text.partition(" ")[2]
+
+
+def _knock(meeting_id: str, member_id: bytes | str, raw: bytes | str) -> Knock:
+    data = json.loads(raw)
+    member = member_id.decode() if isinstance(member_id, bytes) else member_id
+    return Knock(meeting_id, member, str(data["name"]), float(data["since"]))
 
 
 def _session(raw: bytes | str) -> AttendanceRecord:
@@ -317,11 +323,33 @@ class RedisMemberStore:
 
         return await call(work)
 
+    async def knock(self, knock: Knock) -> None:
+        lobby = self._keys.meeting(knock.meeting_id, "lobby")
+        value = dumps({"name": knock.name, "since": knock.since})
+        await call(partial(self._redis.hset, lobby, knock.member_id, value))
+
+    async def waiting(self, meeting_id: str) -> Sequence[Knock]:
+        raw = await call(partial(self._redis.hgetall, self._keys.meeting(meeting_id, "lobby")))
+        knocks = [_knock(meeting_id, member, value) for member, value in raw.items()]
+        return sorted(knocks, key=lambda k: (k.since, k.member_id))
+
+    async def take_knock(self, meeting_id: str, member_id: str) -> Knock | None:
+        lobby = self._keys.meeting(meeting_id, "lobby")
+
+        def work() -> Knock | None:
+            pipe = self._redis.pipeline(transaction=True)  # MULTI: read and delete as one
+            pipe.hget(lobby, member_id)
+            pipe.hdel(lobby, member_id)
+            value, deleted = pipe.execute()
+            return _knock(meeting_id, member_id, value) if deleted else None
+
+        return await call(work)
+
     def _meeting_keys(self, meeting_id: str) -> list[str]:
         # seq and chat are the chat log's, dropped when the meeting ends; named here so that a
         # purge leaves nothing of the meeting behind whatever the order of events
         return [self._keys.meeting(meeting_id, k)
-                for k in ("roster", "open", "ledger", "banned", "seq", "chat")]
+                for k in ("roster", "open", "ledger", "banned", "lobby", "seq", "chat")]
 
     async def retire(self, meeting_id: str, *, keep: float) -> None:
         """Redis forgets the meeting's keys by itself ``keep`` seconds from now (PEXPIRE), so

@@ -27,7 +27,14 @@ from ..events import (
     MemberUpdated,
     Role,
 )
-from ..records import AttendanceRecord, AuditEntry, MeetingMeta, MemberRecord, Tombstone
+from ..records import (
+    AttendanceRecord,
+    AuditEntry,
+    Knock,
+    MeetingMeta,
+    MemberRecord,
+    Tombstone,
+)
 
 __all__ = [
     "AttendanceRecord",
@@ -47,6 +54,7 @@ __all__ = [
     "RevisionConflict",
     "Role",
     "StoreUnavailable",
+    "Knock",
     "Tombstone",
 ]
 
@@ -218,6 +226,19 @@ class MemberStore(Protocol):
 
     async def clear_meeting(self, meeting_id: str, *, reason: str) -> Sequence[MemberRecord]:
         """Everyone leaves (meeting ended); returns who was present. The ledger is kept."""
+        ...
+
+    async def knock(self, knock: Knock) -> None:
+        """Put ``knock`` in the meeting's lobby (every instance sees the same lobby)."""
+        ...
+
+    async def waiting(self, meeting_id: str) -> Sequence[Knock]:
+        """The lobby, oldest knock first."""
+        ...
+
+    async def take_knock(self, meeting_id: str, member_id: str) -> Knock | None:
+        """Take a knock out of the lobby (admitted, refused, or gone): exactly one of racing
+        callers, on any instance, gets it; the rest get None."""
         ...
 
     async def retire(self, meeting_id: str, *, keep: float) -> None:

@@ -31,6 +31,7 @@ from .base import (
     MeetingNotFound,
     MemberRecord,
     RevisionConflict,
+    Knock,
     Tombstone,
 )
 
@@ -218,6 +219,7 @@ class MemoryMemberStore:
         self._present: dict[str, dict[str, MemberRecord]] = defaultdict(dict)
         self._ledger: dict[str, list[AttendanceRecord]] = defaultdict(list)
         self._banned: dict[str, set[str]] = defaultdict(set)
+        self._lobby: dict[str, dict[str, Knock]] = defaultdict(dict)
 
     async def join(self, record: MemberRecord, *, max_members: int) -> None:
         present = self._present[record.meeting_id]
@@ -310,6 +312,19 @@ class MemoryMemberStore:
             self._close_session(record, reason)
         return list(present.values())
 
+    async def knock(self, knock: Knock) -> None:
+        self._lobby[knock.meeting_id][knock.member_id] = knock
+
+    async def waiting(self, meeting_id: str) -> Sequence[Knock]:
+        return sorted(self._lobby.get(meeting_id, {}).values(), key=lambda k: k.since)
+
+    async def take_knock(self, meeting_id: str, member_id: str) -> Knock | None:
+        lobby = self._lobby.get(meeting_id, {})
+        knock = lobby.pop(member_id, None)
+        if not lobby:
+            self._lobby.pop(meeting_id, None)
+        return knock
+
     async def retire(self, meeting_id: str, *, keep: float) -> None:
         # Nothing expires memory by itself: the lifecycle sweep purges with the meeting store's
         # tombstone (purge_due), which keeps the same deadline.
@@ -320,6 +335,7 @@ class MemoryMemberStore:
         self._present.pop(meeting_id, None)
         self._ledger.pop(meeting_id, None)
         self._banned.pop(meeting_id, None)
+        self._lobby.pop(meeting_id, None)
 
     async def ready(self) -> bool:
         return True

@@ -17,7 +17,8 @@ so one meeting's keys share a Redis Cluster slot and its Lua scripts touch only 
 ``P:m:{M}:ledger``         list    attendance sessions in join order, never trimmed: JSON
                                    ``{"session": {...}}``; closing appends ``left_at``,
                                    ``reason`` and ``last`` (the record at leave time)
-``P:m:{M}:banned``         set     banned member ids
+``P:m:{M}:banned``         set     banned member ids (and ``sub:<user>``: a join token's user)
+``P:m:{M}:lobby``          hash    member id -> JSON ``{name, since}`` of who waits in the lobby
 ``P:m:{M}:seq``            string  the meeting's last chat seq (INCR)
 ``P:m:{M}:chat``           stream  the last ``history_limit`` chat events, entry id ``<seq>-0``,
                                    one field ``e`` = the event's JSON

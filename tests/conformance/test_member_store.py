@@ -199,3 +199,27 @@ async def test_retire_keeps_then_purge_forgets_everything(member_store: Any) -> 
     assert await member_store.roster(meeting) == []
     # nothing of another meeting goes with it
     assert [m.member_id for m in await member_store.roster(other)] == [b.member_id]
+
+
+async def test_the_lobby_hands_each_knock_out_once(member_store: Any) -> None:
+    from rmeeting.stores.base import Knock
+
+    meeting = uuid.uuid4().hex
+    now = time.time()
+    knocks = [Knock(meeting, f"k{i}", f"guest {i}", now + i) for i in range(3)]
+    for knock in reversed(knocks):
+        await member_store.knock(knock)
+    assert await member_store.waiting(meeting) == knocks  # oldest first
+    taken: list[Any] = []
+
+    async def take() -> None:
+        taken.append(await member_store.take_knock(meeting, "k1"))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(take)
+    assert [t for t in taken if t is not None] == [knocks[1]]
+    assert await member_store.waiting(meeting) == [knocks[0], knocks[2]]
+    await member_store.purge(meeting)
+    assert await member_store.waiting(meeting) == []
