@@ -289,3 +289,19 @@ async def test_the_host_key_stays_out_of_urls(target: Target) -> None:
             bad = await api.request("POST", f"/v1/meetings/{mid}/tickets",
                                     headers=bearer("guess"))
             assert bad.status_code == 403
+
+
+def test_the_integration_guide_mints_tokens_that_join() -> None:
+    """docs/integration.md's join_token snippet, run as written, makes a token this server
+    accepts (so the guide cannot drift from the code)."""
+    import re
+
+    from rmeeting.join_tokens import verify_join_token
+
+    guide = (Path(__file__).parents[1] / "docs" / "integration.md").read_text()
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", guide, re.S)
+                   if "def join_token" in block)
+    scope: dict[str, Any] = {"KEY": KEY}
+    exec(snippet, scope)  # noqa: S102 - the project's own documentation
+    grant = verify_join_token(scope["join_token"]("m-1", "user-7", "Ann", "cohost"), "m-1", [KEY])
+    assert (grant.name, grant.role, grant.sub) == ("Ann", "cohost", "user-7")
