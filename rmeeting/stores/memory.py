@@ -24,6 +24,7 @@ from .base import (
     BusEvent,
     ControlsChanged,
     History,
+    Knock,
     MeetingEnded,
     MeetingEvent,
     MeetingFull,
@@ -31,7 +32,6 @@ from .base import (
     MeetingNotFound,
     MemberRecord,
     RevisionConflict,
-    Knock,
     Tombstone,
 )
 
