@@ -411,8 +411,7 @@ async def test_an_ended_meeting_expires_from_redis_by_itself(url: str) -> None:
         record = MemberRecord(meeting, "m1", "ann", "member", "i1", time.time(), "cd" * 32)
         await members.join(record, max_members=10)
         await members.ban(meeting, "m2")
-        await chat.publish(meeting, "chat", {"id": "m1", "name": "ann", "role": "member",
-                                             "text": "hi"})
+        await chat.publish(ChatPosted(meeting, "m1", "ann", "member", "hi"))
         await members.clear_meeting(meeting, reason="meeting ended")
         keys = {k.decode() for k in raw.keys(f"*{meeting}*")}
         assert {k.rsplit(":", 1)[1] for k in keys} >= {"ledger", "banned", "seq", "chat"}
