@@ -45,6 +45,9 @@ class Close(IntEnum):
     #: a join refused: the meeting has ended (a tombstone until its retention passes)
     ENDED = 4410
     LOCKED = 4423
+    #: not let in: the host (or a co-host) refused a knock in the lobby; a seed client knocking
+    #: at a lobby (the seed has no way to wait)
+    REFUSED = 4430
     FULL = 4429
 
 

@@ -23,16 +23,26 @@ from . import auth
 from .closes import Close, LeaveReason
 from .config import Config
 from .controls import Controls, validate_changes
-from .events import BusEvent, ChatPosted, HubEvent, MemberJoined, MemberLeft, MemberUpdated
+from .events import (
+    BusEvent,
+    ChatPosted,
+    HubEvent,
+    LobbyChanged,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+)
 from .hub import Holder, Hub, Subscriber
 from .instance_metrics import InstanceMetrics
 from .join_tokens import JoinGrant, TokenRefused, verify_join_token
+from .lobby import Outcome, Waiters
 from .stores.base import (
     AttendanceRecord,
     AuditEntry,
     ChatLog,
     ControlsChanged,
     History,
+    Knock,
     MeetingEnded,
     MeetingEvent,
     MeetingFull,
@@ -161,6 +171,13 @@ class MeetingService:
         self.webhooks = webhooks
         # hashed like host keys: the keys themselves are compared only as hashes
         self._api_key_hashes = [auth.hash_secret(k) for k in config.api_keys]
+        #: knockers waiting on this instance (join_policy lobby)
+        self.waiters = Waiters()
+        #: the lobby's webhooks: called with (type, meeting id, member id, data) for
+        #: ``member.waiting``, ``member.admitted`` and ``member.refused``, once per happening (by
+        #: the instance where it happened). The webhooks code plugs in here
+        #: (``MeetingService.notify_lobby`` on its branch); None: nobody listens.
+        self.on_lobby: Callable[[str, str, str, Mapping[str, Any]], None] | None = None
 
     # --- events from the stores, to the hub ---------------------------------------------
 
@@ -171,6 +188,7 @@ class MeetingService:
         self._webhook_for_meeting_event(event)
         await self.hub.deliver(event)
         if isinstance(event, MeetingEnded):
+            self.waiters.end_meeting(event.meeting_id)
             # every instance (whoever ended it, an operator included): the ledger and bans go
             # when the retention does; idempotent, so N instances doing it is harmless
             try:
@@ -204,6 +222,8 @@ class MeetingService:
 
     async def on_bus_event(self, event: BusEvent) -> None:
         self.metrics.on_bus_event(event)
+        if isinstance(event, LobbyChanged) and event.state in ("admitted", "refused"):
+            self.waiters.decide(event.meeting_id, event.member_id, event.state)
         await self.hub.deliver(event)
 
     # --- meetings -----------------------------------------------------------------------
@@ -267,11 +287,13 @@ class MeetingService:
     async def set_join_policy(self, meeting_id: str, policy: str) -> MeetingMeta:
         if policy not in JOIN_POLICIES:
             raise Denied("bad_request", "join_policy must be open, token or lobby")
-        await self.require_meeting(meeting_id)
+        before = await self.require_meeting(meeting_id)
         try:
             meta = await self.meetings.update_meta(meeting_id, {"join_policy": policy})
         except MeetingNotFound as exc:
             raise Denied("meeting_not_found", "no such meeting") from exc
+        if before.extra.get("join_policy") == "lobby" and policy == "open":
+            await self.decide(meeting_id, None, admit=True)  # no lobby: nobody waits
         log.info("join policy changed", extra={"meeting": meeting_id, "policy": policy})
         return meta
 
@@ -377,6 +399,76 @@ class MeetingService:
             return await self.meetings.audit(meeting_id)
         except MeetingNotFound as exc:
             raise Denied("meeting_not_found", "no such meeting") from exc
+
+    # --- the lobby (join_policy lobby) ----------------------------------------------------
+
+    async def knock(self, meeting_id: str, name: str) -> Knock:
+        """Wait in the lobby: the hosts and co-hosts see the knock. Call :meth:`await_decision`
+        next, and :meth:`leave_lobby` in any case once done waiting."""
+        meta = await self.require_meeting(meeting_id)
+        if meta.extra.get("join_policy") != "lobby":
+            raise Denied("bad_request", "this meeting has no lobby")
+        knock = Knock(meeting_id, auth.new_id(),
+                      name.strip()[: self.config.max_name_chars] or "guest", time.time())
+        # listen before knocking: the decision may come from any instance, at once
+        self.waiters.add(meeting_id, knock.member_id)
+        await self.chat.subscribe(meeting_id)
+        try:
+            await self.members.knock(knock)
+            await self.chat.publish(LobbyChanged(meeting_id, knock.member_id, knock.name,
+                                                 "waiting"))
+        except BaseException:
+            await self.leave_lobby(knock)
+            raise
+        self._lobby_hook("member.waiting", knock)
+        return knock
+
+    async def await_decision(self, knock: Knock) -> Outcome:
+        return await self.waiters.wait(knock.meeting_id, knock.member_id)
+
+    async def leave_lobby(self, knock: Knock) -> None:
+        """Done waiting (decided, or the knocker went away): if the knock is still in the
+        lobby, it leaves it and the hosts see it go."""
+        with trio.CancelScope(shield=True):
+            self.waiters.remove(knock.meeting_id, knock.member_id)
+            await self.chat.unsubscribe(knock.meeting_id)
+            try:
+                if await self.members.take_knock(knock.meeting_id, knock.member_id):
+                    await self.chat.publish(LobbyChanged(knock.meeting_id, knock.member_id,
+                                                         knock.name, "left"))
+            except StoreUnavailable:
+                log.warning("meeting %s: a knock could not leave the lobby", knock.meeting_id)
+
+    async def lobby(self, meeting_id: str) -> Sequence[Knock]:
+        return await self.members.waiting(meeting_id)
+
+    async def decide(self, meeting_id: str, member_ids: Sequence[str] | None, *,
+                     admit: bool) -> list[Knock]:
+        """Admit or refuse knocks (all of them with None): each is decided once, whoever
+        (host, co-host, on any instance) decides it too; the decided ones."""
+        await self.require_meeting(meeting_id)
+        if member_ids is None:
+            member_ids = [k.member_id for k in await self.members.waiting(meeting_id)]
+        decided = []
+        for member_id in member_ids:
+            knock = await self.members.take_knock(meeting_id, member_id)
+            if knock is None:
+                continue  # decided by someone else, or gone
+            state: Literal["admitted", "refused"] = "admitted" if admit else "refused"
+            await self.chat.publish(LobbyChanged(meeting_id, member_id, knock.name, state))
+            self._lobby_hook(f"member.{state}", knock)
+            decided.append(knock)
+        return decided
+
+    def _lobby_hook(self, kind: str, knock: Knock) -> None:
+        """The one call site of the lobby's webhooks (``on_lobby``)."""
+        if self.on_lobby is None:
+            return
+        try:
+            self.on_lobby(kind, knock.meeting_id, knock.member_id,
+                          {"name": knock.name, "since": knock.since})
+        except Exception:  # a webhook must never break the lobby
+            log.exception("lobby hook failed", extra={"meeting": knock.meeting_id})
 
     # --- members ------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import trio
 from rmeeting.cluster.launcher import Instance, LocalCluster
 from rmeeting.join_tokens import mint_join_token
 
-from .clients import Api, open_seed, open_v1, recv_json
+from .clients import V1, Api, open_seed, open_v1, recv_json
 
 KEY = "app-backend-key-0123456789abcdef-0123"
 OTHER = "operator-key-0123456789abcdef-456789"
@@ -305,3 +305,81 @@ def test_the_integration_guide_mints_tokens_that_join() -> None:
     exec(snippet, scope)  # noqa: S102 - the project's own documentation
     grant = verify_join_token(scope["join_token"]("m-1", "user-7", "Ann", "cohost"), "m-1", [KEY])
     assert (grant.name, grant.role, grant.sub) == ("Ann", "cohost", "user-7")
+
+
+async def _no_lobby_frames(member: V1) -> None:
+    """A plain member never sees the lobby: up to its next chat, no lobby frame came."""
+    await member.send(type="chat", text="marker")
+    while True:
+        frame = await member.recv()
+        assert frame["type"] != "lobby", frame
+        if frame["type"] == "chat" and frame["text"] == "marker":
+            return
+
+
+async def test_the_lobby(target: Target) -> None:
+    async with Api(target.url) as api:
+        with trio.fail_after(60):
+            created = await create(api, join_policy="lobby")
+            mid, host_key = created["id"], created["host_key"]
+            async with open_v1(target.url, mid, name="Host", host_key=host_key) as host, \
+                    open_v1(target.url, mid, access_token=token(mid, "Mo")) as member, \
+                    open_v1(target.url, mid, access_token=token(mid, "Co", role="cohost")) \
+                    as cohost:
+                assert host.welcome["lobby"] == [] and "lobby" not in member.welcome
+                assert host.welcome["meeting"]["join_policy"] == "lobby"
+                # Ann knocks: she is told she waits, the host and the co-host see her
+                async with open_v1(target.url, mid, name="Ann", expect_welcome=False) as ann:
+                    waiting = await ann.recv()
+                    assert waiting["type"] == "waiting" and waiting["name"] == "Ann"
+                    for moderator in (host, cohost):
+                        seen = await moderator.recv_type("lobby")
+                        assert (seen["state"], seen["member"]) == (
+                            "waiting", {"id": waiting["member_id"], "name": "Ann"})
+                    await _no_lobby_frames(member)
+                    assert (await ann.call("ping"))["type"] == "pong"
+                    assert (await ann.call("chat", text="let me in"))["code"] == "in_lobby"
+                    assert (await member.call("admit", all=True))["code"] == "not_host"
+                    assert (await host.call("admit"))["code"] == "bad_request"
+                    ok = await host.call("admit", member_id=waiting["member_id"])
+                    assert ok["member_ids"] == [waiting["member_id"]]
+                    ann.welcome = await ann.recv_type("welcome")
+                    assert ann.me["id"] == waiting["member_id"] and ann.me["name"] == "Ann"
+                    assert (await host.recv_type("lobby"))["state"] == "admitted"
+                # two more knock; the host refuses Bo, the co-host admits everyone left
+                async with open_v1(target.url, mid, name="Bo", expect_welcome=False) as bo, \
+                        open_v1(target.url, mid, name="Cy", expect_welcome=False) as cy:
+                    bo_id = (await bo.recv())["member_id"]
+                    await cy.recv_type("waiting")
+                    lobby_now = {(await host.recv_type("lobby"))["member"]["name"]
+                                 for _ in range(2)}
+                    assert lobby_now == {"Bo", "Cy"}
+                    assert (await host.call("refuse", member_id=bo_id))["member_ids"] == [bo_id]
+                    assert (await bo.recv())["code"] == "refused"
+                    assert await bo.closed_code() == 4430
+                    assert len((await cohost.call("admit", all=True))["member_ids"]) == 1
+                    assert (await cy.recv_type("welcome"))["you"]["name"] == "Cy"
+                # a knocker who goes away leaves the lobby; a host joining later sees who waits
+                async with open_v1(target.url, mid, name="Di", expect_welcome=False) as di:
+                    await di.recv_type("waiting")
+                    async with open_v1(target.url, mid, host_key=host_key, name="Host 2") as h2:
+                        assert [k["name"] for k in h2.welcome["lobby"]] == ["Di"]
+                left = await host.recv_match(lambda m: m.get("type") == "lobby"
+                                             and m["state"] == "left", timeout=10)
+                assert left["member"]["name"] == "Di"
+                # a seed client cannot wait: refused with a clear close
+                async with open_seed(target.url, mid, "seedling") as seedling:
+                    assert "error" in await recv_json(seedling)
+                # the lobby goes away with the policy: whoever waits is let in
+                async with open_v1(target.url, mid, name="Ed", expect_welcome=False) as ed:
+                    await ed.recv_type("waiting")
+                    changed = await host.call("set_join_policy", join_policy="open")
+                    assert changed["join_policy"] == "open"
+                    assert (await ed.recv_type("welcome"))["you"]["name"] == "Ed"
+                # a knocker of a meeting that ends is told so
+                await host.call("set_join_policy", join_policy="lobby")
+                async with open_v1(target.url, mid, name="Fay", expect_welcome=False) as fay:
+                    await fay.recv_type("waiting")
+                    await api.request("DELETE", f"/v1/meetings/{mid}", headers=bearer(KEY))
+                    assert (await fay.recv_type("error"))["code"] == "meeting_ended"
+                    assert await fay.closed_code() == 4410

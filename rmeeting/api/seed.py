@@ -40,7 +40,8 @@ DENIED_CLOSE_CODES = {
     # deployments (#12): a join token wrong in any way, or none where the meeting needs one
     "meeting_ended": Close.ENDED,
     "token_required": Close.BAD_TOKEN,
-    "lobby": Close.BAD_TOKEN,
+    "lobby": Close.REFUSED,
+    "refused": Close.REFUSED,
     "tokens_disabled": Close.BAD_TOKEN,
     **{f"token_{kind}": Close.BAD_TOKEN for kind in (
         "malformed", "algorithm", "signature", "expired", "not_yet_valid", "missing_claim",

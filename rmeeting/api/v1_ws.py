@@ -23,6 +23,7 @@ import trio
 from .. import auth
 from ..closes import Close
 from ..events import ChatPosted, ControlsChanged, HubEvent, MemberJoined, MemberLeft
+from ..lobby import Outcome
 from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
@@ -217,12 +218,64 @@ async def _join(
             member_id=back.member_id, key=back.secret, returning=True, app_sub=back.sub,
         )
         return joined, token, True
-    joined = await service.join(
-        meeting_id, name=name, protocol="v1", outlet=gate.ws, holder=gate,
-        role="host" if is_host else "member",
-    )
+    try:
+        joined = await service.join(
+            meeting_id, name=name, protocol="v1", outlet=gate.ws, holder=gate,
+            role="host" if is_host else "member",
+        )
+    except Denied as denied:
+        if denied.code != "lobby":
+            raise
+        joined = await _wait_in_lobby(service, meeting_id, name, gate)
     assert joined.secret is not None  # a new member always gets a fresh secret
     return joined, f"{joined.record.member_id}.{joined.secret}", False
+
+
+async def _wait_in_lobby(
+    service: MeetingService, meeting_id: str, name: str, gate: _Gate
+) -> Joined:
+    """Knock, say so, and wait (answering pings) until the host decides, the meeting ends or
+    the knocker goes away; then join, or refuse with a clear code."""
+    ws = gate.ws
+    knock = await service.knock(meeting_id, name)
+    ws.send_text_nowait(v1.message(
+        "waiting", member_id=knock.member_id, name=knock.name,
+        message="the meeting has a waiting room: the host will let you in"))
+    outcome: Outcome | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def decision() -> None:
+                nonlocal outcome
+                outcome = await service.await_decision(knock)
+                nursery.cancel_scope.cancel()
+
+            async def meanwhile() -> None:
+                async for message in ws.messages():
+                    frame: dict[str, Any] = {}
+                    try:
+                        frame = _decode(message)
+                        if frame.get("type") == "ping":
+                            ws.send_text_nowait(v1.ack(frame.get("id"), "pong"))
+                            continue
+                        raise Denied("in_lobby", "you are in the waiting room: wait to be let in")
+                    except Denied as denied:
+                        ws.send_text_nowait(v1.error(denied.code, denied.message,
+                                                     reply_to=frame.get("id")))
+                nursery.cancel_scope.cancel()  # the knocker went away
+
+            nursery.start_soon(decision)
+            nursery.start_soon(meanwhile)
+    finally:
+        await service.leave_lobby(knock)
+    if outcome is None:
+        raise Denied("closed", "left the waiting room")
+    if outcome == "refused":
+        raise Denied("refused", "the host did not let you in")
+    if outcome == "ended":
+        raise Denied("meeting_ended", "the meeting has ended")
+    return await service.join(meeting_id, name=knock.name, protocol="v1", outlet=gate.ws,
+                              holder=gate, member_id=knock.member_id, admitted=True)
 
 
 async def _welcome(
@@ -241,17 +294,19 @@ async def _welcome(
     meta = await service.require_meeting(me.meeting_id)
     controls = await service.controls(me.meeting_id)
     roster = await service.present(me.meeting_id)
+    lobby = await service.lobby(me.meeting_id) if me.role in ("host", "cohost") else None
     config = service.config
     if last_seq is None:
         history = await service.chat_history(me.meeting_id, 0, config.welcome_history)
         recent = list(history.events)[-config.welcome_history:] if config.welcome_history else []
         frame = v1.welcome(you=me, token=token, meta=meta, controls=controls, roster=roster,
-                           last_seq=history.last_seq, recent=recent, resumed=resumed)
+                           last_seq=history.last_seq, recent=recent, resumed=resumed,
+                           lobby=lobby)
     else:
         history = await service.chat_history(me.meeting_id, last_seq, config.history_limit)
         frame = v1.welcome(you=me, token=token, meta=meta, controls=controls, roster=roster,
                            last_seq=history.last_seq, recent=None, missed=history.events,
-                           gap=not history.complete, resumed=resumed)
+                           gap=not history.complete, resumed=resumed, lobby=lobby)
     upto = joined.sub.skip_chat_upto = history.last_seq
 
     def fresh(event: HubEvent) -> bool:
@@ -325,6 +380,11 @@ class _Session:
         if self.joined.record.role != "host":
             raise Denied("not_host", "only the meeting's host may do this")
 
+    def require_moderator(self) -> None:
+        """The lobby is the host's and the co-hosts' (issue #12)."""
+        if self.joined.record.role not in ("host", "cohost"):
+            raise Denied("not_host", "only the meeting's host or a co-host may do this")
+
     def spend(self) -> None:
         if not self.limiter.allow():
             raise Denied("rate_limited", "too many messages; slow down")
@@ -381,6 +441,22 @@ class _Session:
         meta = await self.service.set_join_policy(self.meeting_id, body["join_policy"])
         return {"join_policy": meta.extra["join_policy"]}
 
+    async def admit(self, frame: dict[str, Any]) -> dict[str, Any]:
+        return await self._decide(frame, admit=True)
+
+    async def refuse(self, frame: dict[str, Any]) -> dict[str, Any]:
+        return await self._decide(frame, admit=False)
+
+    async def _decide(self, frame: dict[str, Any], *, admit: bool) -> dict[str, Any]:
+        body = _fields(frame, optional={"member_id": "a string", "all": "true or false"})
+        self.require_moderator()
+        everyone = body.get("all") is True
+        if everyone == ("member_id" in body):
+            raise Denied("bad_request", f"{frame['type']} needs member_id or all: true")
+        decided = await self.service.decide(
+            self.meeting_id, None if everyone else [body["member_id"]], admit=admit)
+        return {"member_ids": [k.member_id for k in decided]}
+
     async def end(self, frame: dict[str, Any]) -> dict[str, Any]:
         _fields(frame)
         self.require_host()
@@ -400,6 +476,8 @@ HANDLERS: Mapping[str, Handler] = {
     "set_controls": _Session.set_controls,
     "kick": _Session.kick,
     "set_join_policy": _Session.set_join_policy,
+    "admit": _Session.admit,
+    "refuse": _Session.refuse,
     "end": _Session.end,
     "ping": _Session.ping,
 }

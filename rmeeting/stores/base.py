@@ -20,6 +20,7 @@ from ..events import (
     BusEvent,
     ChatPosted,
     ControlsChanged,
+    LobbyChanged,
     MeetingEnded,
     MeetingEvent,
     MemberJoined,
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 #: the events are defined in rmeeting.events; these names are kept here for the stores' users
-_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated, LobbyChanged)
 
 
 class MeetingNotFound(LookupError):

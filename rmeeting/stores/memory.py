@@ -17,7 +17,7 @@ import trio
 
 from ..closes import LeaveReason
 from ..controls import DEFAULTS, Controls
-from ..events import ChatPosted, MemberJoined, MemberLeft, MemberUpdated, stamped
+from ..events import ChatPosted, LobbyChanged, MemberJoined, MemberLeft, MemberUpdated, stamped
 from .base import (
     AttendanceRecord,
     AuditEntry,
@@ -40,7 +40,7 @@ __all__ = ["MemoryChatLog", "MemoryMeetingStore", "MemoryMemberStore"]
 #: Events waiting for the handler. When full, writers wait: a change is never dropped.
 EVENT_BUFFER = 1024
 
-_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated, LobbyChanged)
 
 
 class _Expiry:

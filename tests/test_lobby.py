@@ -1,0 +1,58 @@
+"""The lobby's pieces on their own: the waiters table, and the one hook the webhooks use.
+
+The lobby end to end (knock, admit, refuse, all at once, co-hosts, a knocker leaving, the
+meeting ending) is in tests/test_deployments.py, embedded and on a cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from rmeeting.lobby import Waiters
+from rmeeting.server import RunningServer, serve_rmeeting
+
+from .clients import Api, open_v1
+from .conftest import make_config
+
+
+async def test_waiters_pair_a_decision_with_its_knocker() -> None:
+    waiters = Waiters()
+    waiters.add("m", "a")
+    waiters.add("m", "b")
+    waiters.add("other", "c")
+    with trio.fail_after(5):
+        assert waiters.decide("m", "a", "admitted") is True
+        assert waiters.decide("m", "a", "refused") is False  # decided once
+        assert await waiters.wait("m", "a") == "admitted"
+        assert waiters.decide("m", "nobody", "admitted") is False  # waits on another instance
+        assert waiters.end_meeting("m") == 1
+        assert await waiters.wait("m", "b") == "ended"
+        waiters.remove("m", "a")
+        waiters.remove("m", "b")
+        assert waiters.count() == 1
+
+
+async def test_the_lobby_hook_is_called_once_per_happening(nursery: trio.Nursery) -> None:
+    server: RunningServer = await nursery.start(serve_rmeeting, make_config())
+    calls: list[tuple[str, str, str, Mapping[str, Any]]] = []
+    server.service.on_lobby = lambda *call: calls.append(call)
+    async with Api(server.url) as api:
+        made = (await api.request("POST", "/v1/meetings",
+                                  json={"name": "hooks", "join_policy": "lobby"})).json()
+        mid = made["id"]
+        with trio.fail_after(20):
+            async with open_v1(server.url, mid, name="Host", host_key=made["host_key"]) as host:
+                async with open_v1(server.url, mid, name="Ann", expect_welcome=False) as ann, \
+                        open_v1(server.url, mid, name="Bo", expect_welcome=False) as bo:
+                    ann_id = (await ann.recv())["member_id"]
+                    bo_id = (await bo.recv())["member_id"]
+                    await host.call("admit", member_id=ann_id)
+                    await host.call("refuse", member_id=bo_id)
+                    await ann.recv_type("welcome")
+                    await bo.closed_code()
+    kinds = sorted((kind, member) for kind, meeting, member, _ in calls if meeting == mid)
+    assert kinds == sorted([("member.waiting", ann_id), ("member.waiting", bo_id),
+                            ("member.admitted", ann_id), ("member.refused", bo_id)])
+    assert all(data["name"] in ("Ann", "Bo") and data["since"] > 0 for *_, data in calls)
