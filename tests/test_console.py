@@ -479,3 +479,46 @@ def test_console_shows_an_operator_change_on_two_instances(
         assert pages.errors == []
     print(f"\noperator change (etcdctl) shown on 2 instances' pages after "
           f"{shown_after * 1000:.0f} ms")
+
+
+@pytest.mark.cluster
+@pytest.mark.etcd
+@pytest.mark.redis
+def test_console_waiting_room_across_two_instances(pages: Pages, tmp_path: Path) -> None:
+    """join_policy lobby: the knockers (on one instance) wait in a waiting-room view; the host
+    (on another) admits one and refuses one from the waiting-room list."""
+    expect = _expect()
+    with LocalCluster(size=2, directory=tmp_path / "cluster") as cluster:
+        first, second = cluster.instances
+        made = httpx.post(f"{first.url}/v1/meetings", json={
+            "name": "Clinic", "join_policy": "lobby"}, timeout=5).json()
+        host = pages.open("host")
+        host.goto(f"{first.url}/m/{made['id']}#host_key={made['host_key']}")
+        host.fill("#lobby-you", "Dr Hana")
+        host.click("#lobby-join")
+        expect(host.locator("#room")).to_be_visible()
+        expect(host.locator("#lobby-card")).to_be_visible()  # empty, the meeting has a lobby
+        expect(host.locator("#lobby-list li")).to_have_count(0)
+
+        knockers = {}
+        for name in ("Ann", "Bo"):
+            page = knockers[name] = pages.open(name)
+            page.goto(f"{second.url}/m/{made['id']}")
+            page.fill("#lobby-you", name)
+            page.click("#lobby-join")
+            expect(page.locator("#waiting")).to_be_visible()
+            expect(page.locator("#waiting-text")).to_contain_text(f"You are “{name}”")
+        expect(host.locator("#lobby-list li")).to_have_count(2)
+        expect(host.locator("#lobby-count")).to_have_text("(2)")
+        screenshot(host, tmp_path, "console-waiting-room.png")
+
+        host.get_by_role("button", name="Admit Ann").click()
+        expect(knockers["Ann"].locator("#room")).to_be_visible()
+        expect(knockers["Ann"].locator("#conn")).to_have_text("Connected")
+        expect(knockers["Ann"].locator("#lobby-card")).to_be_hidden()  # not a member's business
+        host.get_by_role("button", name="Refuse Bo").click()
+        expect(knockers["Bo"].locator("#over-title")).to_have_text("Not let in")
+        expect(host.locator("#lobby-list li")).to_have_count(0)
+        for page in (host, knockers["Ann"]):
+            expect(page.locator("#roster li")).to_have_count(2)
+        assert pages.errors == []

@@ -29,12 +29,12 @@ const BACKOFF = [0.25, 0.5, 1, 2, 4, 8, 15];  // seconds before reconnect attemp
 const PING_EVERY = 25000;  // ms; a pong must come within PONG_WITHIN or the link is dead
 const PONG_WITHIN = 10000;
 // close codes after which reconnecting cannot help (docs/protocol.md, "Close codes")
-const FINAL = new Set([4000, 4001, 4003, 4009, 4400, 4401, 4403, 4404, 4410, 4423, 4429]);
+const FINAL = new Set([4000, 4001, 4003, 4009, 4400, 4401, 4403, 4404, 4410, 4423, 4429, 4430]);
 
 const $ = (id) => document.getElementById(id);
 
 const S = {
-  meetingId: '', hostKey: '', name: '', token: '',
+  meetingId: '', hostKey: '', name: '', token: '', lobby: new Map(),
   me: null, meeting: null, roster: new Map(), names: new Map(),
   controls: { ...DEFAULTS }, revision: 0, who: {}, expires: {}, pendingFlags: new Set(),
   lastSeq: 0, seen: new Set(), haveChat: false, unconfirmed: [],
@@ -57,7 +57,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function show(section) {
-  for (const id of ['landing', 'lobby', 'room', 'over']) $(id).hidden = id !== section;
+  for (const id of ['landing', 'lobby', 'waiting', 'room', 'over']) $(id).hidden = id !== section;
 }
 
 function say(id, text) { $(id).textContent = text || ''; }
@@ -246,6 +246,7 @@ function closed(code) {
     return ended(S.endReason, null);
   }
   if (code === 4003) return over('You were removed', 'The host removed you from this meeting.');
+  if (code === 4430) return over('Not let in', 'The host did not let you into this meeting.');
   if (code === 4009) {
     return over('Opened somewhere else',
       'You joined this meeting again from another tab or device, so this page stopped.', true);
@@ -344,12 +345,50 @@ function onFrame(msg) {
     case 'member_updated': return memberUpdated(msg);
     case 'controls': return controlsChanged(msg);
     case 'meeting_ended': S.endReason = msg.reason; return undefined;
+    case 'waiting': return waitingRoom(msg);
+    case 'lobby': return lobbyChanged(msg);
     case 'error':
       if (!S.welcomed) S.refusal = msg;  // a refused join: the close follows
       else say('chat-error', msg.message);
       return undefined;
     default: return undefined;
   }
+}
+
+// a knock on a meeting with a waiting room: the server lets us in (a welcome follows) or not
+function waitingRoom(msg) {
+  show('waiting');
+  say('waiting-text', `You are “${msg.name}”. ${msg.message}.`);
+  status('Waiting to be let in…', 'busy');
+}
+
+// the host's list of who waits: knocks come and go (admitted, refused, gone)
+function lobbyChanged(msg) {
+  if (msg.state === 'waiting') S.lobby.set(msg.member.id, msg.member);
+  else S.lobby.delete(msg.member.id);
+  renderLobby();
+}
+
+function decide(type, target) {
+  say('lobby-card-error', '');
+  send({ type, ...target }, (reply) => {
+    if (reply.type === 'error') say('lobby-card-error', reply.message);
+  });
+}
+
+function renderLobby() {
+  const moderator = S.me && (S.me.role === 'host' || S.me.role === 'cohost');
+  const people = [...S.lobby.values()];
+  $('lobby-card').hidden = !moderator || (!people.length && S.meeting?.join_policy !== 'lobby');
+  $('lobby-list').replaceChildren(...people.map((k) => el('li', { 'data-knock': k.id },
+    el('span', { class: 'name' }, k.name),
+    el('button', { type: 'button', class: 'small primary', 'aria-label': `Admit ${k.name}`,
+      onclick: () => decide('admit', { member_id: k.id }) }, 'Admit'),
+    el('button', { type: 'button', class: 'small danger', 'aria-label': `Refuse ${k.name}`,
+      onclick: () => decide('refuse', { member_id: k.id }) }, 'Refuse'))));
+  say('lobby-count', `(${people.length})`);
+  $('admit-all').disabled = !people.length;
+  $('refuse-all').disabled = !people.length;
 }
 
 function welcome(w) {
@@ -363,6 +402,7 @@ function welcome(w) {
   S.me = w.you;
   S.meeting = w.meeting;
   S.roster = new Map(w.roster.map((m) => [m.id, m]));
+  S.lobby = new Map((w.lobby || []).map((k) => [k.id, k]));
   for (const m of w.roster) S.names.set(m.id, m.name);
   if (w.revision > S.revision) {
     for (const flag of FLAGS) {  // changed while we were away: by whom, we cannot know
@@ -524,7 +564,7 @@ async function loadAudit() {  // the host may read who changed each flag last
 
 // --- rendering ------------------------------------------------------------------------------
 
-function renderAll() { renderMe(); renderRoster(); renderControls(); }
+function renderAll() { renderMe(); renderRoster(); renderControls(); renderLobby(); }
 
 function renderMe() {
   if (!S.me) return;
@@ -720,6 +760,8 @@ function wire() {
     });
   });
   $('download-attendance').addEventListener('click', downloadAttendance);
+  $('admit-all').addEventListener('click', () => decide('admit', { all: true }));
+  $('refuse-all').addEventListener('click', () => decide('refuse', { all: true }));
   $('end-meeting').addEventListener('click', () => {
     if (!confirm('End the meeting for everyone?')) return;
     send({ type: 'end' }, (reply) => {
