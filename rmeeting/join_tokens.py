@@ -69,7 +69,8 @@ def verify_join_token(
         raise TokenRefused("token_malformed", "the access token is not a JWT")
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.DecodeError as exc:
+    except (jwt.InvalidTokenError, ValueError, TypeError, RecursionError) as exc:
+        # RecursionError: a header of 2,000 nested arrays is still under MAX_TOKEN_CHARS
         raise TokenRefused("token_malformed", "the access token is not a JWT") from exc
     if "alg" not in header:
         raise TokenRefused("token_malformed", "the access token's header has no alg")
