@@ -383,3 +383,33 @@ async def test_the_lobby(target: Target) -> None:
                     await api.request("DELETE", f"/v1/meetings/{mid}", headers=bearer(KEY))
                     assert (await fay.recv_type("error"))["code"] == "meeting_ended"
                     assert await fay.closed_code() == 4410
+
+
+async def test_the_backend_decides_the_lobby_over_http(target: Target) -> None:
+    async with Api(target.url) as api:
+        with trio.fail_after(30):
+            mid = (await create(api, join_policy="lobby"))["id"]
+            path = f"/v1/meetings/{mid}/lobby"
+            async with open_v1(target.url, mid, name="Ann", expect_welcome=False) as ann:
+                knock = await ann.recv_type("waiting")
+
+                async def listed() -> list[dict[str, Any]]:
+                    got = await api.request("GET", path, headers=bearer(KEY))
+                    waiting: list[dict[str, Any]] = got.json()["waiting"]
+                    return waiting
+
+                while not await listed():  # the knock is stored before it is announced
+                    await trio.sleep(0.02)
+                assert [(k["id"], k["name"]) for k in await listed()] == [
+                    (knock["member_id"], "Ann")]
+                assert (await api.request("GET", path)).status_code == 401
+                for bad in ({"decision": "maybe", "all": True}, {"decision": "admit"},
+                            {"decision": "admit", "all": True, "member_ids": []},
+                            {"decision": "admit", "member_ids": [3]}):
+                    refused = await api.request("POST", path, headers=bearer(KEY), json=bad)
+                    assert refused.status_code == 400, bad
+                ok = await api.request("POST", path, headers=bearer(OTHER), json={
+                    "decision": "admit", "member_ids": [knock["member_id"], "gone"]})
+                assert ok.json() == {"decision": "admit", "member_ids": [knock["member_id"]]}
+                assert (await ann.recv_type("welcome"))["you"]["id"] == knock["member_id"]
+            assert await listed() == []

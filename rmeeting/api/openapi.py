@@ -244,6 +244,27 @@ _PATHS: dict[str, Any] = {
             }}}},
         },
     },
+    "/v1/meetings/{meeting_id}/lobby": {
+        "get": _host_op("Who waits to be let in (join_policy lobby), oldest first", _json(
+            {"type": "object", "properties": {"waiting": {"type": "array", "items": {
+                "type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"},
+                    "since": {"type": "string", "format": "date-time"}}}}}},
+            "the lobby"), 410),
+        "post": {
+            **_host_op("Admit or refuse knocks, some or all; each is decided once",
+                       _json({"type": "object", "properties": {
+                           "decision": {"enum": ["admit", "refuse"]},
+                           "member_ids": {"type": "array", "items": {"type": "string"},
+                                          "description": "the knocks this decided"}}},
+                             "decided"), 400, 410),
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["decision"],
+                "properties": {"decision": {"enum": ["admit", "refuse"]},
+                               "member_ids": {"type": "array", "items": {"type": "string"}},
+                               "all": {"type": "boolean"}}}}}},
+        },
+    },
     "/v1/meetings/{meeting_id}/members": {
         "get": {"summary": "Members present now", "parameters": [_MEETING_ID],
                 "responses": {"200": _json({"type": "object", "properties": {

@@ -281,6 +281,34 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
         issued = await service.issue_ticket(meeting_id, key, field(body, "token", str))
         return json_response({"ticket": issued, "expires_in": TICKET_TTL}, 201)
 
+    @bp.get("/meetings/<meeting_id>/lobby")
+    async def lobby(meeting_id: str) -> Any:
+        """Who waits to be let in (join_policy lobby), oldest first."""
+        await require_host(meeting_id)
+        return json_response({"waiting": [
+            {"id": k.member_id, "name": k.name, "since": iso(k.since)}
+            for k in await service.lobby(meeting_id)]})
+
+    @bp.post("/meetings/<meeting_id>/lobby")
+    async def decide(meeting_id: str) -> Any:
+        """Admit or refuse knocks: the backend's answer to a ``member.waiting`` webhook."""
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
+        await require_host(meeting_id)
+        only(body, "decision", "member_ids", "all")
+        decision = field(body, "decision", str)
+        if decision not in ("admit", "refuse"):
+            raise BadRequest("decision must be admit or refuse")
+        member_ids = field(body, "member_ids", list)
+        everyone = field(body, "all", bool, False)
+        if everyone == (member_ids is not None):
+            raise BadRequest("give member_ids (a list) or all: true")
+        if member_ids is not None and not all(isinstance(m, str) for m in member_ids):
+            raise BadRequest("member_ids must be strings")
+        decided = await service.decide(meeting_id, None if everyone else member_ids,
+                                       admit=decision == "admit")
+        return json_response({"decision": decision,
+                              "member_ids": [k.member_id for k in decided]})
+
     @bp.get("/meetings/<meeting_id>/members")
     async def members(meeting_id: str) -> Any:
         roster = await service.roster(meeting_id)
