@@ -182,6 +182,13 @@ def _ends_logged(cluster: LocalCluster, mid: str) -> list[str]:
     return out
 
 
+async def _logged(cluster: LocalCluster, mid: str) -> None:
+    async def check() -> bool:
+        return bool(_ends_logged(cluster, mid))
+
+    await _wait_for(check, 10)
+
+
 def _etcdctl(cluster: LocalCluster, *args: str) -> str:
     env = {**os.environ, "ETCDCTL_API": "3"}
     return subprocess.run(["etcdctl", "--endpoints", cluster.etcd.endpoint, *args], env=env,
@@ -212,6 +219,10 @@ async def test_two_instances_end_each_meeting_exactly_once(cluster: LocalCluster
                         {"type": "meeting_ended", "reason": "max_duration"}]
                     assert code == 4000
             assert (await _ended(api, full))["ended_reason"] == "max_duration"
+            # the winner logs once its end's clean-up is done: wait for it, then for a second
+            await _logged(cluster, empty)
+            await _logged(cluster, full)
+            await trio.sleep(1)
     assert len(_ends_logged(cluster, empty)) == 1
     assert len(_ends_logged(cluster, full)) == 1
 
@@ -236,6 +247,8 @@ async def test_a_deadline_that_falls_while_the_instances_are_down(
             async with Api(i2.url) as direct:
                 assert (await _ended(direct, other))["ended_reason"] == "empty"
             i1.start()  # back on its port: nginx finds it there
+            await _logged(cluster, mid)
+            await _logged(cluster, other)
     assert _ends_logged(cluster, mid) == ["i1"]
     assert _ends_logged(cluster, other) == ["i2"]
 
