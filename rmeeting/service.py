@@ -173,11 +173,6 @@ class MeetingService:
         self._api_key_hashes = [auth.hash_secret(k) for k in config.api_keys]
         #: knockers waiting on this instance (join_policy lobby)
         self.waiters = Waiters()
-        #: the lobby's webhooks: called with (type, meeting id, member id, data) for
-        #: ``member.waiting``, ``member.admitted`` and ``member.refused``, once per happening (by
-        #: the instance where it happened). The webhooks code plugs in here
-        #: (``MeetingService.notify_lobby`` on its branch); None: nobody listens.
-        self.on_lobby: Callable[[str, str, str, Mapping[str, Any]], None] | None = None
 
     # --- events from the stores, to the hub ---------------------------------------------
 
@@ -456,19 +451,20 @@ class MeetingService:
                 continue  # decided by someone else, or gone
             state: Literal["admitted", "refused"] = "admitted" if admit else "refused"
             await self.chat.publish(LobbyChanged(meeting_id, member_id, knock.name, state))
-            self._lobby_hook(f"member.{state}", knock)
+            self._lobby_hook("member.admitted" if admit else "member.refused", knock)
             decided.append(knock)
         return decided
 
-    def _lobby_hook(self, kind: str, knock: Knock) -> None:
-        """The one call site of the lobby's webhooks (``on_lobby``)."""
-        if self.on_lobby is None:
-            return
+    def _lobby_hook(self, kind: webhook_events.LobbyType, knock: Knock) -> None:
+        """The one call site of the lobby's webhooks: each happening is reported once, by the
+        instance where it happened (the knock's, or the decision's: ``take_knock`` lets one
+        decider through), under a key naming it."""
         try:
-            self.on_lobby(kind, knock.meeting_id, knock.member_id,
-                          {"name": knock.name, "since": knock.since})
+            self.notify_lobby(kind, knock.meeting_id, knock.member_id,
+                              {"name": knock.name, "since": knock.since},
+                              key=f"{knock.member_id}:{kind}")
         except Exception:  # a webhook must never break the lobby
-            log.exception("lobby hook failed", extra={"meeting": knock.meeting_id})
+            log.exception("lobby webhook not emitted", extra={"meeting": knock.meeting_id})
 
     # --- members ------------------------------------------------------------------------
 
