@@ -66,3 +66,27 @@ async def test_the_lobby_sends_its_webhooks_once_per_happening(nursery: trio.Nur
     assert {g.data["name"] for g in got if g.type == "member.waiting"} == {"Ann", "Bo"}
     # the admitted knocker joins under the member id it waited with (member.joined says so)
     assert joined["you"]["id"] == ann_id
+
+
+async def test_a_join_tokens_user_rides_in_the_member_webhooks(nursery: trio.Nursery) -> None:
+    from rmeeting.join_tokens import mint_join_token
+
+    key = "lobby-test-key-0123456789abcdef-01234"
+    receiver = Receiver()
+    await nursery.start(receiver.serve)
+    server: RunningServer = await nursery.start(serve_rmeeting, make_config(
+        webhook_urls=(receiver.url,), webhook_secret=SECRET, api_keys=(key,)))
+    async with Api(server.url) as api:
+        mid = (await api.request("POST", "/v1/meetings", json={"name": "subs"})).json()["id"]
+        with trio.fail_after(30):
+            async with open_v1(server.url, mid,
+                               access_token=mint_join_token(key, mid, "Ann", sub="crm-42")):
+                pass
+            async with open_v1(server.url, mid, name="walk-in"):
+                pass
+            await receiver.wait_for(lambda got: len([g for g in got
+                                                     if g.type == "member.left"]) == 2)
+    for kind in ("member.joined", "member.left"):
+        subs = {g.data["member"]["name"]: g.data["member"].get("sub")
+                for g in receiver.of(kind)}
+        assert subs == {"Ann": "crm-42", "walk-in": None}, kind
