@@ -97,6 +97,14 @@ return 1
 """
 
 
+# KEYS: lobby. ARGV: member. The knock, taken out of the lobby (false if it was not there).
+_TAKE_KNOCK = """
+local knock = redis.call('HGET', KEYS[1], ARGV[1])
+if knock then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return knock
+"""
+
+
 def _record(raw: bytes | str) -> MemberRecord:
     return MemberRecord(**json.loads(raw))
 
@@ -153,6 +161,7 @@ class RedisMemberStore:
         self._leave = self._link.script(_LEAVE)
         self._clear = self._link.script(_CLEAR)
         self._update = self._link.script(_UPDATE)
+        self._take = self._link.script(_TAKE_KNOCK)
 
     def close(self) -> None:
         """Release the connections (idempotent)."""
@@ -326,24 +335,19 @@ class RedisMemberStore:
     async def knock(self, knock: Knock) -> None:
         lobby = self._keys.meeting(knock.meeting_id, "lobby")
         value = dumps({"name": knock.name, "since": knock.since})
-        await call(partial(self._redis.hset, lobby, knock.member_id, value))
+        await call(lambda: self._link.client().hset(lobby, knock.member_id, value))
 
     async def waiting(self, meeting_id: str) -> Sequence[Knock]:
-        raw = await call(partial(self._redis.hgetall, self._keys.meeting(meeting_id, "lobby")))
+        key = self._keys.meeting(meeting_id, "lobby")
+        raw = await call(lambda: self._link.client().hgetall(key))
         knocks = [_knock(meeting_id, member, value) for member, value in raw.items()]
         return sorted(knocks, key=lambda k: (k.since, k.member_id))
 
     async def take_knock(self, meeting_id: str, member_id: str) -> Knock | None:
         lobby = self._keys.meeting(meeting_id, "lobby")
-
-        def work() -> Knock | None:
-            pipe = self._redis.pipeline(transaction=True)  # MULTI: read and delete as one
-            pipe.hget(lobby, member_id)
-            pipe.hdel(lobby, member_id)
-            value, deleted = pipe.execute()
-            return _knock(meeting_id, member_id, value) if deleted else None
-
-        return await call(work)
+        # one script: read and delete as one step, one slot (the meeting's) on a Redis Cluster
+        value = await call(lambda: self._take([lobby], [member_id]))
+        return None if value is None else _knock(meeting_id, member_id, value)
 
     def _meeting_keys(self, meeting_id: str) -> list[str]:
         # seq and chat are the chat log's, dropped when the meeting ends; named here so that a
@@ -357,7 +361,7 @@ class RedisMemberStore:
         keys, ms = self._meeting_keys(meeting_id), max(1, int(keep * 1000))
 
         def work() -> None:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._link.client().pipeline(transaction=False)
             for key in keys:
                 pipe.pexpire(key, ms)
             pipe.execute()
@@ -365,7 +369,8 @@ class RedisMemberStore:
         await call(work)
 
     async def purge(self, meeting_id: str) -> None:
-        await call(partial(self._redis.delete, *self._meeting_keys(meeting_id)))
+        keys = self._meeting_keys(meeting_id)
+        await call(lambda: self._link.client().delete(*keys))
 
     async def ready(self) -> bool:
         """True when Redis answers PING."""
