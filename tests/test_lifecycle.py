@@ -151,6 +151,7 @@ CLUSTER_ENV = {"RMEETING_API_KEYS": KEY, "RMEETING_EMPTY_TIMEOUT": "1.5",
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
+    """Two instances; the tests using it are marked ``cluster``."""
     with LocalCluster(2, env=CLUSTER_ENV) as running:
         yield running
 
@@ -165,6 +166,7 @@ async def _until_closed(member: V1, timeout: float) -> tuple[list[dict[str, Any]
             while True:
                 frames.append(json.loads(await member.ws.get_message()))
         except ConnectionClosed as closed:
+            assert closed.reason is not None
             return frames, int(closed.reason.code)
 
 
@@ -202,6 +204,7 @@ def _redis_keys(cluster: LocalCluster, mid: str) -> list[str]:
     return out.split()
 
 
+@pytest.mark.cluster
 async def test_two_instances_end_each_meeting_exactly_once(cluster: LocalCluster) -> None:
     i1, i2 = cluster.instances
     async with Api(cluster.url) as api:
@@ -227,6 +230,7 @@ async def test_two_instances_end_each_meeting_exactly_once(cluster: LocalCluster
     assert len(_ends_logged(cluster, full)) == 1
 
 
+@pytest.mark.cluster
 async def test_a_deadline_that_falls_while_the_instances_are_down(
     cluster: LocalCluster,
 ) -> None:
@@ -253,6 +257,7 @@ async def test_a_deadline_that_falls_while_the_instances_are_down(
     assert _ends_logged(cluster, other) == ["i2"]
 
 
+@pytest.mark.cluster
 async def test_the_tombstone_and_its_purge_in_etcd_and_redis(cluster: LocalCluster) -> None:
     async with Api(cluster.url) as api:
         with trio.fail_after(40):
@@ -285,6 +290,7 @@ async def test_the_tombstone_and_its_purge_in_etcd_and_redis(cluster: LocalClust
             assert (await api.request("GET", f"/v1/meetings/{mid}")).status_code == 404
 
 
+@pytest.mark.cluster
 async def test_deleting_the_prefix_by_hand_still_ends_the_meeting(cluster: LocalCluster) -> None:
     async with Api(cluster.url) as api:
         with trio.fail_after(30):
