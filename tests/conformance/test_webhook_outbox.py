@@ -1,6 +1,7 @@
 """The webhook outbox's conformance suite, run on the memory and the Redis implementation
-(a real redis-server, and a real Redis Cluster of 3 primaries with replicas): dedupe by id, one queue per endpoint, claim / keep / ack, the take-over of
-a dead consumer's claims, and the bounded queue's overflow policy."""
+(a real redis-server, and a real Redis Cluster of 3 primaries with replicas): dedupe by id, one
+queue per endpoint, claim / keep / ack, the take-over of a dead consumer's claims, and the
+bounded queue's overflow policy."""
 
 from __future__ import annotations
 
