@@ -1,9 +1,11 @@
 """The webhook outbox on a real Redis Cluster (3 primaries with a replica each).
 
-Where it lives (every key on the primary of the ``{wh}`` slot, found from any one node's URL),
-and what a ``kill -9`` of that primary costs while events are queued, some of them held by a
-consumer that dies with it: the outbox reports unavailable, the sender holds and retries, and
-after the replica's promotion every event reaches a real receiver exactly once (nothing that was
+Where it lives (every key on the primary of the ``{wh}`` slot, found from any one node's URL);
+two instances behind nginx configured with the cluster's node URLs deliver each event once per
+endpoint, as on one Redis (tests/test_webhooks_cluster.py's test, run on the cluster); and what
+a ``kill -9`` of that primary costs while events are queued, some of them held by a consumer
+that dies with it: the outbox reports unavailable, the sender holds and retries, and after the
+replica's promotion every event reaches a real receiver exactly once (nothing that was
 acknowledged before the kill comes again, nothing queued is lost).
 """
 
@@ -16,13 +18,17 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from rmeeting.cluster.processes import RedisServer
+from rmeeting.cluster.launcher import LocalCluster
+from rmeeting.cluster.processes import RedisServer, free_ports
 from rmeeting.cluster.redis_cluster import RedisClusterServer
 from rmeeting.webhooks.events import WebhookEvent, event_id
 from rmeeting.webhooks.redis import RedisOutbox
 from rmeeting.webhooks.sender import RetryPolicy, Webhooks
 
 from .redis_server import redis_cluster  # noqa: F401  (the session fixture)
+from .test_webhooks_cluster import (
+    test_each_event_reaches_each_endpoint_once as each_event_reaches_each_endpoint_once,
+)
 from .webhook_receiver import SECRET, Receiver
 
 pytestmark = [pytest.mark.redis]
@@ -74,6 +80,26 @@ async def test_the_outbox_lives_on_the_wh_primary_found_from_one_node_url(
         if node is not primary and "role:master" in redis_cluster.command(
                 node, "info", "replication"):
             assert not _keys(redis_cluster, node), node.port
+
+
+@pytest.mark.cluster
+@pytest.mark.etcd
+async def test_two_instances_on_a_redis_cluster_deliver_each_event_once(
+    nursery: trio.Nursery,
+) -> None:
+    ports = free_ports(2)
+    urls = ",".join(f"http://127.0.0.1:{port}/hook" for port in ports)
+    env = {"RMEETING_WEBHOOK_URLS": urls, "RMEETING_WEBHOOK_SECRET": SECRET}
+    with trio.fail_after(60):
+        cluster = LocalCluster(2, env=env, redis_cluster=True)
+        await trio.to_thread.run_sync(cluster.start)
+    try:
+        assert isinstance(cluster.redis, RedisClusterServer)
+        await each_event_reaches_each_endpoint_once((cluster, ports), nursery)
+        outbox = cluster.redis.primary_of(WH_KEY)
+        assert any(k.startswith("rmeeting:wh:{wh}:q:") for k in _keys(cluster.redis, outbox))
+    finally:
+        await trio.to_thread.run_sync(cluster.stop)
 
 
 def _replica_in_sync(cluster: RedisClusterServer, primary: RedisServer) -> bool:
