@@ -1,6 +1,7 @@
 """The webhook outbox on a real Redis Cluster (3 primaries with a replica each).
 
-Where it lives (every key on the primary of the ``{wh}`` slot, found from any one node's URL);
+Where it lives (every key on the primary of the ``{wh}`` slot, found from any one node's URL;
+checked on the failover test's fresh cluster before the kill);
 two instances behind nginx configured with the cluster's node URLs deliver each event once per
 endpoint, as on one Redis (tests/test_webhooks_cluster.py's test, run on the cluster); and what
 a ``kill -9`` of that primary costs while events are queued, some of them held by a consumer
@@ -25,7 +26,6 @@ from rmeeting.webhooks.events import WebhookEvent, event_id
 from rmeeting.webhooks.redis import RedisOutbox
 from rmeeting.webhooks.sender import RetryPolicy, Webhooks
 
-from .redis_server import redis_cluster  # noqa: F401  (the session fixture)
 from .test_webhooks_cluster import (
     test_each_event_reaches_each_endpoint_once as each_event_reaches_each_endpoint_once,
 )
@@ -53,24 +53,24 @@ def _keys(cluster: RedisClusterServer, node: RedisServer) -> set[str]:
     return set(cluster.command(node, "--scan").split())
 
 
-async def test_the_outbox_lives_on_the_wh_primary_found_from_one_node_url(
-    redis_cluster: RedisClusterServer,  # noqa: F811
+async def _lives_on_the_wh_primary_found_from_one_node_url(
+    redis_cluster: RedisClusterServer,
 ) -> None:
-    redis_cluster.flushall()
+    """On a fresh cluster: an outbox given one node's URL works, and its keys are all on the
+    primary of the ``{wh}`` slot."""
     primary = redis_cluster.primary_of(WH_KEY)
     # one node's URL, and not the one that serves the slot: the client finds the rest
     other = next(n for n in redis_cluster.nodes if n is not primary)
     url = "http://127.0.0.1:1/hook"
     box = RedisOutbox(other.url, [url], max_wait=0.2)
     try:
-        with trio.fail_after(20):
-            assert await box.enqueue(event(1)) is True
-            assert await box.enqueue(event(1)) is False
-            [delivery] = await box.claim(url, "i1", count=5, reclaim_after=60, wait=0.05)
-            assert delivery.event == event(1)
-            assert await box.keep(delivery, "i1") is True
-            await box.ack(delivery)
-            assert await box.depth(url) == 0
+        assert await box.enqueue(event(1000)) is True
+        assert await box.enqueue(event(1000)) is False
+        [delivery] = await box.claim(url, "i1", count=5, reclaim_after=60, wait=0.05)
+        assert delivery.event == event(1000)
+        assert await box.keep(delivery, "i1") is True
+        await box.ack(delivery)
+        assert await box.depth(url) == 0
     finally:
         box.close()
     here = _keys(redis_cluster, primary)
@@ -126,6 +126,7 @@ async def test_the_wh_primary_killed_while_events_are_queued(
         cluster = RedisClusterServer()
         await trio.to_thread.run_sync(cluster.start)
         try:
+            await _lives_on_the_wh_primary_found_from_one_node_url(cluster)
             await _kill_while_queued(cluster)
         finally:
             await trio.to_thread.run_sync(cluster.stop)

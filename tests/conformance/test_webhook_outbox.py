@@ -15,12 +15,8 @@ from rmeeting.webhooks.memory import MemoryOutbox
 from rmeeting.webhooks.outbox import Outbox
 from rmeeting.webhooks.redis import RedisOutbox
 
-from ..redis_server import (  # noqa: F401  (the session fixtures)
-    RedisClusterServer,
-    RedisServer,
-    redis_cluster,
-    redis_server,
-)
+# the fixtures redis_server and redis_cluster: conftest.py's (one of each for the session)
+from ..redis_server import RedisClusterServer, RedisServer
 
 A, B = "http://127.0.0.1:1/a", "http://127.0.0.1:1/b"
 REDIS_KINDS = [pytest.param("redis", marks=pytest.mark.redis),
