@@ -67,7 +67,6 @@ class Config:
     #: "auto" (JSON when stderr is not a terminal), "json" or "text"
     log_format: str = "auto"
     log_level: str = "info"
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # --- input validation and application limits (issue 10; docs/security.md) ---
     #: the public base URL clients reach this server at (``https://meet.example.com``); join_url
     #: is built from it. Empty: from the request's Host, only if it names this server itself
@@ -87,6 +86,22 @@ class Config:
     webhook_urls: tuple[str, ...] = ()
     #: the Standard Webhooks secret that signs every delivery: ``whsec_`` + base64
     webhook_secret: str = field(default="", repr=False)
+    # --- transport limits (docs/security.md, "Limits"; the front door and the HTTP bridge) ---
+    #: open client connections (HTTP and WebSocket) at most; more are answered 503 and closed
+    max_connections: int = 10000
+    #: open connections from one client address at most (0: no such cap); behind a proxy or a
+    #: load balancer every client has its address: raise it or set 0 there
+    max_connections_per_ip: int = 1000
+    #: largest request head (request line and headers) in bytes; larger: 431
+    max_head_bytes: int = 16384
+    #: seconds a new connection has to send its first request head whole; then 408 and close
+    head_timeout: float = 10.0
+    #: seconds an idle HTTP keep-alive connection stays open
+    keep_alive_timeout: float = 5.0
+    #: seconds an HTTP read (a piece of a body, a later head) may wait, then the connection is
+    #: closed; also the time a whole request body has from its head (then 408), and how long
+    #: a client may take none of its response's bytes (then closed)
+    read_timeout: float = 30.0
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -109,6 +124,14 @@ class Config:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("chat_rate", "ping_interval", "ping_timeout", "shutdown_grace",
                      "control_rate", "meeting_control_rate"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_connections < 0 or self.max_connections_per_ip < 0:
+            raise ConfigError("max_connections and max_connections_per_ip must be 0 (no cap) "
+                              "or more")
+        if self.max_head_bytes < 1024:
+            raise ConfigError("max_head_bytes must be at least 1024")
+        for name in ("head_timeout", "keep_alive_timeout", "read_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.instance_ttl < 1:
@@ -149,7 +172,7 @@ def _validate_webhooks(urls: tuple[str, ...], secret: str) -> None:
                           "(make one with: rmeeting webhooks secret)")
 
 
-_FIELDS = {f.name: f for f in fields(Config) if f.name != "extra"}
+_FIELDS = {f.name: f for f in fields(Config)}
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -20,7 +20,7 @@ from .instance_metrics import InstanceMetrics
 from .service import MeetingService
 from .stores.base import ChatLog, MeetingStore, MemberStore
 from .stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
-from .transport.frontdoor import FrontDoor, WsLimits
+from .transport.frontdoor import FrontDoor, FrontDoorLimits, WsLimits
 from .transport.http_bridge import HttpBridge
 from .webhooks import make_webhooks
 
@@ -131,14 +131,22 @@ async def serve_rmeeting(
         from .api.v1_ws import v1_session  # noqa: PLC0415 - the v1 protocol is optional here
 
         app = create_app(service, ready=ready)
-        bridge = HttpBridge(app)
+        bridge = HttpBridge(app, keep_alive_timeout=config.keep_alive_timeout,
+                            read_timeout=config.read_timeout,
+                            max_head_bytes=config.max_head_bytes)
         limits = WsLimits(
             max_message=config.max_frame_bytes,
             max_buffer=config.outbox_bytes,
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
         )
-        front = FrontDoor(bridge, ws_router(service, v1_session), limits)
+        door = FrontDoorLimits(
+            max_connections=config.max_connections,
+            max_connections_per_ip=config.max_connections_per_ip,
+            max_head_bytes=config.max_head_bytes,
+            head_timeout=config.head_timeout,
+        )
+        front = FrontDoor(bridge, ws_router(service, v1_session), limits, door)
         metrics.bind(instance_id=instance_id, cluster=config.cluster, hub=hub,
                      meetings=stores.meetings, chat=stores.chat, service=service,
                      tcp_connections=lambda: front.connections)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +14,7 @@ def test_a_new_secret_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     # token_urlsafe's alphabet has "-": one secret in 64 started with it and read as a flag
     # after ``--host-key``
     drawn: Iterator[str] = iter(["-leading", "-again", "fine-secret"])
-    monkeypatch.setattr(auth.secrets, "token_urlsafe", lambda n: next(drawn))
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
     assert auth.new_secret() == "fine-secret"
 
 

@@ -21,6 +21,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from rmeeting.cluster.launcher import Instance, LocalCluster
+from rmeeting.cluster.processes import RedisServer
 
 from .clients import V1, Api, open_seed, open_v1, recv_until
 
@@ -146,6 +147,7 @@ async def test_killed_instance_members_are_removed_once(redis_cluster: bool) -> 
 
 async def test_redis_restart_mid_meeting() -> None:
     with LocalCluster(2) as cluster:
+        assert isinstance(cluster.redis, RedisServer)  # one plain Redis, restarted in place
         one, two = cluster.instances
         mid, host = await _meeting(one.url)
         with trio.fail_after(40):

@@ -274,4 +274,13 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
             for e in await service.audit(meeting_id)
         ]})
 
+    @bp.get("/meetings/<meeting_id>/ws")
+    async def websocket_without_upgrade(meeting_id: str) -> Any:
+        # upgrades are answered by the front door; what reaches the app here is a plain GET
+        response = json_response({"error": "this route is a WebSocket: send an upgrade",
+                                  "code": "upgrade_required"}, 426)
+        response.headers["Upgrade"] = "websocket"
+        response.headers["Connection"] = "Upgrade"
+        return response
+
     return bp

@@ -1,6 +1,6 @@
 """MeetingStore on etcd (cluster mode): meetings and their control flags, shared by instances.
 
-Keys, under ``<prefix>/meetings/<meeting_id>/`` (the layout is fixed, see ``design.md``):
+Keys, under ``<prefix>/meetings/<meeting_id>/`` (fixed, see etcd/README.md):
 
 ==================  =========================================================================
 ``meta``            JSON ``{name, created_at, host_key_hash, extra}``; the meeting exists

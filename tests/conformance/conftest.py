@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from trio.testing import MockClock
 
 from rmeeting.stores.etcd import open_etcd_meeting_store
 from rmeeting.stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
@@ -24,11 +25,13 @@ from ..redis_server import (  # noqa: F401  (the fixtures, for Redis and Redis C
     redis_server,
 )
 
-MEETING_STORES = ["memory", "etcd"]
+# the real servers' params carry their tier's marker (tests/_tiers.py)
+MEETING_STORES = ["memory", pytest.param("etcd", marks=pytest.mark.etcd)]
 #: audit records kept per meeting by the stores under test (small, so the bound is tested)
 AUDIT_LIMIT = 8
-MEMBER_STORES = ["memory", "redis", "redis-cluster"]
-CHAT_LOGS = ["memory", "redis", "redis-cluster"]
+MEMBER_STORES = ["memory", pytest.param("redis", marks=pytest.mark.redis),
+                 pytest.param("redis-cluster", marks=pytest.mark.redis)]
+CHAT_LOGS = MEMBER_STORES
 
 
 def _redis_url(request: pytest.FixtureRequest) -> str:
@@ -49,6 +52,18 @@ async def meeting_store(request: pytest.FixtureRequest) -> AsyncIterator[object]
             [etcd.endpoint], audit_limit=AUDIT_LIMIT
         ) as etcd_meetings:
             yield etcd_meetings
+
+
+@pytest.fixture
+def store_clock(request: pytest.FixtureRequest) -> MockClock | None:
+    """Virtual time for a test of timers, where the store allows it: the memory store's timers
+    run on Trio's clock, so its timed tests take no real second and can check the exact moment
+    (pytest-trio runs a test on the clock it is given). The etcd store's timers are etcd leases,
+    on etcd's clock: real time there (None: Trio's own clock)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("meeting_store") == "memory":
+        return MockClock(autojump_threshold=0)
+    return None
 
 
 @pytest.fixture(params=MEMBER_STORES)
