@@ -21,7 +21,7 @@ from rmeeting.events import BusEvent, ChatPosted, MemberJoined, MemberLeft
 from rmeeting.stores.base import MemberRecord, StoreUnavailable
 from rmeeting.stores.redis import RedisChatLog, RedisMemberStore
 
-from .redis_server import RedisServer, redis_server  # noqa: F401  (the session fixture)
+from .redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
