@@ -37,6 +37,7 @@ from .events import (
     MemberUpdated,
     Notice,
 )
+from .moderation import view_event
 from .stores.base import MemberRecord
 
 __all__ = ["Encoder", "Hub", "Outlet", "Subscriber"]
@@ -222,6 +223,11 @@ class _Shard:
             if event.controls.revision < meeting.controls.revision:
                 return  # older than what members already have (a late duplicate)
             meeting.controls = event.controls
+        elif isinstance(event, MemberJoined):
+            # roles and devices as the flags now say (a switch since it was published shows)
+            event = view_event(event, meeting.controls)
+        elif isinstance(event, MemberUpdated):
+            event = view_event(event, meeting.controls)
         for protocol, members in meeting.by_protocol.items():
             if not members:
                 continue

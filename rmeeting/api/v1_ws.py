@@ -19,6 +19,8 @@ import trio
 
 from .. import auth
 from ..closes import Close
+from ..moderation import view
+from ..moderator import Actor
 from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
@@ -182,7 +184,9 @@ async def _welcome(
         await gate.own_join.wait()
     meta = await service.require_meeting(me.meeting_id)
     controls = await service.controls(me.meeting_id)
-    roster = await service.members.roster(me.meeting_id)
+    # roles and devices as the flags say (a switch turned devices off without a write)
+    roster = [view(r, controls) for r in await service.members.roster(me.meeting_id)]
+    me = view(me, controls)
     config = service.config
     if last_seq is None:
         history = await service.chat.history(me.meeting_id, 0, config.welcome_history)
@@ -257,14 +261,25 @@ class _Session:
         # host actions have their own, smaller budget (and the meeting has one more, for all)
         self.control_limiter = RateLimiter(service.config.control_rate,
                                            service.config.control_burst)
+        # hands and asks to unmute: a budget of their own, against floods
+        self.hand_limiter = RateLimiter(service.config.hand_rate, service.config.hand_burst)
 
     @property
     def meeting_id(self) -> str:
         return self.joined.record.meeting_id
 
-    def require_host(self) -> None:
-        if self.joined.record.role != "host":
+    async def actor(self) -> Actor:
+        """Who this member is now (a promotion or a hand-over changes it mid-session)."""
+        return await self.service.moderator.session_actor(self.joined)
+
+    async def require_host(self, *, host_only: bool = True) -> Actor:
+        """The host (or, unless ``host_only``, a co-host) is asking; else ``not_host`` /
+        ``not_host``."""
+        actor = await self.actor()
+        if host_only and actor.role != "host":
             raise Denied("not_host", "only the meeting's host may do this")
+        self.service.moderator.require(actor)
+        return actor
 
     def spend(self) -> None:
         if not self.limiter.allow():
@@ -296,7 +311,7 @@ class _Session:
     async def set_controls(self, frame: dict[str, Any]) -> dict[str, Any]:
         body = _fields(frame, {"controls": "an object"},
                        {"expected_revision": "an integer", "duration": "a number"})
-        self.require_host()
+        await self.require_host(host_only=False)
         self.spend_control()
         expected = body.get("expected_revision")
         if expected is not None and not 0 <= expected < 2**63:
@@ -309,7 +324,7 @@ class _Session:
 
     async def kick(self, frame: dict[str, Any]) -> dict[str, Any]:
         body = _fields(frame, {"member_id": "a string"})
-        self.require_host()
+        await self.require_host(host_only=False)
         self.spend_control()
         if body["member_id"] == self.joined.record.member_id:
             raise Denied("bad_request", "you cannot kick yourself; close the connection instead")
@@ -318,7 +333,7 @@ class _Session:
 
     async def end(self, frame: dict[str, Any]) -> dict[str, Any]:
         _fields(frame)
-        self.require_host()
+        await self.require_host()
         # the ack may not arrive: the meeting_ended event and the close are the answer
         await self.service.end_meeting(self.meeting_id)
         return {}
@@ -326,6 +341,82 @@ class _Session:
     async def ping(self, frame: dict[str, Any]) -> dict[str, Any]:
         _fields(frame)
         return {}
+
+    # --- moderation (docs/protocol.md, Moderation) --------------------------------------------
+
+    async def _moderating(self) -> Actor:
+        actor = await self.actor()
+        self.service.moderator.require(actor)
+        self.spend_control()
+        return actor
+
+    async def turn_off(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string"}, {"device": "a string"})
+        device = body.get("device", "mic")
+        if device not in ("mic", "camera"):
+            raise Denied("bad_request", "device must be mic or camera")
+        actor = await self._moderating()
+        await self.service.moderator.turn_off(self.meeting_id, actor, body["member_id"], device)
+        return {"member_id": body["member_id"], "device": device}
+
+    async def member_controls(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string", "controls": "an object"})
+        actor = await self._moderating()
+        controls = await self.service.moderator.set_flags(
+            self.meeting_id, actor, body["member_id"], body["controls"])
+        own = controls.members.get(body["member_id"], {})
+        return {"member_id": body["member_id"], "revision": controls.revision,
+                "controls": {f: v for f, v in own.items() if f != "cohost"}}
+
+    async def set_role(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string", "role": "a string"})
+        actor = await self._moderating()
+        controls = await self.service.moderator.set_role(
+            self.meeting_id, actor, body["member_id"], body["role"])
+        return {"member_id": body["member_id"], "role": body["role"],
+                "revision": controls.revision}
+
+    async def hand_over(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string"})
+        actor = await self._moderating()
+        controls = await self.service.moderator.hand_over(
+            self.meeting_id, actor, body["member_id"])
+        return {"host": controls.host, "revision": controls.revision}
+
+    async def raise_hand(self, frame: dict[str, Any]) -> dict[str, Any]:
+        _fields(frame)
+        record = await self.service.moderator.raise_hand(self.joined, True, self.hand_limiter)
+        return {"hand": record.hand}
+
+    async def lower_hand(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Lower your own hand; with ``member_id``, a moderator lowers that member's."""
+        body = _fields(frame, optional={"member_id": "a string"})
+        target = body.get("member_id")
+        if target is None or target == self.joined.record.member_id:
+            await self.service.moderator.raise_hand(self.joined, False, self.hand_limiter)
+            return {"member_id": self.joined.record.member_id}
+        actor = await self._moderating()
+        was_up = await self.service.moderator.lower_hand(self.meeting_id, actor, target)
+        return {"member_id": target, "was_raised": was_up}
+
+    async def lower_hands(self, frame: dict[str, Any]) -> dict[str, Any]:
+        _fields(frame)
+        actor = await self._moderating()
+        lowered = await self.service.moderator.lower_all_hands(self.meeting_id, actor)
+        return {"lowered": list(lowered)}
+
+    async def ask_unmute(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, optional={"cancel": "true or false"})
+        ask = not body.get("cancel", False)
+        await self.service.moderator.ask_unmute(self.joined, ask, self.hand_limiter)
+        return {"asking": ask}
+
+    async def answer_unmute(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string", "allow": "true or false"})
+        actor = await self._moderating()
+        await self.service.moderator.answer_unmute(
+            self.meeting_id, actor, body["member_id"], body["allow"])
+        return {"member_id": body["member_id"], "allow": body["allow"]}
 
 
 HANDLERS: Mapping[str, Handler] = {
@@ -336,6 +427,15 @@ HANDLERS: Mapping[str, Handler] = {
     "kick": _Session.kick,
     "end": _Session.end,
     "ping": _Session.ping,
+    "turn_off": _Session.turn_off,
+    "member_controls": _Session.member_controls,
+    "set_role": _Session.set_role,
+    "hand_over": _Session.hand_over,
+    "raise_hand": _Session.raise_hand,
+    "lower_hand": _Session.lower_hand,
+    "lower_hands": _Session.lower_hands,
+    "ask_unmute": _Session.ask_unmute,
+    "answer_unmute": _Session.answer_unmute,
 }
 
 

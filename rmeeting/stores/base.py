@@ -95,6 +95,8 @@ class AuditEntry:
     revision: int
     actor: str
     at: float
+    #: the member a moderation entry is about (its own flags, a mute, a role), None for the room
+    member: str | None = None
 
 
 class MeetingStore(Protocol):
@@ -134,6 +136,26 @@ class MeetingStore(Protocol):
         ``serve_events``, never from this call's caller."""
         ...
 
+    async def set_member_controls(
+        self, meeting_id: str, member_id: str, changes: Mapping[str, bool | None], *, actor: str
+    ) -> Controls:
+        """Set (True/False) or unset (None) flags of one member (``MEMBER_FLAGS``), atomically;
+        audited as ``may`` values (the member's own, else the room's) per flag. Listeners learn
+        of it as a ``ControlsChanged`` with ``member_changed``."""
+        ...
+
+    async def set_host(self, meeting_id: str, member_id: str, *, actor: str) -> Controls:
+        """Make ``member_id`` the host (its ``cohost`` flag is dropped): from now on the host is
+        that member, and the host key alone no longer makes its bearer host. Audited."""
+        ...
+
+    async def record_audit(
+        self, meeting_id: str, flag: str, old: bool, new: bool, *, actor: str, member: str
+    ) -> None:
+        """Add a moderation entry that is no flag change (a mute, a lowered hand, an answer to
+        an ask to unmute). Raises MeetingNotFound."""
+        ...
+
     async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
         """The meeting's control changes, oldest first: at most the store's ``audit_limit``
         newest (older ones are dropped as new ones are recorded)."""
@@ -167,6 +189,12 @@ class MemberRecord:
     protocol: Literal["seed", "v1"] = "v1"
     camera: bool = False
     mic: bool = False
+    #: the controls revision camera/mic were declared against (``Controls.device_on``)
+    media_rev: int = 0
+    #: when the member raised its hand (epoch seconds, the store's clock), None if it is down
+    hand: float | None = None
+    #: the member asks to be allowed to unmute
+    ask_unmute: bool = False
 
     def public(self) -> dict[str, Any]:
         return {
@@ -176,6 +204,8 @@ class MemberRecord:
             "camera": self.camera,
             "mic": self.mic,
             "joined_at": self.joined_at,
+            "hand": self.hand,
+            "ask_unmute": self.ask_unmute,
         }
 
 
@@ -228,7 +258,14 @@ class MemberStore(Protocol):
     async def update(
         self, meeting_id: str, member_id: str, changes: Mapping[str, Any]
     ) -> MemberRecord | None:
-        """Change ``name``, ``camera`` or ``mic`` of a present member; None if it is not there."""
+        """Change ``name``, ``camera``, ``mic``, ``media_rev``, ``role``, ``ask_unmute`` or
+        ``hand`` of a present member; None if it is not there. ``hand``: True raises it (the
+        store stamps it with its clock; raising a raised hand keeps its place), False lowers it.
+        """
+        ...
+
+    async def lower_hands(self, meeting_id: str) -> Sequence[MemberRecord]:
+        """Lower every raised hand of the meeting; returns the members whose hand was up."""
         ...
 
     async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]: ...
