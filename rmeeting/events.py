@@ -98,7 +98,8 @@ class MemberJoined:
 @dataclass(frozen=True, slots=True)
 class MemberUpdated:
     """A rename, a camera/mic change (declared by the member, or turned off for it by the host or
-    a co-host), a hand raised or lowered, an ask to unmute made or answered, a role change."""
+    a co-host), a hand raised or lowered, an ask to unmute made or answered (roles change with the
+    controls: :class:`ControlsChanged`)."""
 
     meeting_id: str
     member_id: str

@@ -127,7 +127,6 @@ def _changes(data: Mapping[str, Any]) -> dict[str, str | bool | float | None]:
     for key, value in changes.items():
         if key == "name" and isinstance(value, str) or \
                 key in ("camera", "mic", "ask_unmute") and isinstance(value, bool) or \
-                key == "role" and value in ("host", "cohost", "member") or \
                 key == "hand" and (value is None or type(value) in (int, float)):
             out[key] = value
         else:
