@@ -467,8 +467,14 @@ async def _flip(part: _Part) -> None:
     await part.settle()
     if opts.devices_on:  # every member's camera and mic on: N² member_updated, then quiet
         part.phase = "devices on"
+        before = sum(m.frames for m in part.joined)
         for member in part.joined:
             member.write_nowait(member.frame(OP_TEXT, part.protocol.devices_on()))
+        # each member is told of every member's change (and acked its own): wait for them all
+        want = before + len(part.joined) * (opts.members + 1)
+        with trio.move_on_after(opts.duration / 2):
+            while sum(m.frames for m in part.joined) < want:
+                await trio.sleep(0.05)
         await part.settle("devices on")
     part.phase, part.done = "flipping", 0
     # part 0 makes the changes; the others only count what reaches their members
