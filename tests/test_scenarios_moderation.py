@@ -335,3 +335,28 @@ async def test_roles_and_every_permission_boundary(target: Target) -> None:
                                       json={"controls": {"chat": False}})
                 assert r.status_code == 200, r.text
                 assert (await bob.call("turn_off", member_id=h))["type"] == "ack"
+
+
+async def test_a_timed_switch_and_its_end_are_one_frame_each(target: Target) -> None:
+    """The timer's change is a source like the others: its end (the flag back on) leaves the
+    devices off, and neither the switch nor its end costs a frame per member."""
+    async with Api(target.url) as api:
+        mid, key, auth = await _v1_meeting(api)
+        with trio.fail_after(40):
+            async with open_v1(target.url, mid, name="host", host_key=key) as host, \
+                    open_v1(target.url, mid, name="ann") as ann:
+                assert (await ann.call("media", camera=True, mic=True))["camera"] is True
+                await host.call("ping")
+                host._backlog.clear()
+                r = await api.request("PATCH", f"/v1/meetings/{mid}/controls", headers=auth,
+                                      json={"controls": {"camera": False}, "duration": 1})
+                assert r.status_code == 200, r.text
+                ended = await host.recv_match(lambda f: f.get("type") == "controls"
+                                              and f["changed"] == {"camera": True}, timeout=15)
+                assert ended["by"] == "timer"
+                assert (await ann.call("chat", text="after"))["type"] == "ack"
+                rest = await _frames_until_mark(host, "after")
+                assert [f for f in rest if f.get("type") == "member_updated"] == [], rest
+                roster = await _roster(api, mid)
+                assert roster[ann.me["id"]]["camera"] is False and roster[ann.me["id"]]["mic"]
+                assert (await ann.call("media", camera=True))["camera"] is True
