@@ -587,6 +587,7 @@ function renderRoster() {
     (rank[a.role] ?? 2) - (rank[b.role] ?? 2) || a.joined_at - b.joined_at);
   list.replaceChildren(...people.map((m) => {
     const isMe = S.me && m.id === S.me.id;
+    const menu = memberMenu(m, isMe);
     return el('li', { 'data-member': m.id },
       el('span', { class: 'name' }, m.name, isMe ? el('span', { class: 'muted' }, ' (you)') : null),
       m.role === 'host' ? el('span', { class: 'badge' }, 'host') : null,
@@ -594,7 +595,10 @@ function renderRoster() {
       m.hand ? el('span', { class: 'badge hand', title: 'hand raised' }, '✋') : null,
       m.ask_unmute ? el('span', { class: 'badge ask' }, 'asks to unmute') : null,
       device('camera', 'cam', m.camera), device('microphone', 'mic', m.mic),
-      memberMenu(m, isMe));
+      menu,
+      menu ? el('button', {
+        type: 'button', class: 'small danger', 'aria-label': `Remove ${m.name}`, onclick: () => kick(m),
+      }, 'Remove') : null);
   }));
   say('people-count', `(${people.length})`);
   const hands = people.filter((m) => m.hand).sort((a, b) => a.hand - b.hand);
@@ -635,10 +639,6 @@ function memberMenu(m, isMe) {
       },
     }, 'Make host'));
   }
-  items.push(el('button', {
-    type: 'button', class: 'small danger', role: 'menuitem', 'aria-label': `Remove ${m.name}`,
-    onclick: () => kick(m),
-  }, 'Remove'));
   return el('details', { class: 'member-menu' },
     el('summary', { 'aria-label': `Actions for ${m.name}` }, '⋯'),
     el('div', { class: 'menu', role: 'menu' }, ...items));
