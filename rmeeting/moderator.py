@@ -60,8 +60,15 @@ class Moderator:
 
     # --- who asks -------------------------------------------------------------------------
 
-    async def session_actor(self, joined: Joined) -> Actor:
-        controls = await self.service.current_controls(joined.record.meeting_id)
+    async def session_actor(self, joined: Joined, *, fresh: bool = True) -> Actor:
+        """The member as it is now: ``fresh`` reads the store (a promotion or demotion made
+        through another instance counts at once); else this instance's copy of the controls
+        (no round trip; a role change counts here once its watch has seen it, in ms)."""
+        meeting_id = joined.record.meeting_id
+        if fresh:
+            controls = await self.service.controls(meeting_id)
+        else:
+            controls = await self.service.current_controls(meeting_id)
         return Actor(self.service.role(joined, controls), joined.record.member_id)
 
     async def bearer_actor(self, meeting_id: str, key: str | None) -> Actor:
@@ -258,8 +265,8 @@ class Moderator:
 
     async def ask_unmute(self, joined: Joined, ask: bool, limiter: RateLimiter) -> MemberRecord:
         """Ask (or stop asking) to be allowed to unmute: only while the member may not."""
-        if ask:
-            controls = await self.service.current_controls(joined.record.meeting_id)
+        if ask:  # as the store has it: a switch made through another instance counts at once
+            controls = await self.service.controls(joined.record.meeting_id)
             if controls.may(joined.record.member_id, "mic"):
                 raise _denied("not_needed", "you may unmute already")
         return await self._own(joined, {"ask_unmute": ask}, {"ask_unmute": ask}, limiter)

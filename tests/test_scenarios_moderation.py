@@ -210,6 +210,8 @@ async def test_mute_one_and_an_ask_to_unmute_granted(target: Target) -> None:
                     == "no_request"
                 # with the room's mic off, granting lets this member (only) unmute
                 await host.call("set_controls", controls={"mic": False})
+                await ann.recv_match(lambda f: f.get("type") == "controls"
+                                     and f["changed"] == {"mic": False})
                 assert (await ann.call("ask_unmute"))["type"] == "ack"
                 assert (await bob.call("media", mic=True))["code"] == "mic_disabled"
                 r = await api.request("POST", f"/v1/meetings/{mid}/members/{me}/unmute-request",
@@ -317,9 +319,10 @@ async def test_roles_and_every_permission_boundary(target: Target) -> None:
 
                 # the host role handed to bob: the old key no longer makes its bearer host
                 assert (await host.call("hand_over", member_id=b))["type"] == "ack"
-                event = await ann.recv_match(lambda f: f.get("type") == "controls"
-                                             and "host" in f)
-                assert event["host"] == b
+                for m in (ann, host):  # the old host's instance knows it too
+                    event = await m.recv_match(lambda f: f.get("type") == "controls"
+                                               and "host" in f)
+                    assert event["host"] == b
                 roster = await _roster(api, mid)
                 assert roster[b]["role"] == "host" and roster[h]["role"] == "member"
                 r = await api.request("PATCH", f"/v1/meetings/{mid}/controls", headers=auth,

@@ -230,8 +230,8 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.patch("/meetings/<meeting_id>/controls")
     async def set_controls(meeting_id: str) -> Any:
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
         actor = await require_host(meeting_id)
-        body = await json_body(required=True)
         only(body, "controls", "expected_revision", "duration")
         changes = field(body, "controls", dict)
         if changes is None:

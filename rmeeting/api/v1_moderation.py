@@ -26,8 +26,8 @@ def moderation_routes(bp: Blueprint, service: MeetingService, require_host: Requ
 
     @bp.patch("/meetings/<meeting_id>/members/<member_id>/controls")
     async def member_controls(meeting_id: str, member_id: str) -> Any:
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
         actor = await require_host(meeting_id)
-        body = await json_body(required=True)
         only(body, "controls")
         changes = field(body, "controls", dict)
         if changes is None:
@@ -39,8 +39,8 @@ def moderation_routes(bp: Blueprint, service: MeetingService, require_host: Requ
 
     @bp.post("/meetings/<meeting_id>/members/<member_id>/turn-off")
     async def turn_off(meeting_id: str, member_id: str) -> Any:
+        body = await json_body()  # read first: a refusal leaves none unread
         actor = await require_host(meeting_id)
-        body = await json_body()
         only(body, "device")
         device = field(body, "device", str, "mic")
         if device not in ("mic", "camera"):
@@ -50,8 +50,8 @@ def moderation_routes(bp: Blueprint, service: MeetingService, require_host: Requ
 
     @bp.put("/meetings/<meeting_id>/members/<member_id>/role")
     async def set_role(meeting_id: str, member_id: str) -> Any:
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
         actor = await require_host(meeting_id)
-        body = await json_body(required=True)
         only(body, "role")
         role = field(body, "role", str)
         if role is None:
@@ -62,8 +62,8 @@ def moderation_routes(bp: Blueprint, service: MeetingService, require_host: Requ
 
     @bp.put("/meetings/<meeting_id>/host")
     async def hand_over(meeting_id: str) -> Any:
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
         actor = await require_host(meeting_id)
-        body = await json_body(required=True)
         only(body, "member_id")
         member_id = field(body, "member_id", str)
         if member_id is None:
@@ -93,8 +93,8 @@ def moderation_routes(bp: Blueprint, service: MeetingService, require_host: Requ
 
     @bp.post("/meetings/<meeting_id>/members/<member_id>/unmute-request")
     async def answer_unmute(meeting_id: str, member_id: str) -> Any:
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
         actor = await require_host(meeting_id)
-        body = await json_body(required=True)
         only(body, "allow")
         allow = field(body, "allow", bool)
         if allow is None:

@@ -268,14 +268,15 @@ class _Session:
     def meeting_id(self) -> str:
         return self.joined.record.meeting_id
 
-    async def actor(self) -> Actor:
+    async def actor(self, *, fresh: bool = True) -> Actor:
         """Who this member is now (a promotion or a hand-over changes it mid-session)."""
-        return await self.service.moderator.session_actor(self.joined)
+        return await self.service.moderator.session_actor(self.joined, fresh=fresh)
 
     async def require_host(self, *, host_only: bool = True) -> Actor:
-        """The host (or, unless ``host_only``, a co-host) is asking; else ``not_host`` /
-        ``not_host``."""
-        actor = await self.actor()
+        """The host (or, unless ``host_only``, a co-host) is asking; else ``not_host``. From
+        this instance's copy of the controls: a flip from the host's connection costs no store
+        read (a role change counts here once the watch has seen it, within milliseconds)."""
+        actor = await self.actor(fresh=False)
         if host_only and actor.role != "host":
             raise Denied("not_host", "only the meeting's host may do this")
         self.service.moderator.require(actor)
