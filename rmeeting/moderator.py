@@ -49,6 +49,8 @@ class Actor:
 
 
 def _denied(code: str, message: str) -> Exception:
+    # the service owns Denied and holds a Moderator: imported here, not at the top, so that
+    # neither module needs the other to be loaded first
     from .service import Denied
 
     return Denied(code, message)

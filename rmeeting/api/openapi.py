@@ -269,7 +269,8 @@ _PATHS: dict[str, Any] = {
                 "responses": {"200": _json({"type": "object", "properties": {"hands": {
                     "type": "array", "items": {"type": "object", "properties": {
                         "id": {"type": "string"}, "name": {"type": "string"},
-                        "raised_at": {"type": "number"}}}}}}, "the raised hands"),
+                        "raised_at": {"type": "string", "format": "date-time"}}}}}},
+                    "the raised hands"),
                     **_errors(404)}},
         "delete": _moderator_op("Lower every raised hand", _OK, member=False),
     },

@@ -26,7 +26,6 @@ from ..stores.base import AttendanceRecord, MemberRecord
 from ..wire import v1
 from ._http import BadRequest, field, json_body, json_response, only
 from .openapi import openapi_document
-from .v1_moderation import moderation_routes
 
 __all__ = ["ATTENDANCE_COLUMNS", "iso", "v1_blueprint"]
 
@@ -290,6 +289,8 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
              "revision": e.revision, "at": iso(e.at), "member": e.member}
             for e in await service.audit(meeting_id)
         ]})
+
+    from .v1_moderation import moderation_routes  # it uses iso() from here
 
     moderation_routes(bp, service, require_host)
     return bp

@@ -15,6 +15,7 @@ from quart import Blueprint
 from ..moderator import Actor
 from ..service import MeetingService
 from ._http import BadRequest, field, json_body, json_response, only
+from .v1_http import iso
 
 __all__ = ["moderation_routes"]
 
@@ -77,7 +78,7 @@ def moderation_routes(bp: Blueprint, service: MeetingService, require_host: Requ
         raised = [r for r in await service.roster(meeting_id) if r.hand is not None]
         raised.sort(key=lambda r: (r.hand or 0.0, r.member_id))
         return json_response({"hands": [
-            {"id": r.member_id, "name": r.name, "raised_at": r.hand} for r in raised]})
+            {"id": r.member_id, "name": r.name, "raised_at": iso(r.hand)} for r in raised]})
 
     @bp.delete("/meetings/<meeting_id>/members/<member_id>/hand")
     async def lower_hand(meeting_id: str, member_id: str) -> Any:
