@@ -87,5 +87,6 @@ async def test_the_hub_shows_devices_as_the_latest_controls_say() -> None:
             await hub.deliver(ControlsChanged("mt", back_on, {"camera": (False, True)}, "h"))
             await hub.deliver(MemberJoined.of(record))
             await wait_all_tasks_blocked()
-            assert outlets[2].texts()[-1]["member"]["camera"] is False  # declared at 1 < 3
+            joined = outlets[2].texts()[-1]["member"]
+            assert isinstance(joined, dict) and joined["camera"] is False  # declared at 1 < 3
             nursery.cancel_scope.cancel()

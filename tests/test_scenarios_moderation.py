@@ -37,7 +37,7 @@ async def _etcdctl(target: Target, *args: str) -> None:
 async def _frames_until_mark(ws: V1, mark: str) -> list[dict[str, Any]]:
     """Every frame up to the chat ``mark`` (the chat log orders a meeting's events, so an event
     published for the switch would come before the mark)."""
-    got = []
+    got: list[dict[str, Any]] = []
     while True:
         frame = await ws.recv(timeout=10)
         if frame.get("type") == "chat" and frame.get("text") == mark:
