@@ -8,7 +8,7 @@ about meaning; anything else is :class:`InvalidControlValue`, never a guess.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = [
     "DEFAULTS",
@@ -157,6 +157,14 @@ class Controls:
         merged = dict(DEFAULTS)
         merged.update({k: v for k, v in values.items() if k in DEFAULTS})
         return cls(values=merged, revision=revision)
+
+    def for_member(self, member_id: str) -> Controls:
+        """The flags as they apply to one member (its own where it has them): what a protocol
+        that knows only room flags (the seed's room state) tells that member."""
+        values = dict(self.values)
+        for flag in ("camera", "mic", "rename", "chat"):
+            values[flag] = self.may(member_id, flag)
+        return replace(self, values=values)
 
     def members_dict(self) -> dict[str, dict[str, bool]]:
         return {m: dict(flags) for m, flags in self.members.items() if flags}

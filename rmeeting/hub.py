@@ -53,7 +53,8 @@ class Encoder(Protocol):
         ...
 
     def own_join_frame(self, controls: Controls, user_uid: str) -> bytes | None:
-        """A frame for the member alone, right after its own join reached it (None: none)."""
+        """A frame for the member alone, right after its own join reached it, and when its own
+        flags change (``controls`` as they apply to it: ``Controls.for_member``; None: none)."""
         ...
 
 
@@ -248,6 +249,7 @@ class _Shard:
                 self._close_meeting(event.meeting_id, meeting, Close.MEETING_ENDED,
                                     "meeting ended")
             case ControlsChanged():
+                self._tell_members_own(meeting, event)
                 if self.on_controls is not None:
                     self.on_controls(event)
             case ChatPosted() | MemberUpdated() | Notice():
@@ -260,9 +262,22 @@ class _Shard:
         if sub is None or not sub._awaiting_join:
             return
         sub._awaiting_join = False
-        frame = self._encoders[sub.protocol].own_join_frame(meeting.controls, sub.user_uid)
+        frame = self._encoders[sub.protocol].own_join_frame(
+            meeting.controls.for_member(sub.member_id), sub.user_uid)
         if frame is not None:
             sub.outlet.send_frame_nowait(frame)
+
+    def _tell_members_own(self, meeting: _Meeting, event: ControlsChanged) -> None:
+        """Members whose own flags changed get the frame their protocol has for the flags as
+        they apply to them (the seed's room state; v1 said it all in the event)."""
+        for member_id in event.member_changed:
+            sub = meeting.find(member_id)
+            if sub is None:
+                continue
+            frame = self._encoders[sub.protocol].own_join_frame(
+                event.controls.for_member(member_id), sub.user_uid)
+            if frame is not None:
+                sub.outlet.send_frame_nowait(frame)
 
     def _after_leave(self, meeting: _Meeting, event: MemberLeft) -> None:
         if event.close is None:

@@ -166,6 +166,20 @@ async def test_one_members_flags_from_the_api_and_etcdctl(target: Target) -> Non
                 await bob.recv_match(lambda f: f.get("type") == "controls" and "members" in f)
                 assert (await _roster(api, mid))[me]["mic"] is False
                 assert (await ann.call("media", mic=True))["code"] == "mic_disabled"
+                # a seed member is told in its own words: the room state, as it applies to it
+                async with seed_in(target.url, mid, "sam") as sam:
+                    sam_id = next(i for i, m in (await _roster(api, mid)).items()
+                                  if m["name"] == "sam")
+                    await _flag(target, api, auth, mid, sam_id, "mic", "false")
+                    state = await recv_until(sam, lambda f: "is_mute" in f)
+                    assert state["is_mute"] is True and state["is_video"] is True
+                    await _flag(target, api, auth, mid, sam_id, "chat", "no")
+                    await recv_until(sam, lambda f: "is_mute" in f)
+                    await sam.send_message("hello?")
+                    assert "error" in await recv_until(sam, lambda f: "error" in f)
+                    await _flag(target, api, auth, mid, sam_id, "mic", None)
+                    state = await recv_until(sam, lambda f: "is_mute" in f)
+                    assert state["is_mute"] is False
                 audit = (await api.request("GET", f"/v1/meetings/{mid}/audit",
                                            headers=auth)).json()["entries"]
                 assert any(e["member"] == me and e["flag"] == "mic" and e["new"] is False
