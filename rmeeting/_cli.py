@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                        "picks a free port)")
     serve.add_argument("--config", help="a TOML config file")
     serve.add_argument("--etcd", help="etcd endpoints, comma separated (cluster mode)")
-    serve.add_argument("--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0 (cluster mode)")
+    serve.add_argument("--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0 (cluster mode); "
+                       "or Redis Cluster node URLs, comma separated (detected from the server)")
     serve.add_argument("--instance-id", help="this instance's id in the cluster")
     serve.add_argument("--shards", type=int, help="fan-out shards (default 8)")
     serve.add_argument("--log-format", choices=("auto", "json", "text"))
@@ -58,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     from .ops import add_commands as add_ops_commands
 
     add_ops_commands(sub)  # meetings, controls, attendance, chat (docs/operations.md)
+    from .webhooks.cli import add_arguments as add_webhooks_arguments
+
+    webhooks = sub.add_parser(
+        "webhooks",
+        help="listen: a local receiver printing verified webhooks; secret: make a secret",
+        description="Webhooks tools (docs/integration.md).",
+    )
+    add_webhooks_arguments(webhooks)
     return parser
 
 
@@ -73,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .cluster.cli import run_from_args as run_cluster
 
         return run_cluster(args)
+    if args.command == "webhooks":
+        from .webhooks.cli import run_from_args as run_webhooks
+
+        return run_webhooks(args)
     if getattr(args, "ops", None) is not None:
         from .ops import run as run_ops
 

@@ -31,7 +31,12 @@ _USER_UID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def new_secret() -> str:
-    return secrets.token_urlsafe(24)
+    # never a leading "-": a secret is pasted after a flag (``--host-key <key>``), where a
+    # leading dash reads as another option (1 secret in 64 did before)
+    while True:
+        secret = secrets.token_urlsafe(24)
+        if not secret.startswith("-"):
+            return secret
 
 
 def new_id() -> str:

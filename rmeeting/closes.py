@@ -18,6 +18,8 @@ class Close(IntEnum):
     NORMAL = 1000
     #: embedded mode's graceful drain: there is no other instance; reconnect when it is back
     GOING_AWAY = 1001
+    #: a text frame that is not valid UTF-8 (wsproto sends it)
+    INVALID_UTF8 = 1007
     #: keep-alive timeout
     POLICY = 1008
     #: a message larger than ``max_frame_bytes``

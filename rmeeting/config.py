@@ -33,7 +33,8 @@ class Config:
     #: etcd endpoints (cluster mode); empty means in-memory meetings and controls
     etcd: tuple[str, ...] = ()
     etcd_prefix: str = "/rmeeting"
-    #: Redis URL (cluster mode); empty means in-memory members and chat
+    #: Redis URL (cluster mode); empty means in-memory members and chat. Or the URLs of Redis
+    #: Cluster nodes, comma separated: a cluster is detected from the server
     redis: str = ""
     redis_prefix: str = "rmeeting"
     #: this instance's id in the cluster (default: a random one)
@@ -66,7 +67,6 @@ class Config:
     #: "auto" (JSON when stderr is not a terminal), "json" or "text"
     log_format: str = "auto"
     log_level: str = "info"
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # --- input validation and application limits (issue 10; docs/security.md) ---
     #: the public base URL clients reach this server at (``https://meet.example.com``); join_url
     #: is built from it. Empty: from the request's Host, only if it names this server itself
@@ -81,6 +81,27 @@ class Config:
     audit_limit: int = 1000
     #: failed credential guesses (LeaveMeeting, Export) per client address per minute, then 429
     max_failed_guesses: int = 20
+    # --- webhooks (docs/integration.md) ---
+    #: endpoints that receive every meeting event (POST, signed); comma separated in the env
+    webhook_urls: tuple[str, ...] = ()
+    #: the Standard Webhooks secret that signs every delivery: ``whsec_`` + base64
+    webhook_secret: str = field(default="", repr=False)
+    # --- transport limits (docs/security.md, "Limits"; the front door and the HTTP bridge) ---
+    #: open client connections (HTTP and WebSocket) at most; more are answered 503 and closed
+    max_connections: int = 10000
+    #: open connections from one client address at most (0: no such cap); behind a proxy or a
+    #: load balancer every client has its address: raise it or set 0 there
+    max_connections_per_ip: int = 1000
+    #: largest request head (request line and headers) in bytes; larger: 431
+    max_head_bytes: int = 16384
+    #: seconds a new connection has to send its first request head whole; then 408 and close
+    head_timeout: float = 10.0
+    #: seconds an idle HTTP keep-alive connection stays open
+    keep_alive_timeout: float = 5.0
+    #: seconds an HTTP read (a piece of a body, a later head) may wait, then the connection is
+    #: closed; also the time a whole request body has from its head (then 408), and how long
+    #: a client may take none of its response's bytes (then closed)
+    read_timeout: float = 30.0
     # --- moderation (issue 14; docs/protocol.md, Moderation) ---
     #: hand raises and lowers, and asks to unmute, per second per member, sustained, and the
     #: burst allowed above it (past it: rate_limited)
@@ -111,6 +132,14 @@ class Config:
                      "control_rate", "meeting_control_rate", "hand_rate"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.max_connections < 0 or self.max_connections_per_ip < 0:
+            raise ConfigError("max_connections and max_connections_per_ip must be 0 (no cap) "
+                              "or more")
+        if self.max_head_bytes < 1024:
+            raise ConfigError("max_head_bytes must be at least 1024")
+        for name in ("head_timeout", "keep_alive_timeout", "read_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
         if self.instance_ttl < 1:
             raise ConfigError("instance_ttl must be at least 1 (etcd leases count seconds)")
         if self.log_format not in ("auto", "json", "text"):
@@ -119,10 +148,37 @@ class Config:
             raise ConfigError("welcome_history must be between 0 and history_limit")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
+        _validate_webhooks(self.webhook_urls, self.webhook_secret)
         return self
 
 
-_FIELDS = {f.name: f for f in fields(Config) if f.name != "extra"}
+def _validate_webhooks(urls: tuple[str, ...], secret: str) -> None:
+    from urllib.parse import urlsplit
+
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"webhook_urls: {url!r} is not an http(s) URL")
+    if len(set(urls)) != len(urls):
+        raise ConfigError("webhook_urls: an endpoint is listed twice")
+    if not secret:
+        if urls:
+            raise ConfigError("webhook_urls needs webhook_secret (whsec_ + base64)")
+        return
+    import base64
+    import binascii
+
+    body = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not secret.startswith("whsec_") or len(key) < 16:
+        raise ConfigError("webhook_secret must be whsec_ + base64 of at least 16 bytes "
+                          "(make one with: rmeeting webhooks secret)")
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
 
 
 def _coerce(name: str, value: Any) -> Any:

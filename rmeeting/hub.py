@@ -38,9 +38,9 @@ from .events import (
     Notice,
 )
 from .moderation import view_event
-from .stores.base import MemberRecord
+from .records import MemberRecord
 
-__all__ = ["Encoder", "Hub", "Outlet", "Subscriber"]
+__all__ = ["Encoder", "Holder", "Hub", "Outlet", "Subscriber"]
 
 log = logging.getLogger("rmeeting.hub")
 
@@ -66,6 +66,13 @@ class Outlet(Protocol):
     def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None: ...
 
 
+class Holder(Protocol):
+    """Takes a member's frames, with the event each one encodes, instead of its outlet (the v1
+    welcome holds what arrives while it is being put together)."""
+
+    def hold(self, event: HubEvent, frame: bytes) -> None: ...
+
+
 @dataclass(eq=False)
 class Subscriber:
     """One member's connection, as the hub sees it."""
@@ -78,6 +85,8 @@ class Subscriber:
     user_uid: str = ""
     #: v1: chat up to this seq was in the welcome snapshot; later copies are skipped
     skip_chat_upto: int = 0
+    #: while set, the member's event frames go here instead of to ``outlet``
+    held: Holder | None = None
     #: set when the server ended this presence (leave via API, kick, replaced, meeting ended),
     #: so the session does not record a second leave for it
     evicted: bool = False
@@ -125,7 +134,7 @@ _ShardOp = _Attach | _Detach | _Deliver | _CloseAll | _SetSeq
 
 
 class _Meeting:
-    __slots__ = ("by_protocol", "controls", "last_seq", "since")
+    __slots__ = ("by_protocol", "controls", "holding", "last_seq", "since")
 
     def __init__(self, controls: Controls, protocols: Iterable[str]) -> None:
         self.by_protocol: dict[str, dict[str, Subscriber]] = {p: {} for p in protocols}
@@ -135,6 +144,9 @@ class _Meeting:
         self.last_seq = 0
         #: since when (epoch seconds) this instance has members of it
         self.since = time.time()
+        #: some member may have ``held`` set: the fan-out checks each member only then (set on
+        #: attach, cleared by the fan-out once it finds none), so the common case costs nothing
+        self.holding = False
 
     def __len__(self) -> int:
         return sum(len(m) for m in self.by_protocol.values())
@@ -198,6 +210,8 @@ class _Shard:
         else:
             self._on_change(+1)
         meeting.by_protocol[sub.protocol][sub.member_id] = sub
+        if sub.held is not None:
+            meeting.holding = True
 
     def _detach(self, sub: Subscriber) -> None:
         meeting = self.meetings.get(sub.meeting_id)
@@ -229,17 +243,31 @@ class _Shard:
             event = view_event(event, meeting.controls)
         elif isinstance(event, MemberUpdated):
             event = view_event(event, meeting.controls)
+        holding = False
         for protocol, members in meeting.by_protocol.items():
             if not members:
                 continue
             frame = self._encoders[protocol].frame(event)
             if frame is None:
                 continue
-            for sub in members.values():
-                if seq and sub.skip_chat_upto >= seq:
-                    continue
-                sub.outlet.send_frame_nowait(frame)
+            if not meeting.holding:
+                for sub in members.values():
+                    if seq and sub.skip_chat_upto >= seq:
+                        continue
+                    sub.outlet.send_frame_nowait(frame)
+            else:
+                for sub in members.values():
+                    if seq and sub.skip_chat_upto >= seq:
+                        continue
+                    if sub.held is None:
+                        sub.outlet.send_frame_nowait(frame)
+                    else:
+                        holding = True
+                        sub.held.hold(event, frame)
             self.delivered += len(members)
+        if meeting.holding and not holding:
+            meeting.holding = any(sub.held is not None for members in meeting.by_protocol.values()
+                                  for sub in members.values())
         match event:
             case MemberJoined():
                 self._after_join(meeting, event)

@@ -1,8 +1,8 @@
 """What one instance exposes at ``GET /metrics`` (docs/operations.md lists every metric).
 
-The hot path pays one ``+=`` per chat message received and one histogram observation per event
-the instance receives (not per member). Per-member work is counted where it already is (the
-hub's deliveries) and read at scrape time, like the gauges of the hub and the stores' own
+The hot path pays one counter increment per chat message received and one histogram observation
+per event the instance receives (not per member). Per-member work is counted where it already is
+(the hub's deliveries) and read at scrape time, like the gauges of the hub and the stores' own
 counters.
 """
 
@@ -19,6 +19,7 @@ from .metrics import Registry, Value
 if TYPE_CHECKING:
     from .hub import Hub
     from .service import MeetingService
+    from .webhooks import Webhooks
 
 __all__ = ["InstanceMetrics"]
 
@@ -67,7 +68,7 @@ class InstanceMetrics:
     # --- hooks (hot path: keep them cheap) ---------------------------------------------------
 
     def on_websocket(self, protocol: str, delta: int) -> None:
-        self._ws[protocol].value += delta
+        self._ws[protocol].inc(delta)
 
     def on_bus_event(self, event: BusEvent) -> None:
         if event.ts:
@@ -104,39 +105,74 @@ class InstanceMetrics:
             return lambda: int(hub.statistics()[key])
 
         mode = "cluster" if cluster else "embedded"
-        r.gauge("rmeeting_instance_info", "This instance: its id and mode.",
-                ["instance_id", "mode"], collect=lambda: {(instance_id, mode): 1})
-        r.gauge("rmeeting_draining", "1 while this instance drains (no joins, /readyz 503).",
-                collect=lambda: 0 if service.accepting else 1)
-        r.gauge("rmeeting_tcp_connections", "Open TCP connections (HTTP and WebSocket).",
-                collect=tcp_connections)
-        r.gauge("rmeeting_meetings", "Meetings with at least one member on this instance.",
-                collect=hub_stat("meetings"))
-        r.gauge("rmeeting_members", "Members connected to this instance.",
-                collect=hub_stat("members"))
-        r.counter("rmeeting_frames_out_total",
-                  "Frames the fan-out handed to members' connections (events x members).",
-                  collect=hub_stat("deliveries"))
-        r.gauge("rmeeting_hub_queued_events", "Events waiting in the shards' inboxes.",
-                collect=hub_stat("queued"))
-        r.counter("rmeeting_hub_inbox_full_total",
-                  "Times a shard's inbox was full and its producer had to wait (backpressure).",
-                  collect=hub_stat("inbox_full"))
-        _optional(r.counter, meetings, "invalid_values", "rmeeting_invalid_control_values_total",
+        counter, gauge = r.counter_from, r.gauge_from  # read when scraped
+        gauge("rmeeting_instance_info", "This instance: its id and mode.",
+              lambda: {(instance_id, mode): 1}, ["instance_id", "mode"])
+        gauge("rmeeting_draining", "1 while this instance drains (no joins, /readyz 503).",
+              lambda: 0 if service.accepting else 1)
+        gauge("rmeeting_tcp_connections", "Open TCP connections (HTTP and WebSocket).",
+              tcp_connections)
+        gauge("rmeeting_meetings", "Meetings with at least one member on this instance.",
+              hub_stat("meetings"))
+        gauge("rmeeting_members", "Members connected to this instance.",
+              hub_stat("members"))
+        counter("rmeeting_frames_out_total",
+                "Frames the fan-out handed to members' connections (events x members).",
+                hub_stat("deliveries"))
+        gauge("rmeeting_hub_queued_events", "Events waiting in the shards' inboxes.",
+              hub_stat("queued"))
+        counter("rmeeting_hub_inbox_full_total",
+                "Times a shard's inbox was full and its producer had to wait (backpressure).",
+                hub_stat("inbox_full"))
+        _optional(counter, meetings, "invalid_values", "rmeeting_invalid_control_values_total",
                   "Hand-written control values this instance's etcd watch rejected (kept the "
                   "last valid value).")
-        _optional(r.counter, meetings, "unknown_keys", "rmeeting_unknown_control_keys_total",
+        _optional(counter, meetings, "unknown_keys", "rmeeting_unknown_control_keys_total",
                   "Keys under controls/ naming no flag, seen by the etcd watch (ignored).")
-        _optional(r.gauge, meetings, "watch_up", "rmeeting_etcd_watch_up",
+        _optional(gauge, meetings, "watch_up", "rmeeting_etcd_watch_up",
                   "1 while the etcd watch is established.")
-        _optional(r.gauge, meetings, "watch_revision", "rmeeting_etcd_watch_revision",
+        _optional(gauge, meetings, "watch_revision", "rmeeting_etcd_watch_revision",
                   "The last etcd revision this instance's watch handled (compare instances).")
-        _optional(r.counter, meetings, "watch_reconnects", "rmeeting_etcd_watch_reconnects_total",
+        _optional(counter, meetings, "watch_reconnects", "rmeeting_etcd_watch_reconnects_total",
                   "Times the etcd watch was re-opened after a failure or a compaction.")
-        _optional(r.gauge, chat, "relay_up", "rmeeting_relay_up",
+        _optional(gauge, chat, "relay_up", "rmeeting_relay_up",
                   "1 while the Redis relay (pub/sub) is connected and subscribed.")
-        _optional(r.counter, chat, "malformed", "rmeeting_relay_malformed_total",
+        _optional(counter, chat, "malformed", "rmeeting_relay_malformed_total",
                   "Undecodable messages the Redis relay skipped.")
+
+    # --- webhooks (rmeeting/webhooks): counted by the sender, read at scrape time ----------
+
+    def bind_webhooks(self, webhooks: Webhooks) -> None:
+        r, stats = self.registry, webhooks.stats
+        r.counter_from(
+            "rmeeting_webhook_events_total",
+            "Webhook events this instance put in the outbox (result=new), or found there "
+            "already, put by another instance that saw the same change (result=duplicate).",
+            lambda: {**{(t, "new"): n for t, n in stats.enqueued.items()},
+                     **{(t, "duplicate"): n for t, n in stats.duplicates.items()}},
+            ["type", "result"])
+        r.counter_from(
+            "rmeeting_webhook_deliveries_total",
+            "Webhook delivery attempts by this instance: result=ok (a 2xx), failed (an "
+            "error, a timeout or another status: retried), gave_up (out of attempts).",
+            lambda: {("ok",): stats.delivered, ("failed",): stats.failed_attempts,
+                     ("gave_up",): stats.gave_up},
+            ["result"])
+        r.counter_from("rmeeting_webhook_retries_total",
+                       "Webhook delivery attempts after the first (same webhook-id).",
+                       lambda: stats.retries)
+        r.gauge_from(
+            "rmeeting_webhook_queue_depth",
+            "Webhook deliveries not yet acknowledged, per endpoint (waiting or in progress; "
+            "in a cluster the shared outbox's depth), refreshed about once a second.",
+            lambda: {(e,): n for e, n in stats.depth.items()},
+            ["endpoint"])
+        r.counter_from(
+            "rmeeting_webhook_dropped_total",
+            "Webhook events dropped: where=emit (this instance's buffer to the outbox was "
+            "full), where=outbox (an endpoint's queue was full: its oldest went).",
+            lambda: {("emit",): stats.dropped_emit, ("outbox",): webhooks.outbox.dropped},
+            ["where"])
 
     def expose(self) -> str:
         return self.registry.expose()
@@ -144,7 +180,7 @@ class InstanceMetrics:
 
 def _optional(make: Callable[..., Any], source: object, attr: str, name: str, help: str) -> None:
     if hasattr(source, attr):
-        make(name, help, collect=lambda: _number(getattr(source, attr)))
+        make(name, help, lambda: _number(getattr(source, attr)))
 
 
 def _number(value: Any) -> Value:

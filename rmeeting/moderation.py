@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from .controls import Controls
 from .events import MemberJoined, MemberUpdated, Role
-from .stores.base import MemberRecord
+from .records import MemberRecord
 
 __all__ = ["MODERATOR_ROLES", "role_of", "view", "view_event"]
 

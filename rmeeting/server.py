@@ -20,8 +20,9 @@ from .instance_metrics import InstanceMetrics
 from .service import MeetingService
 from .stores.base import ChatLog, MeetingStore, MemberStore
 from .stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
-from .transport.frontdoor import FrontDoor, WsLimits
+from .transport.frontdoor import FrontDoor, FrontDoorLimits, WsLimits
 from .transport.http_bridge import HttpBridge
+from .webhooks import make_webhooks
 
 __all__ = ["RunningServer", "open_stores", "serve_rmeeting"]
 
@@ -107,6 +108,7 @@ async def serve_rmeeting(
         metrics = InstanceMetrics()
         hub = Hub(config.shards, encoders=wire.encoders(),
                   on_controls_delivered=metrics.on_controls_delivered)
+        webhooks = make_webhooks(config, instance_id)  # None without webhook_urls
         service = MeetingService(
             config,
             meetings=stores.meetings,
@@ -115,6 +117,7 @@ async def serve_rmeeting(
             hub=hub,
             instance_id=instance_id,
             metrics=metrics,
+            webhooks=webhooks,
         )
 
         async def ready() -> bool:
@@ -128,18 +131,29 @@ async def serve_rmeeting(
         from .api.v1_ws import v1_session  # noqa: PLC0415 - the v1 protocol is optional here
 
         app = create_app(service, ready=ready)
-        bridge = HttpBridge(app)
+        bridge = HttpBridge(app, keep_alive_timeout=config.keep_alive_timeout,
+                            read_timeout=config.read_timeout,
+                            max_head_bytes=config.max_head_bytes)
         limits = WsLimits(
             max_message=config.max_frame_bytes,
             max_buffer=config.outbox_bytes,
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
         )
-        front = FrontDoor(bridge, ws_router(service, v1_session), limits)
+        door = FrontDoorLimits(
+            max_connections=config.max_connections,
+            max_connections_per_ip=config.max_connections_per_ip,
+            max_head_bytes=config.max_head_bytes,
+            head_timeout=config.head_timeout,
+        )
+        front = FrontDoor(bridge, ws_router(service, v1_session), limits, door)
         metrics.bind(instance_id=instance_id, cluster=config.cluster, hub=hub,
                      meetings=stores.meetings, chat=stores.chat, service=service,
                      tcp_connections=lambda: front.connections)
         await nursery.start(hub.serve)
+        if webhooks is not None:  # before the stores' events: the first ones are sent too
+            metrics.bind_webhooks(webhooks)
+            await nursery.start(webhooks.serve)
         await nursery.start(stores.meetings.serve_events, service.on_meeting_event)
         on_bus_event = await cluster.start(nursery, service)
         await nursery.start(stores.chat.serve, on_bus_event)
@@ -156,6 +170,9 @@ async def serve_rmeeting(
             with trio.CancelScope(shield=True), \
                     trio.move_on_after(config.shutdown_grace) as grace:
                 await _drain(service, hub, cluster=config.cluster)
+            if webhooks is not None:  # the drain's leaves too: into the outbox (2 s at most)
+                with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                    await webhooks.flush()
             if grace.cancelled_caught:
                 log.warning("shutdown_grace passed: %d member(s) cut off",
                             hub.statistics()["members"])

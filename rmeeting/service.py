@@ -1,8 +1,10 @@
 """Meetings as the APIs see them: create, join, chat, control, leave, kick, end, export.
 
 Both protocols (the seed's and v1) and the HTTP routes call this one service, so they see one
-meeting. The service never writes to a member directly: every change goes to a store, and what
-the members learn comes back through the stores' event streams (``on_meeting_event``,
+meeting. It is the only gateway to the stores and the hub: the APIs and the cluster tasks call
+its methods, never its ``meetings``, ``members``, ``chat`` or ``hub`` (tests/test_layers.py
+keeps it so). The service never writes to a member directly: every change goes to a store, and
+what the members learn comes back through the stores' event streams (``on_meeting_event``,
 ``on_bus_event``) to the hub. That is what keeps one order per meeting, and it is the same path in
 embedded and cluster mode.
 """
@@ -11,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
@@ -21,8 +23,8 @@ from . import auth
 from .closes import Close, LeaveReason
 from .config import Config
 from .controls import Controls, validate_changes
-from .events import BusEvent, ChatPosted, MemberJoined, MemberLeft, MemberUpdated
-from .hub import Hub, Subscriber
+from .events import BusEvent, ChatPosted, HubEvent, MemberJoined, MemberLeft, MemberUpdated
+from .hub import Holder, Hub, Subscriber
 from .instance_metrics import InstanceMetrics
 from .moderation import MODERATOR_ROLES, role_of, view
 from .moderator import Moderator
@@ -30,6 +32,8 @@ from .stores.base import (
     AttendanceRecord,
     AuditEntry,
     ChatLog,
+    ControlsChanged,
+    History,
     MeetingEnded,
     MeetingEvent,
     MeetingFull,
@@ -40,8 +44,13 @@ from .stores.base import (
     MemberStore,
     Role,
 )
+from .webhooks import events as webhook_events
 
-__all__ = ["Denied", "Joined", "MeetingService", "RateLimiter", "Returning"]
+if TYPE_CHECKING:
+    from .webhooks import Webhooks
+
+#: ``Subscriber`` is the hub's record of a connection, as the APIs and cluster tasks see it
+__all__ = ["Denied", "Joined", "MeetingService", "RateLimiter", "Returning", "Subscriber"]
 
 log = logging.getLogger("rmeeting.service")
 
@@ -111,6 +120,7 @@ class MeetingService:
         hub: Hub,
         instance_id: str,
         metrics: InstanceMetrics | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.config = config
         self.meetings = meetings
@@ -122,6 +132,7 @@ class MeetingService:
         self.metrics = metrics or InstanceMetrics()
         #: meeting id -> its budget of control changes on this instance (dropped when it ends)
         self._control_limits: dict[str, RateLimiter] = {}
+        self.webhooks = webhooks
         #: what the host and co-hosts do to one member, and members' hands and asks
         self.moderator = Moderator(self)
 
@@ -131,6 +142,7 @@ class MeetingService:
         self.metrics.on_meeting_event(event)
         if isinstance(event, MeetingEnded):
             self._control_limits.pop(event.meeting_id, None)
+        self._webhook_for_meeting_event(event)
         await self.hub.deliver(event)
 
     async def on_bus_event(self, event: BusEvent) -> None:
@@ -162,6 +174,7 @@ class MeetingService:
         )
         created = await self.meetings.create(meta, initial)
         log.info("meeting created", extra={"meeting": meta.meeting_id})
+        self._webhook(webhook_events.meeting_created, meta)
         return Created(meta, created, host_key)
 
     async def require_meeting(self, meeting_id: str) -> MeetingMeta:
@@ -249,13 +262,30 @@ class MeetingService:
     async def end_meeting(self, meeting_id: str, *, reason: str = "ended by the host") -> bool:
         ended = await self.meetings.end(meeting_id, reason=reason)
         if ended:
-            await self.members.clear_meeting(meeting_id, reason=LeaveReason.MEETING_ENDED)
+            cleared = await self.members.clear_meeting(
+                meeting_id, reason=LeaveReason.MEETING_ENDED
+            )
+            for record in cleared:
+                self._webhook(webhook_events.member_left, record, LeaveReason.MEETING_ENDED)
             # the history is kept for the attendance export; chat is dropped
             await self.chat.drop(meeting_id)
         return ended
 
     async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]:
         return await self.members.attendance(meeting_id)
+
+    async def list_meetings(self) -> Sequence[MeetingMeta]:
+        return await self.meetings.list()
+
+    async def find_meeting(self, meeting_id: str) -> MeetingMeta | None:
+        return await self.meetings.get(meeting_id)
+
+    async def present(self, meeting_id: str) -> Sequence[MemberRecord]:
+        """The roster, without checking that the meeting exists (an ended one has none)."""
+        return await self.members.roster(meeting_id)
+
+    async def chat_history(self, meeting_id: str, after_seq: int, limit: int) -> History:
+        return await self.chat.history(meeting_id, after_seq, limit)
 
     async def controls(self, meeting_id: str) -> Controls:
         try:
@@ -288,11 +318,13 @@ class MeetingService:
         key: str | None = None,
         returning: bool = False,
         user_uid: str = "",
+        holder: Holder | None = None,
     ) -> Joined:
         """Register a member and attach its connection; everyone learns ``member_joined``.
 
         ``key`` is the member's secret (the seed's userUid, or the secret of a v1 token);
-        ``returning`` members (a valid token) may join a locked meeting."""
+        ``returning`` members (a valid token) may join a locked meeting. With ``holder``, the
+        hub hands it the member's frames (``Subscriber.held``) until it is cleared."""
         if not self.accepting:
             raise Denied("draining", "this server is shutting down; reconnect")
         await self.require_meeting(meeting_id)
@@ -316,7 +348,7 @@ class MeetingService:
         if await self.members.is_banned(meeting_id, record.member_id):
             raise Denied("kicked", "you were removed from this meeting")
         sub = Subscriber(meeting_id, record.member_id, protocol, outlet, user_uid=user_uid,
-                         record=record)
+                         record=record, held=holder)
         # listen before announcing: the member must see its own join and all that follows
         await self.chat.subscribe(meeting_id)
         await self.hub.attach(sub, controls)
@@ -331,6 +363,7 @@ class MeetingService:
             await self.members.join(record, max_members=self.config.max_members)
             sub.registered = True
             await self.chat.publish(MemberJoined.of(record))
+            self._webhook(webhook_events.member_joined, record)
         except MeetingFull as exc:
             await self._unlisten(sub)
             raise Denied("meeting_full", "the meeting is full") from exc
@@ -383,6 +416,7 @@ class MeetingService:
         # the event names the presence (joined_at), so that a newer one of the member is not
         # closed
         await self.chat.publish(MemberLeft.of(record, reason, close))
+        self._webhook(webhook_events.member_left, record, reason)
 
     async def leave_by_key(self, meeting_id: str, key: str) -> list[MemberRecord]:
         """The seed's LeaveMeeting: every presence of the member holding ``key`` leaves."""
@@ -396,6 +430,40 @@ class MeetingService:
                 if left is not None:
                     gone.append(left)
         return gone
+
+    # --- webhooks (rmeeting/webhooks): one non-blocking call per event ----------------------
+    # Joins, leaves and creations are emitted by the instance that makes them; control changes
+    # and ends by every instance whose watch sees them (the outbox keeps one per event id).
+
+    def _webhook_for_meeting_event(self, event: MeetingEvent) -> None:
+        if isinstance(event, ControlsChanged):
+            self._webhook(webhook_events.controls_changed, event)
+        elif isinstance(event, MeetingEnded):
+            self._webhook(webhook_events.meeting_ended, event)
+
+    def _webhook(self, build: Callable[..., webhook_events.WebhookEvent], *args: Any) -> None:
+        if self.webhooks is None:  # built only when someone listens
+            return
+        try:
+            self.webhooks.emit(build(*args))
+        except Exception:  # a webhook must never break the meeting's own path
+            log.exception("webhook event not built")
+
+    def notify_lobby(
+        self,
+        kind: webhook_events.LobbyType,
+        meeting_id: str,
+        member_id: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+    ) -> None:
+        """The lobby's webhook: ``member.waiting``, ``member.admitted`` or ``member.refused``.
+        Never waits. ``key`` names the happening if several instances may report it (else
+        emit it from one instance only)."""
+        if self.webhooks is not None:
+            self.webhooks.emit(
+                webhook_events.lobby_event(kind, meeting_id, member_id, data, key=key))
 
     async def resolve_token(self, meeting_id: str, token: str) -> Returning:
         """Check a v1 reconnect token against the member's latest record.
@@ -508,6 +576,47 @@ class MeetingService:
         told = {k: v for k, v in clean.items() if k in changes}
         await self.chat.publish(MemberUpdated.of(updated, told))
         return view(updated, controls)
+
+    # --- this instance and its presences (for the cluster tasks) ------------------------
+
+    def connections(self) -> list[Subscriber]:
+        """This instance's attached connections, now."""
+        return self.hub.subscribers()
+
+    def local_meeting_ids(self) -> list[str]:
+        """The meetings this instance has members of, now."""
+        return self.hub.meeting_ids()
+
+    def chat_position(self, meeting_id: str) -> tuple[int, float]:
+        """The last chat seq this instance's members of the meeting got, and since when the
+        instance has members of it (``Hub.chat_position``)."""
+        return self.hub.chat_position(meeting_id)
+
+    async def deliver_here(self, event: HubEvent) -> None:
+        """Hand ``event`` to this instance's members only, not through a store: for what only
+        this instance knows (its relay's state) or fetched for itself (chat it missed)."""
+        await self.hub.deliver(event)
+
+    async def restart_chat_numbering(self, meeting_id: str) -> None:
+        """The chat log numbers from 1 again (a Redis that lost its data): forget the seq."""
+        await self.hub.set_last_seq(meeting_id, 0)
+
+    async def presence(self, meeting_id: str, member_id: str) -> MemberRecord | None:
+        return await self.members.get(meeting_id, member_id)
+
+    async def presences_through(self, instance_id: str) -> Sequence[MemberRecord]:
+        return await self.members.by_instance(instance_id)
+
+    async def instances_with_presences(self) -> Sequence[str]:
+        """A superset of the instances holding presences (``MemberStore.instances``)."""
+        return await self.members.instances()
+
+    async def register_again(self, sub: Subscriber, record: MemberRecord) -> None:
+        """Put back a presence the member store lost, as ``record`` (its connection ``sub`` is
+        still here), and announce it; raises MeetingFull."""
+        await self.members.join(record, max_members=self.config.max_members)
+        sub.record = record
+        await self.chat.publish(MemberJoined.of(record))
 
 
 def _uuid() -> str:

@@ -172,6 +172,7 @@ class V1:
                 while True:
                     await self.ws.get_message()
             except ConnectionClosed as closed:
+                assert closed.reason is not None
                 return int(closed.reason.code)
 
 

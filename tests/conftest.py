@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import pytest
@@ -11,7 +11,27 @@ import trio
 from rmeeting.config import Config
 from rmeeting.server import RunningServer, serve_rmeeting
 
+from . import _tiers
 from .clients import Api
+
+# --- the tiers (tests/_tiers.py): servers only in marked tests ----------------------------------
+
+def pytest_configure(config: pytest.Config) -> None:
+    _tiers.install_guard()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _tiers.mark_by_fixtures(items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    _tiers.set_current_test(item)
+    try:
+        return (yield)
+    finally:
+        _tiers.set_current_test(None)
 
 
 def make_config(**overrides: Any) -> Config:

@@ -48,6 +48,17 @@ async def _run(server: RunningServer, **options: Any) -> dict[str, Any]:
     return result
 
 
+def _sane_cpu(server: dict[str, Any], processes: int) -> None:
+    """The server's CPU time over the measured phase: whole clock ticks (as /proc counts it), in
+    seconds (not ticks), and no more than its processes could spend on this machine's cores in
+    the measured wall time (one tick of slack at each end)."""
+    cpu, wall = server["measured_cpu_s"], server["measured_wall_s"]
+    ticks = cpu * os.sysconf("SC_CLK_TCK")
+    assert abs(ticks - round(ticks)) < 1e-6, cpu
+    assert 0 < wall and 0 <= ticks <= processes * (wall * os.sysconf("SC_CLK_TCK") + 2) * \
+        (os.cpu_count() or 1), (cpu, wall)
+
+
 def _sane_fanout(result: dict[str, Any], members: int, messages: int) -> None:
     assert result["sent"] == messages
     assert result["deliveries"] == result["expected_deliveries"] == members * messages
@@ -93,7 +104,8 @@ def test_spawned_server_two_processes_and_json(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     _sane_fanout(result, 6, 25)
     assert result["options"]["procs"] == 2
-    assert result["server"]["spawned"] and result["server"]["measured_cpu_s"] >= 0
+    assert result["server"]["spawned"]
+    _sane_cpu(result["server"], processes=2)
     assert result["command"].startswith("rmeeting bench fanout --spawn")
     assert result["machine"]["nproc"] >= 1 and result["machine"]["python"]
 
@@ -119,6 +131,7 @@ def test_v1_fanout_on_a_spawned_server(tmp_path: Path) -> None:
     assert result["protocol"] == "v1"
 
 
+@pytest.mark.cluster
 def test_flip_via_etcd_on_a_two_instance_cluster(tmp_path: Path) -> None:
     """The bench starts a local cluster, spreads 6 members over its 2 instances and flips `mic`
     with puts straight into etcd: every member is told of every flip."""
@@ -136,7 +149,8 @@ def test_flip_via_etcd_on_a_two_instance_cluster(tmp_path: Path) -> None:
     cluster = result["server"]["cluster"]
     assert len(cluster["instances"]) == 2 and not cluster["through_nginx"]
     assert sorted(result["urls"]) == sorted(i["url"] for i in cluster["instances"])
-    assert result["server"]["measured_cpu_s"] >= 0 and "etcd" in result["server"]["helpers"]
+    _sane_cpu(result["server"], processes=2)
+    assert "etcd" in result["server"]["helpers"]
     assert "2 instances" in format_text(result)
 
 
@@ -291,7 +305,7 @@ def test_png_without_matplotlib_says_how_to_get_it(
     def missing(name: str) -> Any:
         raise ImportError(name)
 
-    monkeypatch.setattr(plot.importlib, "import_module", missing)
+    monkeypatch.setattr("importlib.import_module", missing)
     with pytest.raises(plot.PlotUnavailable, match=r"pip install 'rmeeting\[bench\]'"):
         plot.write_png({"scenario": "fanout", "joined": 1}, str(tmp_path / "x.png"))
 

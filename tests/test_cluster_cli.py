@@ -88,10 +88,12 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_cluster_command_starts_serves_and_stops_everything() -> None:
+@pytest.mark.parametrize("redis_cluster", [False, True], ids=["redis", "redis-cluster"])
+def test_cluster_command_starts_serves_and_stops_everything(redis_cluster: bool) -> None:
     mark = uuid.uuid4().hex
+    flags = ["--redis-cluster"] if redis_cluster else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rmeeting", "cluster", "--instances", "2", "--port", "0"],
+        [sys.executable, "-m", "rmeeting", "cluster", "--instances", "2", "--port", "0", *flags],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         env={**os.environ, "CLUSTER_CLI_TEST_MARK": mark},
     )
@@ -118,9 +120,14 @@ def test_cluster_command_starts_serves_and_stops_everything() -> None:
 
         # after the requests: nginx's master listens before it has forked its workers
         children = _descendants(proc.pid)
+        redis_nodes = info["redis"].get("nodes") or [info["redis"]]
+        assert len(redis_nodes) == (6 if redis_cluster else 1)
+        # the instances are given every node; each finds out by itself that it is a cluster
+        assert info["redis"]["url"] == ",".join(node["url"] for node in redis_nodes)
         named = {
             "etcd": info["etcd"]["pid"],
-            "redis-server": info["redis"]["pid"],
+            **{f"redis-server 127.0.0.1:{node['url'].rsplit(':', 1)[1].split('/')[0]}":
+               node["pid"] for node in redis_nodes},
             "nginx": info["nginx"]["pid"],
             **{f"--instance-id {i['name']}": i["pid"] for i in info["instances"]},
         }

@@ -3,7 +3,9 @@ with members on it, Redis and etcd restarted mid-meeting, an instance started la
 that reconnects through another instance while its old socket is still open.
 
 Each test has a cluster of its own (they kill parts of it) and reaches instances directly through
-``cluster.instances[i].url`` where placement matters.
+``cluster.instances[i].url`` where placement matters. The tests whose subject is not the one Redis
+itself run on a Redis Cluster too (``redis_cluster``); a Redis Cluster primary killed is
+tests/test_redis_failover.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from rmeeting.cluster.launcher import Instance, LocalCluster
+from rmeeting.cluster.processes import RedisServer
 
 from .clients import V1, Api, open_seed, open_v1, recv_until
 
@@ -84,8 +87,12 @@ async def _seed_notice(ws: WebSocketConnection, code: str, timeout: float = 10) 
     await recv_until(ws, lambda m: m.get("code") == code, timeout)
 
 
-async def test_killed_instance_members_are_removed_once() -> None:
-    with LocalCluster(3) as cluster:
+ON_BOTH = pytest.mark.parametrize("redis_cluster", [False, True], ids=["redis", "redis-cluster"])
+
+
+@ON_BOTH
+async def test_killed_instance_members_are_removed_once(redis_cluster: bool) -> None:
+    with LocalCluster(3, redis_cluster=redis_cluster) as cluster:
         doomed_at, *survivors = cluster.instances
         mid, host = await _meeting(survivors[0].url)
         with trio.fail_after(40):
@@ -140,6 +147,7 @@ async def test_killed_instance_members_are_removed_once() -> None:
 
 async def test_redis_restart_mid_meeting() -> None:
     with LocalCluster(2) as cluster:
+        assert isinstance(cluster.redis, RedisServer)  # one plain Redis, restarted in place
         one, two = cluster.instances
         mid, host = await _meeting(one.url)
         with trio.fail_after(40):
@@ -221,8 +229,9 @@ async def test_etcd_restart_mid_meeting() -> None:
                 assert flip["isMute"] is True
 
 
-async def test_instance_started_late_serves_the_meeting() -> None:
-    with LocalCluster(2) as cluster:
+@ON_BOTH
+async def test_instance_started_late_serves_the_meeting(redis_cluster: bool) -> None:
+    with LocalCluster(2, redis_cluster=redis_cluster) as cluster:
         one, two = cluster.instances
         mid, _host = await _meeting(cluster.url)
         with trio.fail_after(40):
@@ -249,8 +258,9 @@ async def test_instance_started_late_serves_the_meeting() -> None:
                     assert event["changed"] == {"camera": False} and event["by"] == "operator"
 
 
-async def test_reconnect_elsewhere_keeps_the_new_presence() -> None:
-    with LocalCluster(2) as cluster:
+@ON_BOTH
+async def test_reconnect_elsewhere_keeps_the_new_presence(redis_cluster: bool) -> None:
+    with LocalCluster(2, redis_cluster=redis_cluster) as cluster:
         one, two = cluster.instances
         mid, _host = await _meeting(one.url)
         with trio.fail_after(30):

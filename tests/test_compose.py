@@ -244,6 +244,7 @@ def test_etcd_members_run_the_configs_in_etcd_dir(compose: dict[str, Any]) -> No
                    for target, source in _volumes(service).items()), name
 
 
+@pytest.mark.redis
 def test_redis_keeps_an_append_only_file_like_the_launchers(
     compose: dict[str, Any], tmp_path: Path,
 ) -> None:

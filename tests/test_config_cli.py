@@ -82,7 +82,7 @@ async def test_serve_command_end_to_end_and_sigterm() -> None:
                 with pytest.raises(ConnectionClosed) as closed:
                     while True:
                         await ann.get_message()
-                assert closed.value.reason.code == 1001
+                assert closed.value.reason is not None and closed.value.reason.code == 1001
             assert await proc.wait() == 0
             logs = (await proc.stderr.receive_some(65536)).decode().splitlines()
         records = [json.loads(line) for line in logs if line.strip()]

@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 import pytest
 import trio
+from trio.testing import MockClock
 from trio_websocket import ConnectionClosed
 
 from rmeeting.config import Config
@@ -44,6 +45,7 @@ async def _closed_code(ws: Any, timeout: float = 5) -> int:
             while True:
                 await ws.get_message()
         except ConnectionClosed as closed:
+            assert closed.reason is not None
             return int(closed.reason.code)
 
 
@@ -123,7 +125,11 @@ async def test_slow_consumer_is_dropped_and_the_meeting_goes_on(
         await stream.aclose()
 
 
-async def test_silent_client_is_dropped_by_keepalive(nursery: trio.Nursery) -> None:
+async def test_silent_client_is_dropped_by_keepalive(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    """On virtual time (the server runs in this test's Trio run): the waits take no real time,
+    and when the ghost goes is checked against ping_interval + ping_timeout exactly."""
     server: RunningServer = await nursery.start(
         _serve, make_config(ping_interval=0.3, ping_timeout=0.3)
     )
@@ -137,9 +143,13 @@ async def test_silent_client_is_dropped_by_keepalive(nursery: trio.Nursery) -> N
             try:
                 await recv_until(ann, lambda m: m.get("notice") == "有成员加入会议室"
                                  and m["name"] == "ghost")
-                # it never answers a ping: gone within ping_interval + ping_timeout (+ slack)
+                joined = trio.current_time()
+                # it never answers a ping: silent for more than ping_interval + ping_timeout, it
+                # is closed at the next check (one ping_interval at most), and gone once its
+                # close frame went unanswered for the close timeout (2 s)
                 assert await recv_until(ann, lambda m: m.get("notice") == "有成员离开会议室") == {
                     "notice": "有成员离开会议室", "name": "ghost"}
+                assert 0.6 < trio.current_time() - joined <= 0.6 + 0.3 + 2.0 + 0.01
                 assert await _attendance_reason(server, mid, "ghost") == "timeout"
             finally:
                 await stream.aclose()
@@ -209,7 +219,7 @@ async def test_abrupt_disconnect_mid_broadcast_does_not_stop_others(
             await stream.aclose()
             for i in range(50):
                 await ann.send_message(f"m{i}")
-            got = []
+            got: list[str] = []
             while len(got) < 50:
                 msg = await recv_json(bob)
                 if msg.get("name") == "ann":

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from .etcd_server import EtcdServer, running_etcd
-from .test_etcd_store import PREFIX, _meta, serving
+from .test_etcd_store import PREFIX, CuttableLink, _meta, serving
 
 pytestmark = pytest.mark.etcd
 
@@ -61,27 +61,33 @@ async def test_operator_restricts_one_member(etcd: EtcdServer) -> None:
 
 async def test_host_key_by_hand_and_a_resync(etcd: EtcdServer) -> None:
     meta = _meta()
-    with trio.fail_after(20):
-        async with serving(etcd) as (store, events):
-            await store.create(meta, {})
-            home = f"{PREFIX}/{meta.meeting_id}"
-            await etcd.etcdctl("put", f"{home}/host", "m7")
-            event = await events.next_change(meta.meeting_id)
-            assert event.host_changed == (None, "m7") and event.controls.host == "m7"
-            await etcd.etcdctl("put", f"{home}/host", "not/a member")  # ignored, counted
-            await etcd.etcdctl("put", f"{home}/members/m1/camera", "false")
-            event = await events.next_change(meta.meeting_id)
-            assert event.host_changed is None and event.controls.host == "m7"
-            assert store.invalid_values == 1
-            store._pause_watch()  # cut off: changes pile up, then the log is compacted
-            await trio.sleep(0.2)
-            await etcd.etcdctl("del", f"{home}/members/m1/camera")
-            await etcd.etcdctl("put", f"{home}/members/m2/rename", "0")
-            await etcd.etcdctl("put", f"{home}/host", "m2")
-            await etcd.etcdctl("compact", str(await etcd.revision()))
-            store._resume_watch()
-            event = await events.next_change(meta.meeting_id)
-            assert event.actor == "snapshot" and event.host_changed == ("m7", "m2")
-            assert event.member_changed == {"m1": {"camera": (False, None)},
-                                            "m2": {"rename": (None, False)}}
-            assert (await store.controls(meta.meeting_id)).members == {"m2": {"rename": False}}
+    link = CuttableLink(etcd.client_port)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.serve)
+            async with serving(etcd, endpoint=link.endpoint) as (store, events):
+                await store.create(meta, {})
+                home = f"{PREFIX}/{meta.meeting_id}"
+                await etcd.etcdctl("put", f"{home}/host", "m7")
+                event = await events.next_change(meta.meeting_id)
+                assert event.host_changed == (None, "m7") and event.controls.host == "m7"
+                await etcd.etcdctl("put", f"{home}/host", "not/a member")  # ignored, counted
+                await etcd.etcdctl("put", f"{home}/members/m1/camera", "false")
+                event = await events.next_change(meta.meeting_id)
+                assert event.host_changed is None and event.controls.host == "m7"
+                assert store.invalid_values == 1
+                link.cut()  # cut off: changes pile up, then the log is compacted
+                while await store.ready():
+                    await trio.sleep(0.05)
+                await etcd.etcdctl("del", f"{home}/members/m1/camera")
+                await etcd.etcdctl("put", f"{home}/members/m2/rename", "0")
+                await etcd.etcdctl("put", f"{home}/host", "m2")
+                await etcd.etcdctl("compact", str(await etcd.revision()))
+                link.restore()
+                event = await events.next_change(meta.meeting_id)
+                assert event.actor == "snapshot" and event.host_changed == ("m7", "m2")
+                assert event.member_changed == {"m1": {"camera": (False, None)},
+                                                "m2": {"rename": (None, False)}}
+                assert (await store.controls(meta.meeting_id)).members == {
+                    "m2": {"rename": False}}
+            nursery.cancel_scope.cancel()

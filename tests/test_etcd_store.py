@@ -58,10 +58,12 @@ def _meta() -> MeetingMeta:
 
 @asynccontextmanager
 async def serving(
-    etcd: EtcdServer, timeout: float = 2.0
+    etcd: EtcdServer, timeout: float = 2.0, endpoint: str | None = None
 ) -> AsyncIterator[tuple[EtcdMeetingStore, Events]]:
-    """A store on ``etcd`` whose serve_events runs for the block."""
-    async with open_etcd_meeting_store([etcd.endpoint], timeout=timeout) as store:
+    """A store on ``etcd`` (through ``endpoint``, if given) whose serve_events runs for the
+    block."""
+    endpoints = [endpoint or etcd.endpoint]
+    async with open_etcd_meeting_store(endpoints, timeout=timeout) as store:
         events = Events()
         async with trio.open_nursery() as nursery:
             await nursery.start(store.serve_events, events)
@@ -174,38 +176,101 @@ async def test_watch_survives_etcd_restart(etcd: EtcdServer) -> None:
             assert events.items == []
 
 
+class CuttableLink:
+    """A loopback TCP relay to etcd that can be cut: the store's network, unplugged and
+    plugged back in (etcd and etcdctl carry on meanwhile)."""
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self.port = 0
+        self._cut = False
+        self._open: set[trio.CancelScope] = set()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def serve(
+        self,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        await trio.serve_listeners(self._relay, listeners, task_status=task_status)
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        async with client:
+            if self._cut:
+                return
+            with trio.CancelScope() as scope:
+                self._open.add(scope)
+                try:
+                    upstream = await trio.open_tcp_stream("127.0.0.1", self._target)
+                    async with upstream, trio.open_nursery() as nursery:
+                        for src, dst in ((client, upstream), (upstream, client)):
+                            nursery.start_soon(self._pump, src, dst, nursery.cancel_scope)
+                finally:
+                    self._open.discard(scope)
+
+    @staticmethod
+    async def _pump(src: trio.SocketStream, dst: trio.SocketStream,
+                    both: trio.CancelScope) -> None:
+        try:
+            async for chunk in src:
+                await dst.send_all(chunk)
+        except trio.BrokenResourceError:
+            pass
+        both.cancel()
+
+    def cut(self) -> None:
+        self._cut = True
+        for scope in self._open:
+            scope.cancel()
+
+    def restore(self) -> None:
+        self._cut = False
+
+
 async def test_compacted_watch_resyncs_from_a_snapshot(etcd: EtcdServer) -> None:
     kept, gone = _meta(), _meta()
-    with trio.fail_after(20):
-        async with serving(etcd) as (store, events):
-            for meta in (kept, gone):  # and wait until the watcher has seen both
-                await store.create(meta, {})
-                await store.set_controls(meta.meeting_id, {"chat": False}, actor="host")
-                await events.next_change(meta.meeting_id)
-            store._pause_watch()  # as if cut off from etcd: changes pile up unseen
-            await trio.sleep(0.2)
-            home = f"{PREFIX}/{kept.meeting_id}"
-            await etcd.etcdctl("put", f"{home}/controls/camera", "false")
-            await etcd.etcdctl("put", f"{home}/controls/mic", "off")
-            await etcd.etcdctl("del", "--prefix", f"{PREFIX}/{gone.meeting_id}/")
-            await etcd.etcdctl("compact", str(await etcd.revision()))
-            assert events.items == []
-            store._resume_watch()
-            event = await events.next_change(kept.meeting_id)
-            assert event.actor == "snapshot"
-            assert event.changed == {"camera": (True, False), "mic": (True, False)}
-            assert (await store.controls(kept.meeting_id)).revision == event.controls.revision
-            await events.wait_for(
-                lambda e: isinstance(e, MeetingEnded) and e.meeting_id == gone.meeting_id
-            )
-            trail = await store.audit(kept.meeting_id)
-            assert [(e.flag, e.new, e.actor) for e in trail] == [
-                ("chat", False, "host"), ("camera", False, "operator"), ("mic", False, "operator"),
-            ]
-            # And the watch goes on from the snapshot.
-            await etcd.etcdctl("put", f"{home}/controls/camera", "true")
-            event = await events.next_change(kept.meeting_id)
-            assert event.changed == {"camera": (False, True)} and event.actor == "operator"
+    link = CuttableLink(etcd.client_port)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.serve)
+            async with serving(etcd, endpoint=link.endpoint) as (store, events):
+                for meta in (kept, gone):  # and wait until the watcher has seen both
+                    await store.create(meta, {})
+                    await store.set_controls(meta.meeting_id, {"chat": False}, actor="host")
+                    await events.next_change(meta.meeting_id)
+                link.cut()  # cut off from etcd: changes pile up unseen
+                while await store.ready():
+                    await trio.sleep(0.05)
+                home = f"{PREFIX}/{kept.meeting_id}"
+                await etcd.etcdctl("put", f"{home}/controls/camera", "false")
+                await etcd.etcdctl("put", f"{home}/controls/mic", "off")
+                await etcd.etcdctl("del", "--prefix", f"{PREFIX}/{gone.meeting_id}/")
+                await etcd.etcdctl("compact", str(await etcd.revision()))
+                assert events.items == []
+                link.restore()
+                event = await events.next_change(kept.meeting_id)
+                assert event.actor == "snapshot"
+                assert event.changed == {"camera": (True, False), "mic": (True, False)}
+                current = await store.controls(kept.meeting_id)
+                assert current.revision == event.controls.revision
+                await events.wait_for(
+                    lambda e: isinstance(e, MeetingEnded) and e.meeting_id == gone.meeting_id
+                )
+                trail = await store.audit(kept.meeting_id)
+                assert [(e.flag, e.new, e.actor) for e in trail] == [
+                    ("chat", False, "host"), ("camera", False, "operator"),
+                    ("mic", False, "operator"),
+                ]
+                # And the watch goes on from the snapshot.
+                await etcd.etcdctl("put", f"{home}/controls/camera", "true")
+                event = await events.next_change(kept.meeting_id)
+                assert event.changed == {"camera": (False, True)} and event.actor == "operator"
+            nursery.cancel_scope.cancel()
 
 
 async def test_timed_change_expires_without_the_instance_that_set_it(

@@ -9,7 +9,7 @@ import trio
 from rmeeting import wire
 from rmeeting.closes import Close, LeaveReason
 from rmeeting.controls import Controls
-from rmeeting.events import ChatPosted, ControlsChanged, MemberJoined, MemberLeft
+from rmeeting.events import ChatPosted, ControlsChanged, HubEvent, MemberJoined, MemberLeft
 from rmeeting.hub import Hub, Subscriber
 from rmeeting.stores.base import MemberRecord
 
@@ -129,3 +129,33 @@ async def test_a_leave_closes_only_the_presence_it_names() -> None:
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     assert new.closed == (Close.KICKED, "removed") and old.closed is None
+
+
+class Holding:
+    def __init__(self) -> None:
+        self.held: list[tuple[HubEvent, bytes]] = []
+
+    def hold(self, event: HubEvent, frame: bytes) -> None:
+        self.held.append((event, frame))
+
+
+async def test_a_held_member_gets_events_with_their_frames_until_released() -> None:
+    hub = Hub(shards=1, encoders=wire.encoders())
+    outlet, holder, other = Recorder(), Holding(), Recorder()
+    sub = Subscriber("m", "u", "v1", outlet, held=holder)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await hub.attach(Subscriber("m", "o", "v1", other), Controls())
+            await hub.attach(sub, Controls())
+            await hub.deliver(_chat("m", 1))
+            while len(other.writes) < 1:
+                await trio.sleep(0.01)
+            assert [event for event, _frame in holder.held] == [_chat("m", 1)]
+            assert outlet.writes == [] and holder.held[0][1] == other.writes[0]
+            sub.held = None  # released (the v1 welcome's gate does this)
+            await hub.deliver(_chat("m", 2))
+            while len(other.writes) < 2:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert len(holder.held) == 1 and outlet.writes == other.writes[1:]

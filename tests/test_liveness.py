@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from rmeeting import wire
+from rmeeting.closes import LeaveReason
 from rmeeting.cluster.liveness import Liveness
 from rmeeting.cluster.presence import Presence
 from rmeeting.hub import Hub
@@ -143,7 +144,7 @@ async def test_a_lost_lease_registers_again_with_the_members(
     assert again is not None and again.joined_at > joined.record.joined_at
     assert joined.sub.record == again  # its own leave will name the new presence
     assert "solo" in await etcd.etcdctl("get", "--keys-only", "/rmeeting/instances/solo")
-    await service.disconnected(joined, "closed")
+    await service.disconnected(joined, LeaveReason.CLOSED)
     assert await stores.members.roster(meeting) == []
 
 

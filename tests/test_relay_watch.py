@@ -1,12 +1,15 @@
-"""The chat relay watch on memory stores: what members hear while the relay is down, and the chat
-they missed, delivered once and in order when it is back (the cluster test restarts a real Redis;
-this one makes the relay miss messages on purpose, which a real outage does only by chance)."""
+"""The chat relay watch: what members hear while the relay is down, and the chat they missed,
+delivered once and in order when it is back (the cluster test restarts a real Redis; this one
+makes the relay miss messages on purpose, which a real outage does only by chance). The chat log
+is the memory one, the Redis one on a real Redis, and the Redis one on a real Redis Cluster."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import trio
 
 from rmeeting import wire
@@ -17,10 +20,69 @@ from rmeeting.config import Config
 from rmeeting.events import ChatPosted
 from rmeeting.hub import Hub
 from rmeeting.service import MeetingService
+from rmeeting.stores.base import ChatLog
 from rmeeting.stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
+from rmeeting.stores.redis import RedisChatLog
 from rmeeting.transport.websocket import text_payload
 
 from .conftest import make_config
+from .redis_server import (  # noqa: F401  (the session fixtures)
+    RedisClusterServer,
+    RedisServer,
+    redis_cluster,
+    redis_server,
+)
+
+
+class MakeChat:
+    """Chat logs of one kind: memory, or Redis (plain or a cluster) on a real server."""
+
+    def __init__(self, server: RedisServer | RedisClusterServer | None) -> None:
+        self.server = server
+        self.made: list[RedisChatLog] = []
+
+    def __call__(self, history_limit: int) -> ChatLog:
+        if self.server is None:
+            return MemoryChatLog(history_limit=history_limit)
+        self.made.append(RedisChatLog(self.server.url, history_limit=history_limit))
+        return self.made[-1]
+
+    async def unsubscribe(self, chat: ChatLog, meeting_id: str) -> None:
+        """``chat.unsubscribe``, and on Redis wait until Redis itself no longer sends this
+        instance the meeting's messages (an UNSUBSCRIBE goes out asynchronously): only then
+        is what is published next really missed, as in an outage."""
+        await chat.unsubscribe(meeting_id)
+        if self.server is None:
+            return
+        channel = f"rmeeting:c:{{{meeting_id}}}"
+        with trio.fail_after(5):
+            while await trio.to_thread.run_sync(self._subscribers, channel):
+                await trio.sleep(0.02)
+
+    def _subscribers(self, channel: str) -> int:
+        if isinstance(self.server, RedisClusterServer):
+            return sum(int(self.server.command(node, "pubsub", "shardnumsub", channel).split()[-1])
+                       for node in self.server.nodes if node.running)
+        assert self.server is not None
+        client = self.server.client()
+        try:
+            return int(client.pubsub_numsub(channel)[0][1])
+        finally:
+            client.close()
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+def make_chat(request: pytest.FixtureRequest) -> Iterator[MakeChat]:
+    if request.param == "memory":
+        yield MakeChat(None)
+        return
+    server: RedisServer | RedisClusterServer = request.getfixturevalue(
+        "redis_cluster" if request.param == "redis-cluster" else "redis_server")
+    server.flushall()
+    maker = MakeChat(server)
+    yield maker
+    for chat in maker.made:
+        chat.close()
 
 
 class Outlet:
@@ -41,9 +103,10 @@ class Outlet:
 
 
 async def _wired(
-    nursery: trio.Nursery, chat: MemoryChatLog, config: Config
+    nursery: trio.Nursery, chat: ChatLog, config: Config
 ) -> tuple[MeetingService, ChatRelayWatch]:
-    """A service on memory stores whose chat log reaches the hub through the relay watch."""
+    """A service on memory stores but ``chat``, whose chat log reaches the hub through the
+    relay watch."""
     hub = Hub(2, encoders=wire.encoders())
     service = MeetingService(config, meetings=MemoryMeetingStore(), members=MemoryMemberStore(),
                              chat=chat, hub=hub, instance_id="i1")
@@ -54,8 +117,10 @@ async def _wired(
     return service, watch
 
 
-async def test_outage_is_told_and_missed_chat_caught_up_once(nursery: trio.Nursery) -> None:
-    chat = MemoryChatLog()
+async def test_outage_is_told_and_missed_chat_caught_up_once(
+    nursery: trio.Nursery, make_chat: MakeChat
+) -> None:
+    chat = make_chat(500)
     service, watch = await _wired(nursery, chat, make_config())
     mid = (await service.create_meeting("m")).meta.meeting_id
     outlet = Outlet()
@@ -75,7 +140,7 @@ async def test_outage_is_told_and_missed_chat_caught_up_once(nursery: trio.Nurse
     watch.on_relay_state(False)
     await until(["one", "chat_unavailable"])
     # what another instance published while this one's relay was away: in history, not relayed
-    await chat.unsubscribe(mid)
+    await make_chat.unsubscribe(chat, mid)
     await say("two")
     await say("three")
     await chat.subscribe(mid)
@@ -98,8 +163,10 @@ async def test_outage_is_told_and_missed_chat_caught_up_once(nursery: trio.Nurse
     await service.disconnected(joined, LeaveReason.CLOSED)
 
 
-async def test_what_history_no_longer_holds_is_told_as_a_gap(nursery: trio.Nursery) -> None:
-    chat = MemoryChatLog(history_limit=2)
+async def test_what_history_no_longer_holds_is_told_as_a_gap(
+    nursery: trio.Nursery, make_chat: MakeChat
+) -> None:
+    chat = make_chat(2)
     service, watch = await _wired(nursery, chat, make_config(history_limit=2, welcome_history=2))
     mid = (await service.create_meeting("m")).meta.meeting_id
     outlet = Outlet()
@@ -114,7 +181,7 @@ async def test_what_history_no_longer_holds_is_told_as_a_gap(nursery: trio.Nurse
     await count("notice", 2)  # the join, "a"
     watch.on_relay_state(False)
     await count("code", 1)
-    await chat.unsubscribe(mid)
+    await make_chat.unsubscribe(chat, mid)
     for text in ("b", "c", "d"):
         await chat.publish(ChatPosted(mid, "x", "bob", "member", text))
     await chat.subscribe(mid)

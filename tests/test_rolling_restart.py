@@ -102,7 +102,7 @@ async def _v1_connection(url: str, mid: str, m: Member, stop: trio.Event) -> Non
                     assert frame["type"] != "error", frame
             except ConnectionClosed as closed:
                 nursery.cancel_scope.cancel()
-                assert closed.reason.code == 1012, closed.reason
+                assert closed.reason is not None and closed.reason.code == 1012, closed.reason
                 m.drained += 1
 
 
@@ -118,7 +118,7 @@ async def _seed_connection(url: str, mid: str, m: Member, stop: trio.Event) -> N
                     await ws.get_message()
             except ConnectionClosed as closed:
                 nursery.cancel_scope.cancel()
-                assert closed.reason.code == 1012, closed.reason
+                assert closed.reason is not None and closed.reason.code == 1012, closed.reason
                 m.drained += 1
 
 

@@ -1,4 +1,5 @@
-"""One scenario suite, two deployments: an embedded instance, and 3 instances behind nginx.
+"""One scenario suite, three deployments: an embedded instance, and 3 instances behind nginx on
+one Redis and on a Redis Cluster (3 primaries with a replica each).
 
 Each scenario speaks only to the public URL (HTTP and WebSocket), as clients do. Behind nginx's
 round-robin, the members of one meeting land on different instances, so every scenario here is
@@ -50,10 +51,12 @@ class Target:
             assert response.status_code == 200, response.text
 
 
-@pytest.fixture(scope="module", params=["embedded", "cluster"])
+@pytest.fixture(scope="module",
+                params=["embedded", pytest.param("cluster", marks=pytest.mark.cluster),
+                        pytest.param("redis-cluster", marks=pytest.mark.cluster)])
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
-    if request.param == "cluster":
-        with LocalCluster(3) as cluster:
+    if request.param in ("cluster", "redis-cluster"):
+        with LocalCluster(3, redis_cluster=request.param == "redis-cluster") as cluster:
             yield Target("cluster", cluster.url, [i.url for i in cluster.instances],
                          cluster.etcd.endpoint)
         return
@@ -189,9 +192,10 @@ async def test_leave_kick_and_end(target: Target) -> None:
                 with pytest.raises(ConnectionClosed) as closed:
                     while True:
                         await stay.get_message()
-                assert closed.value.reason.code == 4000
+                assert closed.value.reason is not None and closed.value.reason.code == 4000
 
 
+@pytest.mark.cluster
 def test_local_cluster_processes_are_gone_after_stop() -> None:
     with LocalCluster(1) as cluster:
         pids = [i.pid for i in cluster.instances]

@@ -54,7 +54,7 @@ async def test_join_unknown_meeting_is_refused_and_nothing_stored(
             try:
                 await ws.get_message()
             except ConnectionClosed as closed:
-                assert closed.reason.code == 4404
+                assert closed.reason is not None and closed.reason.code == 4404
     assert await server.service.members.roster("no-such-meeting") == []
     assert await server.service.members.attendance("no-such-meeting") == []
 

@@ -6,8 +6,7 @@ from typing import Any
 
 from quart import Response, request
 
-from ..wire._decode import BadInput, decode
-from ..wire._json import dumps
+from ..wire import BadInput, decode, dumps
 
 __all__ = ["BadRequest", "field", "json_body", "json_response", "only"]
 

@@ -316,7 +316,10 @@ _PATHS: dict[str, Any] = {
                     ("host_key", "join as host (or Authorization: Bearer)"),
                 )
             ],
-            "responses": {"101": {"description": "switching protocols"}},
+            "responses": {
+                "101": {"description": "switching protocols"},
+                "426": _json(_ref("Error"), "not a WebSocket upgrade (version 13) request"),
+            },
         },
     },
 }

@@ -20,8 +20,7 @@ from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import StoreUnavailable
 from ..transport.frontdoor import Handshake
 from ..transport.websocket import BadFrame, WebSocket
-from ..wire import seed
-from ..wire._decode import BadInput, decode
+from ..wire import BadInput, decode, seed
 from ._http import BadRequest, field, json_body, json_response
 
 __all__ = ["DENIED_CLOSE_CODES", "leave_reason", "seed_blueprint", "seed_session"]
@@ -210,9 +209,9 @@ async def _control(service: MeetingService, joined: Joined, meeting_id: str, res
     # from what the session knows (no store read): it joined as the manager, with this userUid
     if joined.record.role != "host" or not auth.secret_matches(user_uid, joined.record.key_hash):
         raise Denied("not_host", "only the meeting's manager may change its controls")
-    # ... and still is: no hand-over since (the hub's copy of the controls, no store read)
-    controls = service.hub.controls_of(meeting_id)
-    if controls is not None and controls.host is not None:
+    # ... and still is: no hand-over since (this instance's copy of the controls: no store read)
+    controls = await service.current_controls(meeting_id)
+    if controls.host is not None:
         raise Denied("not_host", "the host role was handed to another member")
     value = body[field_name]
     await service.set_controls(

@@ -195,8 +195,8 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
         """Every meeting, oldest first (operators: ``rmeeting meetings list``)."""
         require_admin()
         listed = []
-        for meta in sorted(await service.meetings.list(), key=lambda m: m.created_at):
-            roster = await service.members.roster(meta.meeting_id)
+        for meta in sorted(await service.list_meetings(), key=lambda m: m.created_at):
+            roster = await service.present(meta.meeting_id)
             listed.append({"id": meta.meeting_id, "name": meta.name,
                            "created_at": iso(meta.created_at), "members": len(roster),
                            "join_url": join_url(meta.meeting_id)})
@@ -289,6 +289,15 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
              "revision": e.revision, "at": iso(e.at), "member": e.member}
             for e in await service.audit(meeting_id)
         ]})
+
+    @bp.get("/meetings/<meeting_id>/ws")
+    async def websocket_without_upgrade(meeting_id: str) -> Any:
+        # upgrades are answered by the front door; what reaches the app here is a plain GET
+        response = json_response({"error": "this route is a WebSocket: send an upgrade",
+                                  "code": "upgrade_required"}, 426)
+        response.headers["Upgrade"] = "websocket"
+        response.headers["Connection"] = "Upgrade"
+        return response
 
     from .v1_moderation import moderation_routes  # it uses iso() from here
 

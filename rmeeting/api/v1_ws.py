@@ -10,7 +10,6 @@ Every client frame is a JSON object with a ``type`` and an optional ``id`` echoe
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -19,14 +18,14 @@ import trio
 
 from .. import auth
 from ..closes import Close
+from ..events import ChatPosted, ControlsChanged, HubEvent, MemberJoined, MemberLeft
 from ..moderation import view
 from ..moderator import Actor
 from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
-from ..transport.websocket import BadFrame, WebSocket, text_payload
-from ..wire import v1
-from ..wire._decode import BadInput, decode
+from ..transport.websocket import BadFrame, WebSocket
+from ..wire import BadInput, decode, v1
 from .seed import DENIED_CLOSE_CODES, leave_reason
 
 __all__ = ["v1_session"]
@@ -41,57 +40,53 @@ OWN_JOIN_TIMEOUT = 2.0
 
 
 class _Gate:
-    """The member's outlet while its welcome is being put together.
+    """Holds the member's event frames while its welcome is being put together.
 
     The member is attached to the hub *before* the snapshot is read, so nothing published after
-    the snapshot can be missed; what the hub sends meanwhile is held here, then released after
-    the welcome minus what the welcome already shows (chat up to its seq, controls up to its
-    revision, the member's own join). The snapshot is read once the member's own join has come
-    through the hub, so what was in flight before it is held (and filtered) too. Bounded like
-    the outbox: past it, a slow consumer."""
+    the snapshot can be missed; what the hub sends meanwhile is handed here (with its event:
+    ``Subscriber.held``), then released after the welcome minus what the welcome already shows
+    (chat up to its seq, controls up to its revision, the member's own join). The snapshot is
+    read once the member's own join has come through the hub, so what was in flight before it
+    is held (and filtered) too. Bounded like the outbox: past it, a slow consumer."""
 
     def __init__(self, ws: WebSocket, limit: int) -> None:
         self.ws = ws
         self.member_id = ""
         self.own_join = trio.Event()
         self._limit = limit
-        self._held: list[tuple[bytes, dict[str, Any]]] | None = []
+        self._held: list[tuple[HubEvent, bytes]] = []
         self._bytes = 0
 
-    def send_frame_nowait(self, frame: bytes) -> bool:
-        if self._held is None:
-            return self.ws.send_frame_nowait(frame)
+    def hold(self, event: HubEvent, frame: bytes) -> None:
         if self.ws.closing:
             self.own_join.set()  # nothing more to wait for
-            return False
+            return
         self._bytes += len(frame)
         if self._bytes > self._limit:
             self.ws.close_nowait(Close.SLOW_CONSUMER, "slow consumer: outgoing queue full")
             self.own_join.set()
-            return False
-        msg = json.loads(text_payload(frame))  # only while held: a few frames per join
-        self._held.append((frame, msg))
-        self._check(msg)
-        return True
+            return
+        self._held.append((event, frame))
+        self._check(event)
 
     def expect(self, member_id: str) -> None:
         """Watch for this member's own join (it may already be held)."""
         self.member_id = member_id
-        for _frame, msg in self._held or ():
-            self._check(msg)
+        for event, _frame in self._held:
+            self._check(event)
 
-    def _check(self, msg: dict[str, Any]) -> None:
-        if msg.get("type") == "member_joined" and msg["member"].get("id") == self.member_id:
+    def _check(self, event: HubEvent) -> None:
+        if isinstance(event, MemberJoined) and event.member_id == self.member_id:
             self.own_join.set()
 
-    def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None:
-        self.ws.close_nowait(code, reason)
-
-    def release(self, first: bytes, keep: Callable[[dict[str, Any]], bool]) -> None:
-        held, self._held = self._held or [], None
+    def release(self, joined: Joined, first: bytes, keep: Callable[[HubEvent], bool]) -> None:
+        """Send ``first``, then what was held and ``keep`` accepts; from now on the hub writes
+        to the member's socket itself."""
+        held, self._held = self._held, []
+        joined.sub.held = None
         self.ws.send_text_nowait(first)
-        for frame, msg in held:
-            if keep(msg):
+        for event, frame in held:
+            if keep(event):
                 self.ws.send_frame_nowait(frame)
 
 
@@ -157,13 +152,14 @@ async def _join(
         back = await service.resolve_token(meeting_id, token)
         # back under its own name: a new one in the query would get round the rename flag
         joined = await service.join(
-            meeting_id, name=back.name, protocol="v1", outlet=gate,
+            meeting_id, name=back.name, protocol="v1", outlet=gate.ws, holder=gate,
             role="host" if is_host or back.role == "host" else "member",
             member_id=back.member_id, key=back.secret, returning=True,
         )
         return joined, token, True
     joined = await service.join(
-        meeting_id, name=name, protocol="v1", outlet=gate, role="host" if is_host else "member"
+        meeting_id, name=name, protocol="v1", outlet=gate.ws, holder=gate,
+        role="host" if is_host else "member",
     )
     assert joined.secret is not None  # a new member always gets a fresh secret
     return joined, f"{joined.record.member_id}.{joined.secret}", False
@@ -185,32 +181,33 @@ async def _welcome(
     meta = await service.require_meeting(me.meeting_id)
     controls = await service.controls(me.meeting_id)
     # roles and devices as the flags say (a switch turned devices off without a write)
-    roster = [view(r, controls) for r in await service.members.roster(me.meeting_id)]
+    roster = [view(r, controls) for r in await service.present(me.meeting_id)]
     me = view(me, controls)
     config = service.config
     if last_seq is None:
-        history = await service.chat.history(me.meeting_id, 0, config.welcome_history)
+        history = await service.chat_history(me.meeting_id, 0, config.welcome_history)
         recent = list(history.events)[-config.welcome_history:] if config.welcome_history else []
         frame = v1.welcome(you=me, token=token, meta=meta, controls=controls, roster=roster,
                            last_seq=history.last_seq, recent=recent, resumed=resumed)
     else:
-        history = await service.chat.history(me.meeting_id, last_seq, config.history_limit)
+        history = await service.chat_history(me.meeting_id, last_seq, config.history_limit)
         frame = v1.welcome(you=me, token=token, meta=meta, controls=controls, roster=roster,
                            last_seq=history.last_seq, recent=None, missed=history.events,
                            gap=not history.complete, resumed=resumed)
     upto = joined.sub.skip_chat_upto = history.last_seq
 
-    def fresh(msg: dict[str, Any]) -> bool:
-        kind = msg.get("type")
-        if kind == "chat":
-            return int(msg["seq"]) > upto
-        if kind == "controls":
-            return int(msg["revision"]) > controls.revision
-        if kind in ("member_joined", "member_left"):
-            return bool(msg["member"].get("id") != me.member_id)
-        return True
+    def fresh(event: HubEvent) -> bool:
+        match event:
+            case ChatPosted():
+                return event.seq > upto
+            case ControlsChanged():
+                return event.controls.revision > controls.revision
+            case MemberJoined() | MemberLeft():
+                return event.member_id != me.member_id
+            case _:
+                return True
 
-    gate.release(frame, fresh)
+    gate.release(joined, frame, fresh)
 
 
 # --- client frames ------------------------------------------------------------------------

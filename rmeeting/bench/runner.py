@@ -61,8 +61,8 @@ def server_stats(pid: int) -> dict[str, float]:
 
 def bench_limits(members: int) -> dict[str, str]:
     """The server's limits that would refuse the bench's load (20 chat messages/s per member,
-    1000 members per meeting, control changes a few per second), raised; those the environment
-    already sets are left alone."""
+    1000 members per meeting, control changes a few per second, 1000 connections per client
+    address), raised; those the environment already sets are left alone."""
     defaults = {
         "RMEETING_CHAT_RATE": "1000000",
         "RMEETING_CHAT_BURST": "1000000",
@@ -72,6 +72,9 @@ def bench_limits(members: int) -> dict[str, str]:
         "RMEETING_MEETING_CONTROL_BURST": "1000000",
         "RMEETING_MAX_MEMBERS": str(max(1000, members + 16)),
         "RMEETING_MAX_MEETINGS": str(max(10000, members + 16)),
+        # every bench member comes from one loopback address
+        "RMEETING_MAX_CONNECTIONS": str(max(10000, members + 64)),
+        "RMEETING_MAX_CONNECTIONS_PER_IP": "0",
     }
     return {k: v for k, v in defaults.items() if k not in os.environ}
 

@@ -1,6 +1,7 @@
 """``rmeeting cluster``: a whole cluster on this machine, without Docker.
 
-Starts etcd, Redis (AOF on), N instances and nginx in front of them with :class:`LocalCluster`,
+Starts etcd, Redis (AOF on; with ``--redis-cluster`` a Redis Cluster of 3 primaries and 3
+replicas), N instances and nginx in front of them with :class:`LocalCluster`,
 prints where each one listens, then waits for Ctrl-C, SIGTERM or SIGHUP and stops them all (the
 instances first, drained, then nginx, Redis and etcd). Everything also stops when a start fails or
 when etcd, Redis or nginx dies; an instance that dies is reported and the others carry on, as a
@@ -10,7 +11,8 @@ Output, on stdout: a human-readable block, then one JSON line (the only line sta
 ``{``) for scripts::
 
     {"url": NGINX_URL, "nginx": {"url", "pid"}, "etcd": {"endpoint", "pid"},
-     "redis": {"url", "pid"}, "instances": [{"name", "url", "pid"}, ...], "dir": LOG_DIR}
+     "redis": {"url", "pid", "nodes": [{"url", "pid"}, ...] (a Redis Cluster only)},
+     "instances": [{"name", "url", "pid"}, ...], "dir": LOG_DIR}
 
 Exit status: 0 when stopped by a signal, 1 when something failed (the logs are then kept and
 their directory named), 2 for bad arguments.
@@ -31,6 +33,8 @@ from types import FrameType
 from typing import Any
 
 from .launcher import LocalCluster
+from .processes import RedisServer
+from .redis_cluster import RedisClusterServer
 
 __all__ = ["add_arguments", "run", "run_from_args"]
 
@@ -43,10 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rmeeting instances behind nginx (default 3)")
     parser.add_argument("--port", type=int, default=8080, metavar="P",
                         help="nginx's port on 127.0.0.1 (default 8080; 0 picks a free port)")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="a Redis Cluster (3 primaries, 3 replicas) instead of one Redis")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    return run(instances=args.instances, port=args.port)
+    return run(instances=args.instances, port=args.port, redis_cluster=args.redis_cluster)
 
 
 class _Stop(Exception):
@@ -63,6 +69,8 @@ def _pid(server: object) -> int | None:
 
 
 def _alive(server: object) -> bool:
+    if isinstance(server, RedisClusterServer):
+        return server.running  # every node (a node killed on purpose is the cluster's business)
     for attr in ("_process", "_proc"):
         proc = getattr(server, attr, None)
         if isinstance(proc, subprocess.Popen):
@@ -75,17 +83,24 @@ def _describe(cluster: LocalCluster) -> dict[str, Any]:
         "url": cluster.url,
         "nginx": {"url": cluster.nginx.url, "pid": _pid(cluster.nginx)},
         "etcd": {"endpoint": cluster.etcd.endpoint, "pid": _pid(cluster.etcd)},
-        "redis": {"url": cluster.redis.url, "pid": _pid(cluster.redis)},
+        "redis": _describe_redis(cluster.redis),
         "instances": [{"name": i.name, "url": i.url, "pid": i.pid} for i in cluster.instances],
         "dir": str(cluster.dir),
     }
+
+
+def _describe_redis(redis: RedisServer | RedisClusterServer) -> dict[str, Any]:
+    if isinstance(redis, RedisClusterServer):
+        return {"url": redis.url, "pid": None,
+                "nodes": [{"url": node.url, "pid": node.pid} for node in redis.nodes]}
+    return {"url": redis.url, "pid": _pid(redis)}
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(instances: int = 3, port: int = 8080) -> int:
+def run(instances: int = 3, port: int = 8080, redis_cluster: bool = False) -> int:
     """Start the cluster, print its URLs, wait for a signal, stop it all; the exit status."""
     if instances < 1:
         _say("rmeeting cluster: --instances must be at least 1")
@@ -108,7 +123,8 @@ def run(instances: int = 3, port: int = 8080) -> int:
     cluster: LocalCluster | None = None
     failed = True
     try:
-        cluster = LocalCluster(instances, port=port, directory=directory)
+        cluster = LocalCluster(instances, port=port, directory=directory,
+                               redis_cluster=redis_cluster)
 
         def step() -> None:
             if stop_signal:
@@ -159,7 +175,9 @@ def _announce(cluster: LocalCluster) -> None:
     lines += [
         f"  etcd      {cluster.etcd.endpoint}    "
         f"(etcdctl --endpoints {cluster.etcd.endpoint} get --prefix /rmeeting/)",
-        f"  redis     {cluster.redis.url}",
+        f"  redis     {cluster.redis.url}"
+        + (f"    (a Redis Cluster of {len(cluster.redis.nodes)} nodes)"
+           if isinstance(cluster.redis, RedisClusterServer) else ""),
         f"  logs      {cluster.dir}",
         "Ctrl-C stops them all.",
     ]

@@ -1,5 +1,9 @@
 """A local cluster for machines without Docker: etcd, Redis, N rmeeting instances and nginx.
 
+Redis is one server, or with ``redis_cluster=True`` a Redis Cluster of 3 primaries with a replica
+each (:class:`~rmeeting.cluster.redis_cluster.RedisClusterServer`); the instances get the same
+``--redis`` either way (the cluster's node URLs, comma-separated) and find out which it is.
+
 ``rmeeting cluster`` runs one on loopback, prints its URLs and stops everything on Ctrl-C. The
 tests and the benchmarks use the same :class:`LocalCluster`, so what they measure is what an
 operator runs. Every process is a child of this one, on free ports, with its files in one
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .processes import EtcdServer, RedisServer, free_ports
+from .redis_cluster import RedisClusterServer
 
 __all__ = ["Instance", "LocalCluster", "Nginx"]
 
@@ -187,14 +192,17 @@ http {{
 
 
 class LocalCluster:
-    """etcd + Redis + ``size`` instances + nginx, all on loopback. Use as a context manager."""
+    """etcd + Redis (or a Redis Cluster) + ``size`` instances + nginx, all on loopback. Use as
+    a context manager."""
 
     def __init__(self, size: int = 3, *, port: int = 0, directory: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, redis_cluster: bool = False) -> None:
         self._own_dir = directory is None
         self.dir = directory or Path(tempfile.mkdtemp(prefix="rmeeting-cluster-"))
         self.etcd = EtcdServer(self.dir / "etcd")
-        self.redis = RedisServer(self.dir / "redis")
+        self.redis: RedisServer | RedisClusterServer = (
+            RedisClusterServer(self.dir / "redis-cluster") if redis_cluster
+            else RedisServer(self.dir / "redis"))
         self.nginx = Nginx(self.dir, port)
         self.size = size
         self.env = env or {}

@@ -39,8 +39,8 @@ import grpc  # type: ignore[import-untyped]
 import trio
 
 from ..config import Config
-from ..stores._etcd_client import Connection, compare, delete_op, prefix_end, put_op, range_op
 from ..stores.base import StoreUnavailable
+from ..stores.etcd_client import Connection, compare, delete_op, prefix_end, put_op, range_op
 from .presence import Presence
 
 __all__ = ["Liveness"]
@@ -197,7 +197,7 @@ class Liveness:
             await self._reconcile()
             try:
                 # the member store first, etcd second: see the module docstring
-                suspects = set(await self._presence.service.members.instances())
+                suspects = set(await self._presence.service.instances_with_presences())
                 alive = await self._alive()
             except _FAILURES as exc:
                 log.warning("liveness sweep failed (%s); retrying", exc)

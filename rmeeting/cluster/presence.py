@@ -25,9 +25,7 @@ from dataclasses import replace
 import trio
 
 from ..closes import Close, LeaveReason
-from ..events import MemberJoined
-from ..hub import Subscriber
-from ..service import MeetingService
+from ..service import MeetingService, Subscriber
 from ..stores.base import MeetingFull
 
 __all__ = ["LOST", "Presence"]
@@ -62,7 +60,7 @@ class Presence:
         """Every presence through ``instance_id`` that joined before ``before`` (when it was
         found gone: a later one is a new run of the same id) leaves as ``instance lost``."""
         ended = 0
-        for record in await self.service.members.by_instance(instance_id):
+        for record in await self.service.presences_through(instance_id):
             if record.joined_at > before:
                 continue
             left = await self.service.leave(
@@ -75,13 +73,13 @@ class Presence:
     async def _rejoin_missing(self) -> None:
         service = self.service
         by_meeting: dict[str, list[Subscriber]] = defaultdict(list)
-        for sub in service.hub.subscribers():
+        for sub in service.connections():
             if sub.registered and sub.record is not None and not (sub.gone or sub.evicted):
                 by_meeting[sub.meeting_id].append(sub)
         for meeting_id, subs in by_meeting.items():
-            present = {r.member_id for r in await service.members.roster(meeting_id)}
+            present = {r.member_id for r in await service.present(meeting_id)}
             missing = [s for s in subs if s.member_id not in present]
-            if not missing or await service.meetings.get(meeting_id) is None:
+            if not missing or await service.find_meeting(meeting_id) is None:
                 continue  # nothing lost, or the meeting ended (its sockets are being closed)
             for sub in missing:
                 await self._rejoin(sub)
@@ -91,32 +89,30 @@ class Presence:
         assert sub.record is not None
         if sub.gone or sub.evicted:
             return
-        if await service.members.get(sub.meeting_id, sub.member_id) is not None:
+        if await service.presence(sub.meeting_id, sub.member_id) is not None:
             return  # back meanwhile (it reconnected): that presence stands
         # a fresh joined_at: a survivor cleaning this instance up ends only older presences
         record = replace(sub.record, joined_at=time.time(), instance_id=self.instance_id)
         try:
-            await service.members.join(record, max_members=service.config.max_members)
+            await service.register_again(sub, record)
         except MeetingFull:
             log.warning("member %s could not be registered again: meeting %s is full",
                         sub.member_id, sub.meeting_id)
             # a connection that could not be registered again (the meeting filled up)
             sub.outlet.close_nowait(Close.TRY_AGAIN, "the meeting is full; try again")
             return
-        sub.record = record
         log.info("member %s of meeting %s registered again", sub.member_id, sub.meeting_id)
-        await service.chat.publish(MemberJoined.of(record))
         if sub.gone:  # its session ended while it was being registered: it leaves after all
             await service.leave(sub.meeting_id, sub.member_id, LeaveReason.CLOSED,
                                 instance_id=self.instance_id, joined_at=record.joined_at)
 
     async def _end_unheld(self) -> None:
         service = self.service
-        records = await service.members.by_instance(self.instance_id)
+        records = await service.presences_through(self.instance_id)
         # Read after the records: attach lists a connection here before the store hears of it,
         # and detach comes after the session's own leave, so a presence read above whose
         # connection is not listed now has no connection left anywhere.
-        held = {(s.meeting_id, s.member_id) for s in service.hub.subscribers()}
+        held = {(s.meeting_id, s.member_id) for s in service.connections()}
         for record in records:
             if (record.meeting_id, record.member_id) in held:
                 continue

@@ -41,7 +41,7 @@ def free_ports(count: int) -> list[int]:
 class RedisServer:
     """One redis-server child process; ``stop()`` (or the context manager) always ends it."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, extra_args: tuple[str, ...] = ()) -> None:
         binary = shutil.which(BINARY)
         if binary is None:
             raise RuntimeError(f"{BINARY} not found on PATH: the Redis tests need a real server")
@@ -52,7 +52,13 @@ class RedisServer:
         directory.mkdir(parents=True, exist_ok=True)
         self.dir = directory
         self.port = 0
+        #: more redis-server options, after the defaults (a later option wins): cluster mode
+        self.extra_args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def url(self) -> str:
@@ -135,6 +141,7 @@ class RedisServer:
                     "--appendfsync", "always",
                     "--dir", str(self.dir),
                     "--daemonize", "no",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

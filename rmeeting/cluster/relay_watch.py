@@ -76,7 +76,10 @@ class ChatRelayWatch:
         """``handler``, preceded by the catch-up when the relay has just come back."""
 
         async def deliver(event: BusEvent) -> None:
-            if self._catch_up:
+            # also while a catch-up runs (``serve`` started it, and it already cleared the
+            # flag): a live event delivered before it ends would make the hub drop the older
+            # events the catch-up is about to deliver
+            if self._catch_up or self._lock.locked():
                 await self._caught_up()
             await handler(event)
 
@@ -97,8 +100,8 @@ class ChatRelayWatch:
             if self._up is False and not self._told_down:
                 self._told_down = True
                 log.warning("chat relay down: telling %d meeting(s)",
-                            len(service.hub.meeting_ids()))
-                for meeting_id in service.hub.meeting_ids():
+                            len(service.local_meeting_ids()))
+                for meeting_id in service.local_meeting_ids():
                     await self._notice(meeting_id, "chat_unavailable")
             elif self._up:
                 await self._caught_up()
@@ -112,7 +115,7 @@ class ChatRelayWatch:
             if not self._catch_up:
                 return  # the other path (gate or serve) did it meanwhile
             self._catch_up = False
-            meetings = self.service.hub.meeting_ids()
+            meetings = self.service.local_meeting_ids()
             failed = False
             for meeting_id in meetings:
                 if not failed:
@@ -131,14 +134,14 @@ class ChatRelayWatch:
 
     async def _catch_up_meeting(self, meeting_id: str) -> None:
         service = self.service
-        after, since = service.hub.chat_position(meeting_id)
-        history = await service.chat.history(meeting_id, after, service.config.history_limit)
+        after, since = service.chat_position(meeting_id)
+        history = await service.chat_history(meeting_id, after, service.config.history_limit)
         events = list(history.events)
         gap = not history.complete
         if history.last_seq < after:
             # the log numbers from 1 again (a Redis that lost its data): start over from it
-            await service.hub.set_last_seq(meeting_id, 0)
-            history = await service.chat.history(meeting_id, 0, service.config.history_limit)
+            await service.restart_chat_numbering(meeting_id)
+            history = await service.chat_history(meeting_id, 0, service.config.history_limit)
             events, gap = list(history.events), True
         elif after == 0:
             # nothing delivered here yet: only what was sent since the meeting came here, and
@@ -146,11 +149,11 @@ class ChatRelayWatch:
             gap = gap and (not events or events[0].ts >= since)
             events = [e for e in events if e.ts >= since]
         for event in events:
-            await service.hub.deliver(event)
+            await service.deliver_here(event)
         if events:
             log.info("meeting %s: %d chat message(s) caught up", meeting_id, len(events))
         if gap:
             await self._notice(meeting_id, "chat_gap")
 
     async def _notice(self, meeting_id: str, code: str) -> None:
-        await self.service.hub.deliver(Notice(meeting_id, code, NOTICES[code], time.time()))
+        await self.service.deliver_here(Notice(meeting_id, code, NOTICES[code], time.time()))

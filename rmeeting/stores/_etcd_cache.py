@@ -21,8 +21,8 @@ from ..controls import (
     InvalidControlValue,
     parse_flag_value,
 )
-from ._etcd_client import Change
 from .base import ControlsChanged, MeetingEnded, MeetingEvent, MeetingMeta, MeetingNotFound
+from .etcd_client import Change
 
 __all__ = ["AuditTask", "Keys", "MeetingCache", "MeetingState", "Read", "flag_bytes", "json_field"]
 

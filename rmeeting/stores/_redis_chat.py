@@ -7,7 +7,6 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -21,7 +20,10 @@ from .base import BusEvent, History, StoreUnavailable
 __all__ = ["RedisChatLog"]
 
 # KEYS: seq, chat stream. ARGV: channel, event JSON up to its final seq value, chat?, limit.
-# One script: seq order, history order and publish order are the same order.
+# One script: seq order, history order and publish order are the same order. On a Redis Cluster
+# the channel is a shard channel of the meeting's slot (same hash tag as the keys, so the script
+# touches one slot) and SPUBLISH reaches only that shard's nodes, where a PUBLISH would be
+# broadcast to every node of the cluster.
 _PUBLISH = """
 local seq = 0
 if ARGV[3] == '1' then seq = redis.call('INCR', KEYS[1]) end
@@ -32,6 +34,7 @@ end
 redis.call('PUBLISH', ARGV[1], event)
 return seq
 """
+_SPUBLISH = _PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
 
 
 _B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
@@ -56,6 +59,10 @@ def _chat(raw: bytes) -> ChatPosted:
     if not isinstance(event, ChatPosted):
         raise ValueError("a history entry that is not chat")
     return event
+
+
+def _as_dict(fields: Any) -> Any:
+    return dict(zip(fields[::2], fields[1::2], strict=True)) if isinstance(fields, list) else fields
 
 
 class _Subscription:
@@ -93,14 +100,15 @@ class RedisChatLog:
     ) -> None:
         if history_limit < 1:
             raise ValueError("history_limit must be at least 1")
-        self._redis = connect(url, socket_timeout)
+        self._link = connect(url, socket_timeout)
         self._keys = Keys(prefix)
         self._limit = history_limit
         self._clock = clock
-        self._publish = self._redis.register_script(_PUBLISH)
+        self._publish = self._link.script(_PUBLISH)
+        self._spublish = self._link.script(_SPUBLISH)
         self._subs: dict[str, _Subscription] = {}
         self._relay = PubSubRelay(
-            self._redis, self._keys.relay(uuid.uuid4().hex).encode(), self._decode,
+            self._link, self._keys.relay(uuid.uuid4().hex).encode(), self._decode,
             on_relay_state,
         )
 
@@ -116,7 +124,7 @@ class RedisChatLog:
 
     def close(self) -> None:
         """Release the connections (idempotent); cancel ``serve`` first."""
-        self._redis.close()
+        self._link.close()
 
     async def aclose(self) -> None:
         self.close()
@@ -132,7 +140,13 @@ class RedisChatLog:
         chat = isinstance(event, ChatPosted)
         keys = [self._keys.meeting(meeting_id, "seq"), self._keys.meeting(meeting_id, "chat")]
         args = [self._keys.channel(meeting_id), head, "1" if chat else "0", self._limit]
-        seq = await call(partial(self._publish, keys=keys, args=args))
+
+        def work() -> Any:
+            self._link.client()  # sharded or not: known once connected
+            script = self._spublish if self._link.cluster else self._publish
+            return script(keys, args)
+
+        seq = await call(work)
         return stamped(event, seq=int(seq), ts=ts)
 
     async def history(self, meeting_id: str, after_seq: int, limit: int) -> History:
@@ -141,12 +155,14 @@ class RedisChatLog:
 
         def work() -> list[Any]:
             # One transaction: last_seq and the entries come from the same moment.
-            pipe = self._redis.pipeline(transaction=True)
+            # (on a cluster both keys share the meeting's slot, so MULTI/EXEC still works)
+            pipe = self._link.client().pipeline(transaction=True)
             pipe.get(self._keys.meeting(meeting_id, "seq"))
             pipe.xrange(stream, count=1)
             pipe.xrevrange(stream, min=str(max(after_seq, 0) + 1), count=limit + 1)
             result: list[Any] = pipe.execute()
-            return result
+            # the cluster's MULTI/EXEC hands stream entries back unparsed: [id, [field, value]]
+            return [result[0], *([(i, _as_dict(f)) for i, f in r] for r in result[1:])]
 
         raw_last, oldest, newest = await call(work)
         last = int(raw_last or 0)
@@ -193,7 +209,7 @@ class RedisChatLog:
 
     async def drop(self, meeting_id: str) -> None:
         keys = [self._keys.meeting(meeting_id, k) for k in ("seq", "chat")]
-        await call(partial(self._redis.delete, *keys))
+        await call(lambda: self._link.client().delete(*keys))
 
     async def serve(
         self,
@@ -216,7 +232,7 @@ class RedisChatLog:
         """True when Redis answers PING and, while ``serve`` runs, the relay is up."""
         if self._relay.serving and not self._relay.up:
             return False
-        return await ping(self._redis)
+        return await ping(self._link)
 
     def _decode(self, channel: bytes, payload: bytes) -> BusEvent:
         event = _event(payload)

@@ -1,4 +1,5 @@
-"""What the Redis stores share: the client's settings, the thread hop, key names."""
+"""What the Redis stores share: the connection (to one Redis or a Redis Cluster, whichever the
+server turns out to be), the thread hop, key names."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from typing import Any, TypeVar
 
 import redis
 import trio
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from ._redis_link import Client, RedisLink, is_unavailable
 from .base import StoreUnavailable
 
-__all__ = ["SOCKET_TIMEOUT", "Keys", "call", "connect", "dumps", "ping"]
+__all__ = ["SOCKET_TIMEOUT", "Client", "Keys", "RedisLink", "call", "connect", "dumps", "ping"]
 
 T = TypeVar("T")
 
@@ -22,32 +22,31 @@ T = TypeVar("T")
 SOCKET_TIMEOUT = 2.0
 
 
-def connect(url: str, timeout: float) -> redis.Redis:
-    # No retries: a down Redis must surface as StoreUnavailable at once, and a retried script
-    # is not idempotent (a publish would go out twice). A pooled connection that died while
-    # idle is still replaced on checkout, so the first call after a restart works.
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-    )
+def connect(url: str, timeout: float) -> RedisLink:
+    """The link to ``url``: one Redis URL, or any node(s) of a Redis Cluster, comma-separated.
+    Nothing is dialled yet: the first call finds out which it is (see ``_redis_link``)."""
+    return RedisLink(url, timeout)
 
 
 async def call(fn: Callable[[], T]) -> T:
     """Run one store call's blocking Redis work in a worker thread."""
     try:
         return await trio.to_thread.run_sync(fn)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError included
-        raise StoreUnavailable(f"redis: {exc}") from exc
+    except Exception as exc:
+        # a refused, timed-out or still-loading Redis; a cluster failing over or not covering
+        # the slot yet: all "try again later", none a bug
+        if is_unavailable(exc):
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        raise
 
 
-async def ping(client: redis.Redis) -> bool:
+async def ping(link: RedisLink) -> bool:
     try:
-        return bool(await trio.to_thread.run_sync(client.ping))
-    except redis.RedisError:
-        return False
+        return await trio.to_thread.run_sync(link.ping)
+    except Exception as exc:
+        if is_unavailable(exc) or isinstance(exc, redis.RedisError):
+            return False
+        raise
 
 
 def dumps(value: Any) -> str:

@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
-from functools import partial
 from typing import Any
 
 from ._redis_common import SOCKET_TIMEOUT, Keys, call, connect, dumps, ping
@@ -142,17 +141,17 @@ class RedisMemberStore:
         clock: Callable[[], float] = time.time,
         socket_timeout: float = SOCKET_TIMEOUT,
     ) -> None:
-        self._redis = connect(url, socket_timeout)
+        self._link = connect(url, socket_timeout)
         self._keys = Keys(prefix)
         self._clock = clock
-        self._join = self._redis.register_script(_JOIN)
-        self._leave = self._redis.register_script(_LEAVE)
-        self._clear = self._redis.register_script(_CLEAR)
-        self._update = self._redis.register_script(_UPDATE)
+        self._join = self._link.script(_JOIN)
+        self._leave = self._link.script(_LEAVE)
+        self._clear = self._link.script(_CLEAR)
+        self._update = self._link.script(_UPDATE)
 
     def close(self) -> None:
         """Release the connections (idempotent)."""
-        self._redis.close()
+        self._link.close()
 
     async def aclose(self) -> None:
         self.close()
@@ -176,9 +175,12 @@ class RedisMemberStore:
 
         def work() -> bool:
             # Index first: it may name a presence that is gone, never miss one that is there.
-            self._redis.sadd(index, index_entry)
-            result = self._join(keys=self._keys.members(record.meeting_id), args=args)
-            pipe = self._redis.pipeline(transaction=False)
+            # (On a cluster the index lives in its instance's slot, the roster in its
+            # meeting's: two commands, never one script.)
+            client = self._link.client()
+            client.sadd(index, index_entry)
+            result = self._join(self._keys.members(record.meeting_id), args)
+            pipe = client.pipeline(transaction=False)
             if not result[0]:
                 pipe.srem(index, index_entry)
             elif result[1] is not None:
@@ -202,11 +204,11 @@ class RedisMemberStore:
                 "" if joined_at is None else dumps(joined_at)]
 
         def work() -> MemberRecord | None:
-            result = self._leave(keys=self._keys.members(meeting_id), args=args)
+            result = self._leave(self._keys.members(meeting_id), args)
             if result is None:
                 return None
             record = _record(result[0])
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._link.client().pipeline(transaction=False)
             self._unindex(pipe, meeting_id, record, _token(result[1]))
             pipe.execute()
             return record
@@ -215,11 +217,12 @@ class RedisMemberStore:
 
     async def get(self, meeting_id: str, member_id: str) -> MemberRecord | None:
         roster = self._keys.meeting(meeting_id, "roster")
-        raw = await call(partial(self._redis.hget, roster, member_id))
+        raw = await call(lambda: self._link.client().hget(roster, member_id))
         return None if raw is None else _record(raw)
 
     async def roster(self, meeting_id: str) -> Sequence[MemberRecord]:
-        raw = await call(partial(self._redis.hvals, self._keys.meeting(meeting_id, "roster")))
+        key = self._keys.meeting(meeting_id, "roster")
+        raw = await call(lambda: self._link.client().hvals(key))
         return sorted((_record(r) for r in raw), key=lambda r: (r.joined_at, r.member_id))
 
     async def update(
@@ -228,13 +231,14 @@ class RedisMemberStore:
         roster = self._keys.meeting(meeting_id, "roster")
 
         def work() -> MemberRecord | None:
+            client = self._link.client()
             for _ in range(UPDATE_ATTEMPTS):
-                raw = self._redis.hget(roster, member_id)
+                raw = client.hget(roster, member_id)
                 if raw is None:
                     return None
                 record = _record(raw)
                 record = replace(record, **updated_fields(record, changes, self._clock))
-                if self._update(keys=[roster], args=[member_id, raw, dumps(asdict(record))]):
+                if self._update([roster], [member_id, raw, dumps(asdict(record))]):
                     return record
             raise StoreUnavailable(f"update of {member_id} kept conflicting")
 
@@ -251,14 +255,15 @@ class RedisMemberStore:
 
     async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]:
         ledger = self._keys.meeting(meeting_id, "ledger")
-        return [_session(r) for r in await call(partial(self._redis.lrange, ledger, 0, -1))]
+        return [_session(r) for r in await call(lambda: self._link.client().lrange(ledger, 0, -1))]
 
     async def ban(self, meeting_id: str, member_id: str) -> None:
-        await call(partial(self._redis.sadd, self._keys.meeting(meeting_id, "banned"), member_id))
+        key = self._keys.meeting(meeting_id, "banned")
+        await call(lambda: self._link.client().sadd(key, member_id))
 
     async def is_banned(self, meeting_id: str, member_id: str) -> bool:
         key = self._keys.meeting(meeting_id, "banned")
-        return bool(await call(partial(self._redis.sismember, key, member_id)))
+        return bool(await call(lambda: self._link.client().sismember(key, member_id)))
 
     async def by_instance(self, instance_id: str) -> Sequence[MemberRecord]:
         """Members present through ``instance_id``: the index names candidates, the rosters
@@ -266,10 +271,12 @@ class RedisMemberStore:
         index = self._keys.instance(instance_id)
 
         def work() -> list[MemberRecord]:
-            entries = [(e, *json.loads(e)) for e in self._redis.smembers(index)]
+            client = self._link.client()
+            entries = [(e, *json.loads(e)) for e in client.smembers(index)]
             if not entries:
                 return []
-            pipe = self._redis.pipeline(transaction=False)
+            # not a transaction: on a cluster the meetings' keys span many slots and nodes
+            pipe = client.pipeline(transaction=False)
             for _, meeting_id, member_id, _ in entries:
                 pipe.hget(self._keys.meeting(meeting_id, "roster"), member_id)
                 pipe.hget(self._keys.meeting(meeting_id, "open"), member_id)
@@ -285,19 +292,21 @@ class RedisMemberStore:
                 else:
                     stale.append(entry)
             if stale:
-                self._redis.srem(index, *stale)
+                client.srem(index, *stale)
             return sorted(found.values(), key=lambda r: (r.meeting_id, r.joined_at, r.member_id))
 
         return await call(work)
 
     async def instances(self) -> Sequence[str]:
         """The instances with an index (an empty set is deleted by Redis, so an instance whose
-        members all left has none). SCAN walks the keyspace: call it rarely (liveness sweeps)."""
+        members all left has none). SCAN walks the keyspace, on a cluster every primary's (the
+        cluster client's ``scan_iter`` runs one cursor per primary): call it rarely (liveness
+        sweeps)."""
         head = self._keys.instance("")
 
         def work() -> list[str]:
             pattern = re.sub(r"([*?\[\]\\])", r"\\\1", head) + "*"  # the prefix, literally
-            found = self._redis.scan_iter(match=pattern, count=1000)
+            found = self._link.client().scan_iter(match=pattern, count=1000)
             return sorted({(k.decode() if isinstance(k, bytes) else k)[len(head):]
                            for k in found})
 
@@ -307,10 +316,10 @@ class RedisMemberStore:
         args = [dumps(self._clock()), dumps(reason)]
 
         def work() -> list[MemberRecord]:
-            out = self._clear(keys=self._keys.members(meeting_id), args=args)
+            out = self._clear(self._keys.members(meeting_id), args)
             pairs = [(_record(out[i]), _token(out[i + 1])) for i in range(0, len(out), 2)]
             if pairs:
-                pipe = self._redis.pipeline(transaction=False)
+                pipe = self._link.client().pipeline(transaction=False)
                 for record, token in pairs:
                     self._unindex(pipe, meeting_id, record, token)
                 pipe.execute()
@@ -320,4 +329,4 @@ class RedisMemberStore:
 
     async def ready(self) -> bool:
         """True when Redis answers PING."""
-        return await ping(self._redis)
+        return await ping(self._link)

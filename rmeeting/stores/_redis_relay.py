@@ -17,12 +17,18 @@ wanted before it reports the relay up again. Events published while it was down 
 the owner learns of the gap through ``on_state(False)`` ... ``on_state(True)`` and resyncs (chat
 from ``ChatLog.history``). A connection that stays silent is probed with PING, so a half-open TCP
 connection is found too.
+
+On a Redis Cluster (``RedisLink.cluster``) the thread listens through ``ShardedPubSub`` instead:
+``SSUBSCRIBE`` on the primary of each meeting's slot, one connection per such primary, woken
+through a local socket pair instead of the control channel; any topology change is an outage as
+above, after which the slot map is reloaded (see ``_redis_shards``).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -31,7 +37,11 @@ from typing import Any
 
 import redis
 import trio
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
+from ._redis_link import RedisLink
+from ._redis_shards import ShardedPubSub
 from .base import BusEvent, StoreUnavailable
 
 __all__ = ["PubSubRelay"]
@@ -78,12 +88,12 @@ class PubSubRelay:
 
     def __init__(
         self,
-        client: redis.Redis,
+        link: RedisLink,
         control_channel: bytes,
         decode: Decoder,
         on_state: Callable[[bool], None] | None = None,
     ) -> None:
-        self._client = client
+        self._link = link
         self._control = control_channel
         self._decode = decode
         self._on_state = on_state
@@ -93,6 +103,9 @@ class PubSubRelay:
         self._stop = threading.Event()
         self._running = False
         self._token: trio.lowlevel.TrioToken | None = None
+        #: the cluster listener's wake-up: the thread selects on the first, ``add`` writes the
+        #: second (a plain Redis listener is woken through the control channel instead)
+        self._wake_pair: tuple[socket.socket, socket.socket] | None = None
         #: True while the listener is connected and subscribed to everything wanted.
         self.up = False
         #: Messages on a meeting channel that could not be decoded (logged and skipped).
@@ -116,10 +129,16 @@ class PubSubRelay:
             raise StoreUnavailable("the Redis relay is down")
         waiter = _Waiter()
         self._requests.put(("sub", channel, waiter))
-        try:
-            await trio.to_thread.run_sync(self._client.publish, self._control, b"wake")
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        if self._link.cluster and self._wake_pair is not None:
+            try:
+                self._wake_pair[1].send(b"w")
+            except BlockingIOError:
+                pass  # a wake-up is pending already
+        else:
+            try:
+                await trio.to_thread.run_sync(self._publish_wake)
+            except redis.RedisError as exc:
+                raise StoreUnavailable(f"redis: {exc}") from exc
         with trio.move_on_after(CONFIRM_TIMEOUT):
             await waiter.done.wait()
         if not waiter.ok:
@@ -149,6 +168,9 @@ class PubSubRelay:
         self._token = trio.lowlevel.current_trio_token()
         send, receive = trio.open_memory_channel[BusEvent](RELAY_BUFFER)
         first_attempt = trio.Event()
+        self._wake_pair = socket.socketpair()
+        for end in self._wake_pair:
+            end.setblocking(False)
         try:
             async with trio.open_nursery() as nursery:
                 try:
@@ -164,6 +186,9 @@ class PubSubRelay:
         finally:
             self._running = False
             self._set_up(False)
+            pair, self._wake_pair = self._wake_pair, None
+            for end in pair:
+                end.close()
 
     async def _run_thread(
         self, send: trio.MemorySendChannel[BusEvent], first_attempt: trio.Event
@@ -174,6 +199,9 @@ class PubSubRelay:
             await trio.to_thread.run_sync(
                 self._thread_main, send, first_attempt, limiter=trio.CapacityLimiter(1)
             )
+
+    def _publish_wake(self) -> None:
+        self._link.client().publish(self._control, b"wake")
 
     def _set_up(self, up: bool) -> None:
         if up == self.up:
@@ -199,13 +227,13 @@ class PubSubRelay:
         self, send: trio.MemorySendChannel[BusEvent], first_attempt: trio.Event
     ) -> None:
         backoff = BACKOFF_MIN
+        failed = False
         while not self._stop.is_set():
             pending: dict[bytes, deque[_Waiter | None]] = defaultdict(deque)
-            pubsub: Any = self._client.pubsub(  # type: ignore[no-untyped-call]
-                ignore_subscribe_messages=False
-            )
+            pubsub: Any = None
             connected = False
             try:
+                pubsub = self._open(reload_slots=failed)
                 self._connect(pubsub, send)
                 connected = True
                 log.info("Redis relay connected, %d meeting channel(s)", len(pubsub.channels) - 1)
@@ -215,17 +243,31 @@ class PubSubRelay:
                 self._listen(pubsub, send, pending)
             except _Stopped:
                 break
-            except (redis.RedisError, OSError) as exc:
+            except (redis.RedisError, RedisClusterException, OSError) as exc:
                 # Once per outage at warning level; the retries while it lasts only at debug.
                 level = logging.WARNING if connected or backoff == BACKOFF_MIN else logging.DEBUG
                 log.log(level, "Redis relay down (%s); retrying in %.1f s", exc, backoff)
             finally:
                 self._fail_waiters(pending)
-                pubsub.close()
+                if pubsub is not None:
+                    pubsub.close()
+            failed = True
             self._soon(self._set_up, False)
             self._soon(first_attempt.set)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _open(self, *, reload_slots: bool) -> Any:
+        """A fresh pub/sub for one connection attempt: redis-py's ``PubSub`` on a plain Redis,
+        a ``ShardedPubSub`` on a cluster (after a failure, on a freshly read slot map: a
+        failover or a slot move is what most likely broke the last one)."""
+        client = self._link.client()
+        if isinstance(client, RedisCluster):
+            assert self._wake_pair is not None
+            if reload_slots:
+                client.nodes_manager.initialize()
+            return ShardedPubSub(client, self._control, self._wake_pair[0])
+        return client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
 
     def _connect(self, pubsub: Any, send: trio.MemorySendChannel[BusEvent]) -> None:
         """SUBSCRIBE the control channel and everything wanted; return once all are confirmed."""

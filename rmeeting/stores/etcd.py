@@ -1,6 +1,6 @@
 """MeetingStore on etcd (cluster mode): meetings and their control flags, shared by instances.
 
-Keys, under ``<prefix>/meetings/<meeting_id>/`` (the layout is fixed, see ``design.md``):
+Keys, under ``<prefix>/meetings/<meeting_id>/`` (fixed, see etcd/README.md):
 
 ==================  =========================================================================
 ``meta``            JSON ``{name, created_at, host_key_hash, extra}``; the meeting exists
@@ -59,7 +59,16 @@ from ._etcd_cache import (
     meta_bytes,
     meta_from,
 )
-from ._etcd_client import (
+from .base import (
+    AuditEntry,
+    ControlsChanged,
+    MeetingEvent,
+    MeetingMeta,
+    MeetingNotFound,
+    RevisionConflict,
+    StoreUnavailable,
+)
+from .etcd_client import (
     Change,
     Connection,
     WatchCompacted,
@@ -73,15 +82,6 @@ from ._etcd_client import (
     prefix_end,
     put_op,
     range_op,
-)
-from .base import (
-    AuditEntry,
-    ControlsChanged,
-    MeetingEvent,
-    MeetingMeta,
-    MeetingNotFound,
-    RevisionConflict,
-    StoreUnavailable,
 )
 
 __all__ = ["EtcdMeetingStore", "open_etcd_meeting_store"]
@@ -131,7 +131,6 @@ class EtcdMeetingStore:
         self._watch_rev = 0  # every change up to this revision has been handled
         self._backoff = BACKOFF_MIN
         self._waiting: trio.CancelScope | None = None
-        self._resume: trio.Event | None = None  # set while paused (test hook)
         self._closed = False
         self._reconnects = 0
 
@@ -554,8 +553,6 @@ class EtcdMeetingStore:
         try:
             await self._resync(None)
             while not self._closed:
-                if self._resume is not None:
-                    await self._resume.wait()
                 outcome = await self._follow(handler, unstarted)
                 unstarted = None if self._watch_ok else unstarted
                 if outcome in ("compacted", "failed") and not self._closed:
@@ -571,7 +568,7 @@ class EtcdMeetingStore:
             self._serving = self._watch_ok = False
 
     async def _follow(self, handler: Handler, task_status: trio.TaskStatus[None] | None) -> str:
-        """One watch session from the last revision + 1, until it fails, compacts or pauses;
+        """One watch session from the last revision + 1, until it fails or compacts;
         ``task_status`` is told once the watch is established."""
         send, receive = trio.open_memory_channel[WatchItem](WATCH_BUFFER)
         token = trio.lowlevel.current_trio_token()
@@ -584,17 +581,17 @@ class EtcdMeetingStore:
         with receive:  # closing it releases a watch thread blocked in deliver()
             session.start()
             try:
-                while self._resume is None:
+                while True:
                     deadline = math.inf
                     if not started and len(self._conn.endpoints) > 1:
                         deadline = trio.current_time() + WATCH_START_TIMEOUT
-                    # Only the wait is cancellable by pause/failover, never a running handler.
+                    # Only the wait is cancellable (by failover or close), never a running handler.
                     with trio.CancelScope(deadline=deadline) as scope:
                         self._waiting = scope
                         item = await receive.receive()
                     self._waiting = None
                     if scope.cancelled_caught:
-                        return "paused" if self._resume is not None else "failed"
+                        return "failed"
                     if isinstance(item, WatchStarted):
                         started, self._watch_ok, self._backoff = True, True, BACKOFF_MIN
                         if task_status is not None:
@@ -613,18 +610,6 @@ class EtcdMeetingStore:
             finally:
                 self._waiting = None
                 session.stop()
-        return "paused"
-
-    def _pause_watch(self) -> None:
-        """Test hook: stop watching (changes pile up in etcd) until :meth:`_resume_watch`."""
-        self._resume = trio.Event()
-        if self._waiting is not None:
-            self._waiting.cancel()
-
-    def _resume_watch(self) -> None:
-        resume, self._resume = self._resume, None
-        if resume is not None:
-            resume.set()
 
     async def _handle(self, batch: WatchEvents, handler: Handler) -> None:
         # Group by revision, then by meeting: one transaction is one change of one meeting.

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from ..closes import LeaveReason
 from ..controls import DEFAULTS, Controls, validate_member_changes
 from ..events import ChatPosted, MemberJoined, MemberLeft, MemberUpdated, stamped
 from .base import (
@@ -269,7 +270,7 @@ class MemoryMemberStore:
     async def join(self, record: MemberRecord, *, max_members: int) -> None:
         present = self._present[record.meeting_id]
         if record.member_id in present:
-            await self.leave(record.meeting_id, record.member_id, reason="replaced")
+            await self.leave(record.meeting_id, record.member_id, reason=LeaveReason.REPLACED)
         elif record.role != "host" and len(present) >= max_members and sum(
             r.role != "host" for r in present.values()
         ) >= max_members:  # the host always has a seat: max_members counts members

@@ -30,6 +30,13 @@ so one meeting's keys share a Redis Cluster slot and its Lua scripts touch only 
 ``P:relay:<uuid>``         channel one relay's private wake-up channel
 =========================  ======  =============================================================
 
+On a Redis Cluster (detected from the server, see ``_redis_link``) the layout is the same: a
+meeting's keys and channel share its slot, so each script and each ``MULTI`` touches one slot on
+one primary; ``P:c:{M}`` is a shard channel (``SPUBLISH``/``SSUBSCRIBE``, see ``_redis_shards``);
+``P:i:<instance>`` lives wherever its own name hashes to, which is why a join writes it in a
+command of its own; and ``instances()`` scans every primary. The relay's ``P:relay:<uuid>`` is
+not used there (a local socket pair wakes its thread).
+
 Everything that must survive a Redis restart (roster, ledger, bans, seq, history) lives in Redis,
 none of it only in instance memory, so with AOF on a restart loses nothing that was acknowledged.
 The relay (``RedisChatLog.serve``) reconnects and re-subscribes by itself after an outage and

@@ -2,33 +2,43 @@
 
 The seed's clients expect the HTTP API and the WebSocket on one port, and the hot path must not
 pay the ASGI cost per delivery (docs/architecture.md), so the front door reads each connection's
-request head itself: an upgrade to a WebSocket route is accepted here with wsproto, anything else
-is handed, head and all, to Hypercorn (:mod:`.http_bridge`).
+first request head itself and parses it once (:mod:`.head`): an upgrade to a WebSocket route is
+answered here (wsproto then drives the frames), anything else is spliced, head and all, to
+Hypercorn (:mod:`.http_bridge`).
+
+Limits held here (docs/security.md, "Limits"): connection caps in all and per client address
+(over a cap: 503 and close, before anything is read), the first head's size (checked after every
+read: 431) and the time it may take to arrive (408 and close).
 """
 
 from __future__ import annotations
 
-import errno
+import base64
+import hashlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from http import HTTPStatus
 
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
-from wsproto.utilities import RemoteProtocolError
+from wsproto import ConnectionType
+from wsproto.connection import Connection
 
+from .accept import ConnectionCaps, raise_fd_limit, serve_accept
+from .head import HeadTooLarge, RequestHead, find_head_end, parse_head
 from .http_bridge import HttpBridge
 from .websocket import WebSocket
 
-__all__ = ["FrontDoor", "Handshake", "WsRoute"]
+__all__ = ["FrontDoor", "FrontDoorLimits", "Handshake", "WsLimits", "WsRoute"]
 
 log = logging.getLogger("rmeeting.frontdoor")
 
-MAX_HEAD = 16384
-HEAD_TIMEOUT = 10.0
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: seconds a refused or answered-and-closed connection gets to read its answer
+LINGER = 1.0
+#: file descriptors kept free for everything that is not a client connection (stores, files)
+FD_RESERVE = 256
 
 
 @dataclass
@@ -40,6 +50,14 @@ class WsLimits:
 
 
 @dataclass
+class FrontDoorLimits:
+    max_connections: int = 10000
+    max_connections_per_ip: int = 1000
+    max_head_bytes: int = 16384
+    head_timeout: float = 10.0
+
+
+@dataclass
 class Handshake:
     """A WebSocket upgrade request, not yet answered."""
 
@@ -47,31 +65,32 @@ class Handshake:
     query: dict[str, str]
     headers: dict[str, str]
     _sock: socket.socket
-    _ws: WSConnection
+    _key: str
+    _rest: bytes
     _limits: WsLimits
     params: dict[str, str] = field(default_factory=dict)
+    #: the client's address (host, port) as the front door accepted it
+    client: tuple[str, int] = ("", 0)
 
     def accept(self) -> WebSocket:
-        self._sock.send(self._ws.send(AcceptConnection()))  # a few hundred bytes: fits the buffer
+        accept = base64.b64encode(hashlib.sha1(self._key.encode() + _WS_GUID).digest())
+        self._sock.send(  # a few hundred bytes: fits the socket's empty buffer
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
         limits = self._limits
         return WebSocket(
             self._sock,
-            self._ws,
+            Connection(ConnectionType.SERVER),
             max_message=limits.max_message,
             max_buffer=limits.max_buffer,
             ping_interval=limits.ping_interval,
             ping_timeout=limits.ping_timeout,
+            initial=self._rest,  # frames that came with the handshake
         )
 
     def reject(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        headers = [(b"content-type", content_type.encode()),
-                   (b"content-length", str(len(body)).encode())]
-        data = self._ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
-        data += self._ws.send(RejectData(data=body, body_finished=True))
-        try:
-            self._sock.send(data)
-        except OSError:
-            pass
+        _send_response(self._sock, status, body, content_type)
 
 
 #: given a path, the handler for a WebSocket there (with the path's parameters), or None
@@ -79,11 +98,22 @@ WsRoute = Callable[[str], tuple[Callable[[Handshake], Awaitable[None]], dict[str
 
 
 class FrontDoor:
-    def __init__(self, http: HttpBridge, ws_route: WsRoute, limits: WsLimits) -> None:
+    def __init__(
+        self,
+        http: HttpBridge,
+        ws_route: WsRoute,
+        limits: WsLimits,
+        door: FrontDoorLimits | None = None,
+    ) -> None:
         self._http = http
         self._ws_route = ws_route
         self._limits = limits
-        self.connections = 0
+        self._door = door or FrontDoorLimits()
+        self.caps = ConnectionCaps(self._door.max_connections, self._door.max_connections_per_ip)
+
+    @property
+    def connections(self) -> int:
+        return self.caps.open
 
     async def serve(
         self,
@@ -92,6 +122,12 @@ class FrontDoor:
         *,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        # a WebSocket holds one descriptor, an HTTP connection three (client, splice,
+        # Hypercorn's side): ask for room for the worst case, warn below the best one
+        limit = raise_fd_limit(3 * self._door.max_connections + FD_RESERVE)
+        if self._door.max_connections and limit < self._door.max_connections + FD_RESERVE:
+            log.warning("open-files limit %d is too low for max_connections=%d: raise "
+                        "ulimit -n or lower max_connections", limit, self._door.max_connections)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -101,75 +137,82 @@ class FrontDoor:
             listener.setblocking(False)
             async with trio.open_nursery() as nursery:
                 task_status.started(listener.getsockname()[:2])
-                while True:
-                    await trio.lowlevel.wait_readable(listener)
-                    try:
-                        conn, _addr = listener.accept()
-                    except BlockingIOError:
-                        continue
-                    except OSError as exc:
-                        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                            log.error("accept failed: %s; pausing", exc)
-                            await trio.sleep(0.1)
-                            continue
-                        raise
-                    conn.setblocking(False)
-                    if family != socket.AF_UNIX:
-                        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    nursery.start_soon(self._handle, conn)
+
+                def on_connection(conn: socket.socket, client: tuple[str, int]) -> None:
+                    refused = self.caps.acquire(client[0])
+                    if refused is None:
+                        nursery.start_soon(self._handle, conn, client)
+                    else:
+                        nursery.start_soon(_refuse, conn, refused)
+
+                await serve_accept(listener, on_connection)
         finally:
             listener.close()
 
-    async def _handle(self, conn: socket.socket) -> None:
-        self.connections += 1
-        handed_off = False
+    async def _handle(self, conn: socket.socket, client: tuple[str, int]) -> None:
         try:
-            head = await _read_head(conn)
-            if head is None:
+            read = await _read_head(conn, self._door)
+            if read is None:
+                await _linger(conn)
                 return
-            target = _websocket_target(head)
-            found = self._ws_route(urlsplit(target).path) if target else None
+            buf, end = read
+            head = parse_head(buf[:end])
+            found = None
+            if head is not None and head.wants_websocket:
+                found = self._ws_route(head.path)
             if found is None:
-                handed_off = True
-                await self._http.handle(conn, head)
+                # everything else, including what the parse refused, is Hypercorn's to answer
+                await self._http.handle(conn, buf, client)
                 return
-            handler, params = found
-            ws = WSConnection(ConnectionType.SERVER)
-            try:
-                ws.receive_data(head)
-                request = next(ws.events())
-            except (RemoteProtocolError, StopIteration):
-                conn.send(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            assert head is not None
+            handshake = _handshake(head, conn, buf[end:], self._limits, found[1], client)
+            if handshake is None:
+                await _linger(conn)
                 return
-            assert isinstance(request, Request)
-            url = urlsplit(request.target)
-            query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-            headers = {}
-            for line in head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            handshake = Handshake(url.path, query, headers, conn, ws, self._limits, params)
-            handed_off = True
-            await handler(handshake)
+            await found[0](handshake)
         except OSError:
             pass
         except Exception:  # a bug costs this connection, never the listener or other members
             log.exception("connection handler failed")
         finally:
-            self.connections -= 1
-            if not handed_off:
-                conn.close()
+            self.caps.release(client[0])
+            conn.close()  # mostly closed already (by the WebSocket or the splice): then a no-op
 
 
-async def _read_head(conn: socket.socket) -> bytes | None:
-    """Bytes up to the end of the request head (and whatever came after it), or None."""
+def _handshake(
+    head: RequestHead,
+    conn: socket.socket,
+    rest: bytes,
+    limits: WsLimits,
+    params: dict[str, str],
+    client: tuple[str, int],
+) -> Handshake | None:
+    """The upgrade as a Handshake, or None once it was answered as the error it is."""
+    key = head.header("sec-websocket-key")
+    if head.header("sec-websocket-version") != "13":
+        _send_response(conn, 426, b'{"error":"WebSocket version 13 required"}',
+                       extra=b"Sec-WebSocket-Version: 13\r\n")
+        return None
+    if key is None or not _valid_key(key):
+        _send_response(conn, 400, b'{"error":"bad Sec-WebSocket-Key"}')
+        return None
+    return Handshake(head.path, head.query(), head.header_dict(), conn, key, rest, limits,
+                     params, client)
+
+
+def _valid_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:  # binascii.Error
+        return False
+
+
+async def _read_head(conn: socket.socket, door: FrontDoorLimits) -> tuple[bytes, int] | None:
+    """What was read up to the end of the first request head and past it, with the head's
+    length; None (the connection answered as need be) if it never came whole."""
     buf = b""
-    with trio.move_on_after(HEAD_TIMEOUT):
-        while b"\r\n\r\n" not in buf:
-            if len(buf) > MAX_HEAD:
-                conn.send(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                          b"content-length: 0\r\nconnection: close\r\n\r\n")
-                return None
+    with trio.move_on_after(door.head_timeout):
+        while True:
             await trio.lowlevel.wait_readable(conn)
             try:
                 chunk = conn.recv(65536)
@@ -178,18 +221,57 @@ async def _read_head(conn: socket.socket) -> bytes | None:
             if not chunk:
                 return None
             buf += chunk
-        return buf
+            try:
+                end = find_head_end(buf, door.max_head_bytes)
+            except HeadTooLarge:
+                _send_response(conn, 431, b'{"error":"request head too large"}')
+                return None
+            if end is not None:
+                return buf, end
+    if buf:  # a client that sent nothing at all gets no answer: it may be a port probe
+        _send_response(conn, 408, b'{"error":"request head not received in time"}')
     return None
 
 
-def _websocket_target(head: bytes) -> str | None:
-    """The request target when the head asks for a WebSocket upgrade with GET."""
-    lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[0] != b"GET":
-        return None
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
-            return parts[1].decode("latin-1")
-    return None
+async def _refuse(conn: socket.socket, reason: str) -> None:
+    """Answer 503 without reading the request, and close: cheap, and bounded in time."""
+    try:
+        _send_response(conn, 503, b'{"error":"%s"}' % reason.encode(),
+                       extra=b"Retry-After: 1\r\n")
+        await _linger(conn)
+    finally:
+        conn.close()
+
+
+async def _linger(conn: socket.socket) -> None:
+    """Stop sending, then read and drop what the client still sends until it closes or
+    :data:`LINGER` passes: closing with unread input would reset the connection, and a reset
+    can destroy the answer just sent before the client reads it."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        with trio.move_on_after(LINGER):
+            while True:
+                await trio.lowlevel.wait_readable(conn)
+                try:
+                    if not conn.recv(65536):
+                        return
+                except BlockingIOError:
+                    continue
+    except OSError:
+        pass
+
+
+def _send_response(
+    conn: socket.socket, status: int, body: bytes, content_type: str = "application/json",
+    extra: bytes = b"",
+) -> None:
+    """A whole response with ``Connection: close``, written without waiting (a few hundred
+    bytes into an empty socket buffer); the caller closes."""
+    reason = HTTPStatus(status).phrase.encode()
+    data = (b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n%s\r\n" % (status, reason, content_type.encode(), len(body),
+                                              extra)) + body
+    try:
+        conn.send(data)
+    except OSError:
+        pass

@@ -1,94 +1,301 @@
-"""Hands an HTTP connection, whose request head the front door already read, to Hypercorn.
+"""HTTP: Hypercorn, through its public API, behind the front door.
 
-The HTTP API is a Quart-Trio app served by Hypercorn's own connection handler, so it keeps
-Hypercorn's HTTP/1.1 handling (keep-alive, chunking, limits); only the WebSockets on the hot path
-bypass it. The head bytes already read are replayed in front of the socket's stream.
-This uses Hypercorn 0.18's trio ``TCPServer`` and ``Lifespan`` (pinned in pyproject.toml).
+The HTTP API is a Quart-Trio app served by ``hypercorn.trio.serve`` on an internal loopback port
+(127.0.0.1, port 0), so it keeps Hypercorn's whole HTTP/1.1 handling (keep-alive and its timeout,
+``Connection: close``, chunking, read timeouts) and Hypercorn can be upgraded like any library:
+nothing here depends on its internals. The front door, having read a connection's first request
+head, opens a connection to that port and splices the two byte for byte, both ways, until
+either side ends (:meth:`HttpBridge.handle`).
+
+The client's address is carried by the splice itself, not by a header: the front door records
+"internal connection from 127.0.0.1:<its port> is client X" before it sends a byte, and
+:class:`_FrontDoorApp` (an ASGI wrapper, the only seam) puts X into the request's
+``scope["client"]``, which the app reads as ``request.remote_addr``. A header would have to be
+stripped from and inserted into every request of a keep-alive connection (re-parsing what is
+meant to be spliced) and could be forged on the second request; the table cannot. A request on
+the internal port that the front door did not open is refused (403): the port is loopback-only
+and exists for the splice, so connection caps and limits cannot be bypassed through it.
+
+The wrapper also holds the head-size limit on every request, whatever Hypercorn's parser
+accepted (431; the front door checks the first request's head itself, Hypercorn's parser checks
+only heads that arrive in pieces), and a deadline on the whole body (408: Hypercorn's
+``read_timeout`` bounds each read, not a trickle). The splice cuts off a client that takes no
+response bytes for ``read_timeout`` (Hypercorn itself has no write timeout).
+
+A response sent before the request's body was read to its end (a 413) makes Hypercorn close the
+connection; the splice then closes the client's side gracefully: it stops sending, and reads and
+discards what the client still sends for up to :data:`LINGER` seconds, so the client can read
+that response instead of losing it to a reset.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import wrap_app
+from hypercorn.trio import serve as hypercorn_serve
 
 __all__ = ["HttpBridge"]
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Address = tuple[str, int]
 
-class _ReplayStream(trio.abc.HalfCloseableStream):
-    """A socket stream that first gives back bytes already read from it."""
-
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-        self.socket = stream.socket  # Hypercorn reads the peer and local address from it
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
+RECV = 65536
+#: seconds the splice keeps reading (and discarding) from a client after Hypercorn closed
+LINGER = 2.0
+#: seconds Hypercorn gets, on shutdown, for its requests in flight and the app's shutdown
+SHUTDOWN_GRACE = 2.0
 
 
 class HttpBridge:
-    def __init__(self, app: Any, *, read_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        keep_alive_timeout: float,
+        read_timeout: float,
+        max_head_bytes: int,
+    ) -> None:
         config = HypercornConfig()
+        config.bind = ["127.0.0.1:0"]
         config.accesslog = None
-        config.errorlog = logging.getLogger("rmeeting.http")
-        config.read_timeout = int(read_timeout)
-        config.keep_alive_timeout = 15
+        # Hypercorn announces its (internal) address at info level: only its warnings matter
+        errorlog = logging.getLogger("rmeeting.http.hypercorn")
+        errorlog.setLevel(logging.WARNING)
+        config.errorlog = errorlog
+        config.keep_alive_timeout = keep_alive_timeout
+        config.read_timeout = read_timeout  # type: ignore[assignment] # float works; typed int
+        config.h11_max_incomplete_size = max_head_bytes
+        config.graceful_timeout = SHUTDOWN_GRACE / 2
         self._config = config
-        self._app = wrap_app(app, config.wsgi_max_body_size, "asgi")
-        self._context = WorkerContext(None)
-        self._state: dict[str, Any] = {}
+        self._peers: dict[Address, Address] = {}
+        self._app = _FrontDoorApp(app, self._peers, max_head_bytes, read_timeout)
+        self._address: Address | None = None
+        #: a client that takes no response bytes for this long is cut off (Hypercorn has no
+        #: write timeout, and the splice is where its responses wait)
+        self._send_timeout = read_timeout
+        self._stop = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the app's lifespan (startup, then shutdown when cancelled)."""
-        lifespan = Lifespan(self._app, self._config, self._state)
+        """Run Hypercorn (the app's startup first) until cancelled; then shut it down
+        gracefully, bounded by :data:`SHUTDOWN_GRACE`."""
         async with trio.open_nursery() as nursery:
-            await nursery.start(lifespan.handle_lifespan)
-            await lifespan.wait_for_startup()
+            binds: list[str] = await nursery.start(self._run_hypercorn)
+            host, _, port = binds[0].removeprefix("http://").rpartition(":")
+            self._address = (host, int(port))
             task_status.started()
             try:
                 await trio.sleep_forever()
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    await lifespan.wait_for_shutdown()
-                nursery.cancel_scope.cancel()
+                self._stop.set()  # Hypercorn's own graceful shutdown, shielded below
 
-    async def handle(self, sock: socket.socket, head: bytes) -> None:
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        server = TCPServer(
-            self._app,
-            self._config,
-            self._context,
-            ConnectionState(self._state.copy()),
-            _ReplayStream(stream, head),  # type: ignore[arg-type]
-        )
+    async def _run_hypercorn(self, *, task_status: trio.TaskStatus[list[str]]) -> None:
+        # shielded, so that a cancelled server still runs the app's shutdown; bounded once asked
+        with trio.CancelScope(shield=True) as scope:
+            async def stop_when_asked() -> None:
+                await self._stop.wait()
+                scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_when_asked)
+                app: Any = self._app  # an ASGI app; Hypercorn's typing names its own types
+                binds: list[str] = await nursery.start(partial(
+                    hypercorn_serve, app, self._config, shutdown_trigger=self._stop.wait,
+                    mode="asgi",
+                ))
+                task_status.started(binds)
+
+    async def handle(self, conn: socket.socket, head: bytes, client: Address) -> None:
+        """Splice ``conn`` (whose first bytes, ``head``, were already read from it) to Hypercorn
+        until either side ends; closes ``conn``."""
+        assert self._address is not None, "serve() first"
+        downstream = trio.socket.from_stdlib_socket(conn)
+        upstream = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        key: Address | None = None
         try:
-            await server.run()
+            await upstream.connect(self._address)
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            name = upstream.getsockname()
+            key = (name[0], name[1])
+            self._peers[key] = client
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pump_request, downstream, upstream, head)
+                # Hypercorn ends the exchange: when it closes (Connection: close, keep-alive
+                # timeout, an error), so does the client's connection
+                try:
+                    stalled = not await _copy(upstream, downstream, self._send_timeout)
+                except OSError:
+                    stalled = False  # Hypercorn reset its side: it had closed with input unread
+                nursery.cancel_scope.cancel()
+            if not stalled:  # a client that does not read gets no time to read
+                await _linger(downstream)
+        except OSError:
+            pass  # either side went away: nothing to tell anyone
         finally:
-            # Hypercorn's own close awaits, so a cancelled connection (server stopping) would
-            # leave the socket open: close it here without waiting.
-            sock.close()
+            if key is not None:
+                del self._peers[key]
+            upstream.close()
+            downstream.close()
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+async def _copy(
+    src: trio.socket.SocketType, dst: trio.socket.SocketType, send_timeout: float = math.inf
+) -> bool:
+    """Copy until ``src`` ends (True) or a send to ``dst`` waited ``send_timeout`` (False)."""
+    while True:
+        data = await src.recv(RECV)
+        if not data:
+            return True
+        with trio.move_on_after(send_timeout):
+            await _send_all(dst, data)
+            continue
+        return False
+
+
+async def _linger(sock: trio.socket.SocketType) -> None:
+    """Half-close, then discard what the client still sends until it closes or LINGER ends."""
+    sock.shutdown(socket.SHUT_WR)
+    with trio.move_on_after(LINGER):
+        while await sock.recv(RECV):
+            pass
+
+
+async def _pump_request(
+    downstream: trio.socket.SocketType, upstream: trio.socket.SocketType, head: bytes
+) -> None:
+    try:
+        await _send_all(upstream, head)
+        await _copy(downstream, upstream)
+        upstream.shutdown(socket.SHUT_WR)  # the client is done sending; Hypercorn answers
+    except OSError:
+        upstream.close()  # a reset client: Hypercorn sees the close, and the splice ends
+
+
+class _FrontDoorApp:
+    """The ASGI wrapper between Hypercorn and the app (see the module docstring)."""
+
+    def __init__(
+        self, app: Any, peers: dict[Address, Address], max_head_bytes: int, body_timeout: float
+    ) -> None:
+        self._app = app
+        self._peers = peers
+        self._max_head = max_head_bytes
+        self._body_timeout = body_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._app(scope, receive, send)
+            return  # a WebSocket through the internal port: the front door never sends one
+        client = scope.get("client")
+        peer = self._peers.get((client[0], client[1])) if client else None
+        if peer is None:
+            await _answer(send, 403, b'{"error":"the internal port serves the front door only"}')
+            return
+        if _head_size(scope) > self._max_head:
+            await _answer(send, 431, b'{"error":"request head too large"}')
+            return
+        scope = {**scope, "client": peer}
+        if not _has_body(scope):
+            await self._app(scope, receive, partial(_send_shielded_end, send))
+            return
+        await _BodyDeadline(self._body_timeout, receive, send).run(self._app, scope)
+
+
+class _BodyDeadline:
+    """A request body must arrive whole within ``timeout`` seconds of its head.
+
+    Hypercorn's ``read_timeout`` bounds each read; a client trickling a byte at a time would
+    hold the connection for ever. Past the deadline the client gets 408 and the connection is
+    closed; the app is told the client went away (it never saw a response it did not send)."""
+
+    def __init__(self, timeout: float, receive: Receive, send: Send) -> None:
+        self._deadline = trio.current_time() + timeout
+        self._receive = receive
+        self._send = send
+        self._body_done = False
+        self._app_responded = False
+        self._timed_out = False
+
+    async def run(self, app: Any, scope: Scope) -> None:
+        await app(scope, self.receive, self.send)
+
+    async def receive(self) -> Message:
+        if self._body_done:
+            return await self._receive()  # only the disconnect is left: no deadline on it
+        with trio.move_on_at(self._deadline):
+            message = await self._receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                self._body_done = True
+            return message
+        self._body_done = True
+        if not self._app_responded:
+            self._timed_out = True
+            await _answer(partial(_send_shielded_end, self._send), 408,
+                          b'{"error":"request body not received in time"}')
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self._timed_out:
+            return  # the 408 went out instead of whatever the app says now
+        if message["type"] == "http.response.start":
+            self._app_responded = True
+        await _send_shielded_end(self._send, message)
+
+
+async def _send_shielded_end(send: Send, message: Message) -> None:
+    """Pass the message on; the response's last one shielded from cancellation.
+
+    Hypercorn closes the connection (``Connection: close``, a body left unread) from inside
+    this call, and Quart-Trio cancels its request nursery as soon as the client disconnects,
+    which Hypercorn tells it from inside that same close: unshielded, the close is cancelled
+    half-way and the connection stays open until a timeout (issue #10, item 5)."""
+    if message["type"] == "http.response.body" and not message.get("more_body", False):
+        with trio.CancelScope(shield=True):
+            await send(message)
+    else:
+        await send(message)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+def _head_size(scope: Scope) -> int:
+    """The request head's size in bytes as sent, give or take the spaces Hypercorn dropped."""
+    size = len(scope["method"]) + len(scope["raw_path"]) + len(scope["query_string"]) + 14
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+    return size
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close")],
+    })
+    await send({"type": "http.response.body", "body": body})

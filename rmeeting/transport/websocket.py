@@ -23,8 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import trio
-from wsproto import WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     BytesMessage,
     CloseConnection,
@@ -84,12 +83,13 @@ class WebSocket:
     def __init__(
         self,
         sock: socket.socket,
-        ws: WSConnection,
+        ws: Connection,
         *,
         max_message: int,
         max_buffer: int,
         ping_interval: float,
         ping_timeout: float,
+        initial: bytes = b"",
     ) -> None:
         self._sock = sock
         self._ws = ws
@@ -99,6 +99,8 @@ class WebSocket:
         self._ping_timeout = ping_timeout
         self._outbox: deque[bytes] = deque()
         self._outbox_bytes = 0
+        #: the outbox's first entry is the rest of a frame whose start is already sent
+        self._head_partial = False
         self._wake_writer = trio.Event()
         self._flushed = trio.Event()
         self._flushed.set()
@@ -106,7 +108,8 @@ class WebSocket:
         self._aborted = False
         self._closing_event = trio.Event()
         self._reader_done = trio.Event()
-        self._initial = b""
+        #: bytes read with the handshake, before any frame was parsed
+        self._initial = initial
         self.timed_out = False
         self._incoming_send, self._incoming = trio.open_memory_channel[str | BadFrame](16)
         self._last_heard = trio.current_time()
@@ -140,16 +143,24 @@ class WebSocket:
             if sent == len(frame):
                 self.frames_sent += 1
                 return True
-            frame = frame[sent:]
+            if sent:
+                # part of this frame is on the wire: the rest must follow whatever the bound,
+                # or the next bytes out (a close frame) would land inside its payload
+                self._head_partial = True
+                self._queue(frame[sent:])
+                return True
         if self._outbox_bytes + len(frame) > self._max_buffer and not self._closing:
             self._start_close(Close.SLOW_CONSUMER, "slow consumer: outgoing queue full")
             return False
+        self._queue(frame)
+        return True
+
+    def _queue(self, frame: bytes) -> None:
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
         self.frames_sent += 1
         self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
         self._wake_writer.set()
-        return True
 
     def send_text_nowait(self, payload: bytes) -> bool:
         return self.send_frame_nowait(text_frame(payload))
@@ -165,9 +176,14 @@ class WebSocket:
         self._closing_event.set()
         self.close_code, self.close_reason = code, reason
         if code == Close.SLOW_CONSUMER:
-            # whatever this member has not read is lost to it anyway; free it now
+            # whatever this member has not read is lost to it anyway; free it now, except the
+            # rest of a frame already half sent: the close frame may only follow whole frames
+            kept = self._outbox[0] if self._outbox and self._head_partial else None
             self._outbox.clear()
             self._outbox_bytes = 0
+            if kept is not None:
+                self._outbox.append(kept)
+                self._outbox_bytes = len(kept)
         try:
             data = self._ws.send(CloseConnection(code=code, reason=reason))
         except LocalProtocolError:
@@ -182,15 +198,16 @@ class WebSocket:
         self._start_close(code, reason)
 
     def _abort(self) -> None:
+        """The socket is dead: nothing more goes out. The reader is left to end by itself (its
+        next read fails or sees the end; ``run`` bounds the wait), so that the messages the
+        client sent before it went, already read, still reach the session."""
         self._aborted = True
         self._closing = True
         self._closing_event.set()
-        self._reader_done.set()
         self._outbox.clear()
         self._outbox_bytes = 0
         self._flushed.set()
         self._wake_writer.set()
-        self._incoming_send.close()
 
     async def _write_loop(self) -> None:
         while True:
@@ -214,8 +231,10 @@ class WebSocket:
             self._outbox_bytes -= sent
             if sent == len(chunk):
                 self._outbox.popleft()
+                self._head_partial = False
             else:
                 self._outbox[0] = chunk[sent:]
+                self._head_partial = True
 
     # --- reading ------------------------------------------------------------------------
 
@@ -239,16 +258,24 @@ class WebSocket:
                 # bytes that came with the handshake
                 for event in self._ws.events():
                     if isinstance(event, TextMessage):
-                        size += len(event.data)
+                        # the limit counts bytes as they came (UTF-8), not characters
+                        chunk = event.data
+                        size += len(chunk) if chunk.isascii() else len(chunk.encode())
                         if size > self._max_message:
                             self._start_close(Close.TOO_BIG, "message too big")
                             return
-                        parts.append(event.data)
+                        parts.append(chunk)
                         if event.message_finished:
                             text, parts, size = "".join(parts), [], 0
                             await self._incoming_send.send(text or BadFrame("empty"))
                     elif isinstance(event, BytesMessage):
+                        # never kept, but bounded like text: a huge one is not read to its end
+                        size += len(event.data)
+                        if size > self._max_message:
+                            self._start_close(Close.TOO_BIG, "message too big")
+                            return
                         if event.message_finished:
+                            size = 0
                             await self._incoming_send.send(BadFrame("binary"))
                     elif not self._control(event):
                         return
@@ -311,7 +338,7 @@ class WebSocket:
 
         Closing is bounded: once either side starts it, the close frame gets ``close_timeout``
         seconds to go out and the peer as long to answer, then the socket is closed anyway."""
-        self._initial = initial
+        self._initial = initial or self._initial
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ._decode import BadInput, decode
+from ._json import dumps
 from .seed import SeedEncoder
 from .v1 import V1Encoder
 
-__all__ = ["encoders"]
+__all__ = ["BadInput", "decode", "dumps", "encoders"]
 
 
 def encoders() -> dict[str, SeedEncoder | V1Encoder]:

@@ -20,7 +20,7 @@ from ..events import (
     MemberUpdated,
     Notice,
 )
-from ..stores.base import MeetingMeta, MemberRecord
+from ..records import MeetingMeta, MemberRecord
 from ..transport.websocket import text_frame
 from ._json import dumps
 

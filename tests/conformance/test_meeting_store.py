@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from rmeeting.controls import DEFAULTS
 from rmeeting.stores.base import (
@@ -202,12 +203,15 @@ async def test_end_meeting_notifies_and_forgets(meeting_store: Any) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_timed_change_returns_to_default(meeting_store: Any) -> None:
+async def test_timed_change_returns_to_default(
+    meeting_store: Any, store_clock: MockClock | None
+) -> None:
     meta = _meta()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             events = await _serving(nursery, meeting_store)
             await meeting_store.create(meta, {})
+            start = trio.current_time()
             await meeting_store.set_controls(meta.meeting_id, {"mic": False}, actor="h", ttl=1)
             assert (await meeting_store.controls(meta.meeting_id))["mic"] is False
             back = await events.wait_for(
@@ -215,11 +219,15 @@ async def test_timed_change_returns_to_default(meeting_store: Any) -> None:
                 timeout=15,
             )
             assert isinstance(back, ControlsChanged)
+            if store_clock is not None:  # on virtual time: back at the ttl, not before or after
+                assert 1.0 <= trio.current_time() - start < 1.0001
             assert (await meeting_store.controls(meta.meeting_id))["mic"] is True
             nursery.cancel_scope.cancel()
 
 
-async def test_later_change_cancels_timer(meeting_store: Any) -> None:
+async def test_later_change_cancels_timer(
+    meeting_store: Any, store_clock: MockClock | None
+) -> None:
     meta = _meta()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:

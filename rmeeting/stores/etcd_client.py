@@ -1,4 +1,5 @@
-"""The etcd wire for :mod:`rmeeting.stores.etcd`: bounded KV calls and one watch stream.
+"""The etcd wire, for :mod:`rmeeting.stores.etcd` and the cluster's liveness: bounded KV calls and
+one watch stream.
 
 The ``etcd3`` client is synchronous (grpc), so every KV call runs in a worker thread with a
 deadline and a small bounded retry, and the watch runs in a thread of its own on the raw grpc

@@ -1,0 +1,91 @@
+"""The HTTP bridge: Hypercorn's public serve() behind the front door's splice.
+
+A small ASGI app that echoes what it is told about the client stands in for the API, so the
+tests see exactly what the app sees.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import trio
+
+from rmeeting.transport.frontdoor import FrontDoor, WsLimits
+from rmeeting.transport.http_bridge import HttpBridge
+
+Message = MutableMapping[str, Any]
+
+
+async def _echo_client(
+    scope: MutableMapping[str, Any],
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    body = json.dumps({"client": scope["client"]}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _serve(nursery: trio.Nursery) -> tuple[HttpBridge, tuple[str, int]]:
+    bridge = HttpBridge(_echo_client, keep_alive_timeout=5, read_timeout=5, max_head_bytes=8192)
+    await nursery.start(bridge.serve)
+    front = FrontDoor(bridge, lambda path: None, WsLimits())
+    address: tuple[str, int] = await nursery.start(front.serve, "127.0.0.1", 0)
+    return bridge, address
+
+
+async def _get(stream: trio.SocketStream) -> dict[str, Any]:
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b"}"):
+        chunk = await stream.receive_some(4096)
+        assert chunk, data
+        data += chunk
+    result: dict[str, Any] = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    return result
+
+
+async def test_the_app_sees_the_real_client_on_every_request(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        _, address = await _serve(nursery)
+        sock = trio.socket.socket()
+        await sock.bind(("127.0.0.2", 0))  # another loopback address than the server's
+        await sock.connect(address)
+        port = sock.getsockname()[1]
+        async with trio.SocketStream(sock) as stream:
+            for _ in range(3):  # the same keep-alive connection: every request, not the first
+                assert await _get(stream) == {"client": ["127.0.0.2", port]}
+
+
+async def test_the_internal_port_serves_the_front_door_only(nursery: trio.Nursery) -> None:
+    with trio.fail_after(10):
+        bridge, _ = await _serve(nursery)
+        internal = bridge._address
+        assert internal is not None and internal[0] == "127.0.0.1"
+        async with await trio.open_tcp_stream(*internal) as stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while chunk := await stream.receive_some(4096):
+                data += chunk
+    assert data.startswith(b"HTTP/1.1 403")
+
+
+def test_no_private_hypercorn_module_is_imported() -> None:
+    import ast
+    import pathlib
+
+    import rmeeting.transport as transport
+
+    for path in pathlib.Path(transport.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hypercorn"):
+                assert node.module in ("hypercorn.config", "hypercorn.trio"), (path, node.module)
