@@ -71,7 +71,8 @@ class MakeChat:
             client.close()
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis),
+                        pytest.param("redis-cluster", marks=pytest.mark.redis)])
 def make_chat(request: pytest.FixtureRequest) -> Iterator[MakeChat]:
     if request.param == "memory":
         yield MakeChat(None)

@@ -16,6 +16,7 @@ from rmeeting.cluster.launcher import LocalCluster
 from rmeeting.cluster.processes import free_ports
 
 from .clients import Api, open_v1
+from .test_metrics import value
 from .test_webhooks import flip, new_meeting
 from .webhook_receiver import SECRET, Got, Mode, Receiver
 
@@ -38,12 +39,12 @@ async def etcdctl_put(cluster: LocalCluster, meeting: str, flag: str, value: str
 
 
 def sample(text: str, name: str, **labels: str) -> float:
-    """One sample of a scrape, 0 if absent (a labelled series appears on first use)."""
-    series = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    """One sample of a scrape (labels in any order), 0 if absent (a labelled series appears on
+    first use)."""
+    try:
+        return value(text, name, **labels)
+    except AssertionError:
+        return 0.0
 
 
 async def scrapes(cluster: LocalCluster) -> list[str]:

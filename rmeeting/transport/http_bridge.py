@@ -10,7 +10,8 @@ either side ends (:meth:`HttpBridge.handle`).
 The client's address is carried by the splice itself, not by a header: the front door records
 "internal connection from 127.0.0.1:<its port> is client X" before it sends a byte, and
 :class:`_FrontDoorApp` (an ASGI wrapper, the only seam) puts X into the request's
-``scope["client"]``, which the app reads as ``request.remote_addr``. A header would have to be
+``scope["client"]`` (the app reads it as ``request.remote_addr``), and the front door's own
+address into ``scope["server"]`` (not the internal port). A header would have to be
 stripped from and inserted into every request of a keep-alive connection (re-parsing what is
 meant to be spliced) and could be forged on the second request; the table cannot. A request on
 the internal port that the front door did not open is refused (403): the port is loopback-only
@@ -77,7 +78,8 @@ class HttpBridge:
         config.h11_max_incomplete_size = max_head_bytes
         config.graceful_timeout = SHUTDOWN_GRACE / 2
         self._config = config
-        self._peers: dict[Address, Address] = {}
+        #: internal connection -> (the real client, the front door's address it connected to)
+        self._peers: dict[Address, tuple[Address, Address]] = {}
         self._app = _FrontDoorApp(app, self._peers, max_head_bytes, read_timeout)
         self._address: Address | None = None
         #: a client that takes no response bytes for this long is cut off (Hypercorn has no
@@ -126,7 +128,8 @@ class HttpBridge:
             upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             name = upstream.getsockname()
             key = (name[0], name[1])
-            self._peers[key] = client
+            local = conn.getsockname()
+            self._peers[key] = (client, (local[0], local[1]))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_pump_request, downstream, upstream, head)
                 # Hypercorn ends the exchange: when it closes (Connection: close, keep-alive
@@ -191,7 +194,8 @@ class _FrontDoorApp:
     """The ASGI wrapper between Hypercorn and the app (see the module docstring)."""
 
     def __init__(
-        self, app: Any, peers: dict[Address, Address], max_head_bytes: int, body_timeout: float
+        self, app: Any, peers: dict[Address, tuple[Address, Address]], max_head_bytes: int,
+        body_timeout: float,
     ) -> None:
         self._app = app
         self._peers = peers
@@ -211,7 +215,9 @@ class _FrontDoorApp:
         if _head_size(scope) > self._max_head:
             await _answer(send, 431, b'{"error":"request head too large"}')
             return
-        scope = {**scope, "client": peer}
+        # the app sees the real client, and the address the client reached (not the internal
+        # port): a link built from the request (join_url) names the port clients use
+        scope = {**scope, "client": peer[0], "server": peer[1]}
         if not _has_body(scope):
             await self._app(scope, receive, partial(_send_shielded_end, send))
             return
