@@ -23,6 +23,8 @@ __all__ = [
     "ChatPosted",
     "ControlsChanged",
     "HubEvent",
+    "LobbyChanged",
+    "LobbyState",
     "MeetingEnded",
     "MeetingEvent",
     "MemberJoined",
@@ -144,10 +146,30 @@ class MemberLeft:
                    member.joined_at, reason, close)
 
 
-#: what the chat log carries: one order per meeting on every instance
-BusEvent = ChatPosted | MemberJoined | MemberLeft | MemberUpdated
+#: ``waiting``: knocked; ``admitted``/``refused``: decided by the host or a co-host; ``left``: the
+#: knocker went away before a decision
+LobbyState = Literal["waiting", "admitted", "refused", "left"]
 
-_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
+
+@dataclass(frozen=True, slots=True)
+class LobbyChanged:
+    """The lobby of a meeting whose ``join_policy`` is ``lobby`` (docs/protocol.md): someone
+    knocked, or its knock was decided or withdrawn. The hosts and co-hosts see it (their
+    admit/refuse list); the knocker's own instance learns the decision from it, wherever the
+    host who made it is connected."""
+
+    meeting_id: str
+    #: the member id the knocker gets once admitted
+    member_id: str
+    name: str
+    state: LobbyState
+    ts: float = 0.0
+
+
+#: what the chat log carries: one order per meeting on every instance
+BusEvent = ChatPosted | MemberJoined | MemberLeft | MemberUpdated | LobbyChanged
+
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated, LobbyChanged)
 
 
 def stamped(event: _B, *, seq: int, ts: float) -> _B:

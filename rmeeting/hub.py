@@ -31,6 +31,7 @@ from .events import (
     ChatPosted,
     ControlsChanged,
     HubEvent,
+    LobbyChanged,
     MeetingEnded,
     MemberJoined,
     MemberLeft,
@@ -250,14 +251,19 @@ class _Shard:
             frame = self._encoders[protocol].frame(event)
             if frame is None:
                 continue
+            lobby_only = isinstance(event, LobbyChanged)  # the hosts' (and co-hosts') business
             if not meeting.holding:
                 for sub in members.values():
                     if seq and sub.skip_chat_upto >= seq:
+                        continue
+                    if lobby_only and not _moderates(sub):
                         continue
                     sub.outlet.send_frame_nowait(frame)
             else:
                 for sub in members.values():
                     if seq and sub.skip_chat_upto >= seq:
+                        continue
+                    if lobby_only and not _moderates(sub):
                         continue
                     if sub.held is None:
                         sub.outlet.send_frame_nowait(frame)
@@ -280,7 +286,7 @@ class _Shard:
                 self._tell_members_own(meeting, event)
                 if self.on_controls is not None:
                     self.on_controls(event)
-            case ChatPosted() | MemberUpdated() | Notice():
+            case ChatPosted() | MemberUpdated() | Notice() | LobbyChanged():
                 pass
             case _:
                 assert_never(event)
@@ -333,6 +339,10 @@ class _Shard:
             for members in meeting.by_protocol.values():
                 for sub in members.values():
                     sub.outlet.close_nowait(code, reason)
+
+
+def _moderates(sub: Subscriber) -> bool:
+    return sub.record is not None and sub.record.role in ("host", "cohost")
 
 
 class Hub:

@@ -4,13 +4,14 @@ hub and the wire encoders (the stores' interfaces are in ``rmeeting.stores.base`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .events import Role
 
-__all__ = ["AttendanceRecord", "AuditEntry", "MeetingMeta", "MemberRecord", "Role"]
+__all__ = ["AttendanceRecord", "AuditEntry", "Knock", "MeetingMeta", "MemberRecord", "Role",
+           "Tombstone"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class MemberRecord:
     protocol: Literal["seed", "v1"] = "v1"
     camera: bool = False
     mic: bool = False
+    #: the application's user id, from a join token's ``sub`` ("" without one)
+    sub: str = ""
     #: the controls revision camera/mic were declared against (``Controls.device_on``)
     media_rev: int = 0
     #: when the member raised its hand (epoch seconds, the store's clock), None if it is down
@@ -81,3 +84,30 @@ class AttendanceRecord:
     key_hash: str
     left_at: float | None = None
     reason: str | None = None
+    #: the application's user id, from a join token's ``sub`` ("" without one)
+    sub: str = ""
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """An ended meeting, kept until ``purge_at`` so its attendance and audit stay readable.
+
+    Nobody can join or change it; it is not a meeting (``get`` and ``list`` do not see it)."""
+
+    meta: MeetingMeta
+    ended_at: float
+    #: why it ended: "ended by the host", "empty", "max_duration", "deleted in etcd", ...
+    reason: str
+    purge_at: float
+    audit: Sequence[AuditEntry] = ()
+
+
+@dataclass(frozen=True)
+class Knock:
+    """Someone waiting in a meeting's lobby (``join_policy`` lobby): the member id it will have
+    once admitted, the name it gave, and since when it waits."""
+
+    meeting_id: str
+    member_id: str
+    name: str
+    since: float

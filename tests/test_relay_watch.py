@@ -26,12 +26,7 @@ from rmeeting.stores.redis import RedisChatLog
 from rmeeting.transport.websocket import text_payload
 
 from .conftest import make_config
-from .redis_server import (  # noqa: F401  (the session fixtures)
-    RedisClusterServer,
-    RedisServer,
-    redis_cluster,
-    redis_server,
-)
+from .redis_server import RedisClusterServer, RedisServer
 
 
 class MakeChat:

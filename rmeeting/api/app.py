@@ -39,6 +39,9 @@ DENIED_STATUS = {
     "too_many_meetings": 429,
     "rate_limited": 429,
     "draining": 503,
+    # deployments (#12)
+    "not_api_key": 403,
+    "meeting_ended": 410,
 }
 
 

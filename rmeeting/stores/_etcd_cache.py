@@ -61,6 +61,11 @@ class Keys:
 
     def __init__(self, prefix: str) -> None:
         self.root = (prefix.rstrip("/") + "/meetings/").encode()
+        #: tombstones of ended meetings: outside ``root``, so the watch never takes one for a
+        #: meeting (each is attached to a lease that runs out with the retention)
+        self.ended_root = (prefix.rstrip("/") + "/ended/").encode()
+        #: WebSocket tickets, by the hash of their secret, each on a lease of its lifetime
+        self.tickets = (prefix.rstrip("/") + "/tickets/").encode()
 
     def home(self, meeting_id: str, sub: str = "") -> bytes:
         if not meeting_id or "/" in meeting_id:
@@ -89,6 +94,10 @@ class Keys:
 
     def end_marker(self, meeting_id: str) -> bytes:
         return self.root + meeting_id.encode()
+
+    def tombstone(self, meeting_id: str) -> bytes:
+        self.home(meeting_id)  # the same check of the id
+        return self.ended_root + meeting_id.encode()
 
     def split(self, key: bytes) -> tuple[str, str | None]:
         """(meeting id, the rest after its slash); the rest is None for the end marker."""

@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from typing import Any, assert_never
 
 from ..closes import Close, LeaveReason
-from ..events import BusEvent, ChatPosted, MemberJoined, MemberLeft, MemberUpdated, Role
+from ..events import (
+    BusEvent,
+    ChatPosted,
+    LobbyChanged,
+    LobbyState,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+    Role,
+)
 
 __all__ = ["decode", "encode"]
 
@@ -39,6 +48,8 @@ def encode(event: BusEvent) -> tuple[str, dict[str, Any]]:
             if event.close is not None:
                 data["close"] = [int(event.close[0]), event.close[1]]
             return "left", data
+        case LobbyChanged():
+            return "lobby", {"id": event.member_id, "name": event.name, "state": event.state}
         case _:
             assert_never(event)
 
@@ -70,6 +81,9 @@ def decode(meeting_id: str, kind: str, data: Mapping[str, Any], seq: int, ts: fl
             return MemberUpdated(meeting_id, _str(data, "id"), _str(data, "name"), _role(data),
                                  _bool(data, "camera"), _bool(data, "mic"),
                                  _float(data, "joined_at"), _changes(data), ts, _rev(data), by)
+        if kind == "lobby":
+            return LobbyChanged(meeting_id, _str(data, "id"), _str(data, "name"),
+                                _lobby_state(data), ts)
         if kind == "left":
             return MemberLeft(meeting_id, _str(data, "id"), _str(data, "name"), _role(data),
                               _float(data, "joined_at"), LeaveReason(_str(data, "reason")),
@@ -116,7 +130,15 @@ def _role(data: Mapping[str, Any]) -> Role:
         return "cohost"
     if role == "member":
         return "member"
-    raise ValueError("role is neither host, cohost nor member")
+    raise ValueError("role is not host, cohost nor member")
+
+
+def _lobby_state(data: Mapping[str, Any]) -> LobbyState:
+    state = data["state"]
+    for known in ("waiting", "admitted", "refused", "left"):
+        if state == known:
+            return known
+    raise ValueError("state is not a lobby state")
 
 
 def _changes(data: Mapping[str, Any]) -> dict[str, str | bool | float | None]:

@@ -20,6 +20,7 @@ from ..events import (
     BusEvent,
     ChatPosted,
     ControlsChanged,
+    LobbyChanged,
     MeetingEnded,
     MeetingEvent,
     MemberJoined,
@@ -27,7 +28,14 @@ from ..events import (
     MemberUpdated,
     Role,
 )
-from ..records import AttendanceRecord, AuditEntry, MeetingMeta, MemberRecord
+from ..records import (
+    AttendanceRecord,
+    AuditEntry,
+    Knock,
+    MeetingMeta,
+    MemberRecord,
+    Tombstone,
+)
 
 __all__ = [
     "AttendanceRecord",
@@ -47,10 +55,12 @@ __all__ = [
     "RevisionConflict",
     "Role",
     "StoreUnavailable",
+    "Knock",
+    "Tombstone",
 ]
 
 #: the events are defined in rmeeting.events; these names are kept here for the stores' users
-_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated, LobbyChanged)
 
 
 class MeetingNotFound(LookupError):
@@ -91,8 +101,38 @@ class MeetingStore(Protocol):
         what the store keeps in memory, so in cluster mode as of the last change its watch saw."""
         ...
 
-    async def end(self, meeting_id: str, *, reason: str) -> bool:
-        """Delete the meeting; True if it existed. Every instance learns MeetingEnded."""
+    async def end(self, meeting_id: str, *, reason: str, retention: float = 0.0) -> bool:
+        """Delete the meeting; True for exactly one caller if it existed, however many race
+        (instances, timers). Every instance learns MeetingEnded. With ``retention`` > 0 the same
+        atomic step leaves a :class:`Tombstone` (meta, reason, audit) for that many seconds."""
+        ...
+
+    async def tombstone(self, meeting_id: str) -> Tombstone | None:
+        """The ended meeting, while its retention lasts (else None)."""
+        ...
+
+    async def purge_due(self) -> Sequence[str]:
+        """Forget the tombstones whose retention passed; their ids (for the member store and
+        chat log to forget too). A store whose backend expires them itself may return them
+        late or not at all: the member store and chat log then expire on their own."""
+        ...
+
+    async def snapshot(self) -> Sequence[MeetingMeta]:
+        """The live meetings as this instance knows them now, without a round trip where the
+        store keeps them current (etcd's watch); for the lifecycle sweep."""
+        ...
+
+    async def put_ticket(self, ticket_hash: str, payload: Mapping[str, Any], ttl: float) -> None:
+        """Keep a WebSocket ticket (by the hash of its secret) for ``ttl`` seconds."""
+        ...
+
+    async def take_ticket(self, ticket_hash: str) -> Mapping[str, Any] | None:
+        """The ticket's payload, once: of racing callers (on any instance) one gets it."""
+        ...
+
+    async def update_meta(self, meeting_id: str, extra: Mapping[str, Any]) -> MeetingMeta:
+        """Merge ``extra`` into the meeting's ``meta.extra`` (its join policy); raises
+        MeetingNotFound."""
         ...
 
     async def controls(self, meeting_id: str) -> Controls:
@@ -214,6 +254,28 @@ class MemberStore(Protocol):
 
     async def clear_meeting(self, meeting_id: str, *, reason: str) -> Sequence[MemberRecord]:
         """Everyone leaves (meeting ended); returns who was present. The ledger is kept."""
+        ...
+
+    async def knock(self, knock: Knock) -> None:
+        """Put ``knock`` in the meeting's lobby (every instance sees the same lobby)."""
+        ...
+
+    async def waiting(self, meeting_id: str) -> Sequence[Knock]:
+        """The lobby, oldest knock first."""
+        ...
+
+    async def take_knock(self, meeting_id: str, member_id: str) -> Knock | None:
+        """Take a knock out of the lobby (admitted, refused, or gone): exactly one of racing
+        callers, on any instance, gets it; the rest get None."""
+        ...
+
+    async def retire(self, meeting_id: str, *, keep: float) -> None:
+        """The meeting ended: its ledger and bans are forgotten ``keep`` seconds from now
+        (Redis expires the keys itself), or at :meth:`purge`, whichever comes first."""
+        ...
+
+    async def purge(self, meeting_id: str) -> None:
+        """Forget every trace of the meeting (roster, ledger, bans) now."""
         ...
 
     async def ready(self) -> bool: ...

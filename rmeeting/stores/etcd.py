@@ -20,6 +20,13 @@ Keys, under ``<prefix>/meetings/<meeting_id>/`` (fixed, see etcd/README.md):
 and ``<prefix>/meetings/<meeting_id>`` itself: the reason of an :meth:`end`, put in the same
 revision as the deletion so that every instance reports it, and removed right after.
 
+An ended meeting's tombstone is ``<prefix>/ended/<meeting_id>`` (JSON: the meta, ``ended_at``,
+``reason``, ``purge_at`` and the audit trail), put by the same transaction that deletes the
+meeting and attached to a lease of ``retention`` seconds, so etcd itself purges it. It lies
+outside ``<prefix>/meetings/``: the watch never sees it, so it can never pass for a live meeting.
+A meeting ended by deleting its prefix by hand gets a tombstone (without its audit, deleted with
+it) from the first instance whose watch sees the deletion.
+
 Revisions: ``Controls.revision`` is the etcd revision of the meeting's last change (the max
 ``mod_revision`` of its meta and flag keys, or, for a change made by deleting a key, the revision
 of the delete as the watcher saw it). Compare-and-set is exact: it succeeds only if no meta or
@@ -50,23 +57,27 @@ import trio
 
 from ..controls import FLAGS, Controls, validate_changes, validate_member_changes
 from ._etcd_cache import (
+    ENDED_IN_ETCD,
     AuditTask,
     Keys,
     MeetingCache,
     Read,
     flag_bytes,
     json_field,
+    json_object,
     meta_bytes,
     meta_from,
 )
 from .base import (
     AuditEntry,
     ControlsChanged,
+    MeetingEnded,
     MeetingEvent,
     MeetingMeta,
     MeetingNotFound,
     RevisionConflict,
     StoreUnavailable,
+    Tombstone,
 )
 from .etcd_client import (
     Change,
@@ -120,7 +131,10 @@ class EtcdMeetingStore:
         timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
         audit_limit: int = 1000,
+        retention: float = 0.0,
     ) -> None:
+        #: seconds the tombstone of a meeting ended by hand (its prefix deleted) is kept
+        self.retention = retention
         self._conn = Connection(endpoints, timeout)
         self._audit_limit = audit_limit
         self._keys = Keys(prefix)
@@ -220,20 +234,62 @@ class EtcdMeetingStore:
         ])
         if not response.responses[0].response_range.kvs:
             raise MeetingNotFound(meeting_id)
-        entries = []
-        for kv in response.responses[1].response_range.kvs:
-            try:
-                data = json.loads(kv.value)
-                member = data.get("member")
-                entries.append(AuditEntry(
-                    meeting_id, str(data["flag"]), bool(data["old"]), bool(data["new"]),
-                    int(data.get("revision") or kv.create_revision), str(data["actor"]),
-                    float(data["at"]), member if isinstance(member, str) else None,
-                ))
-            except (ValueError, TypeError, KeyError):
-                log.warning("meeting %s: unreadable audit record %r", meeting_id, kv.key)
-        entries.sort(key=lambda e: (e.revision, e.flag))
-        return entries
+        return _audit_entries(meeting_id, response.responses[1].response_range.kvs)
+
+    async def tombstone(self, meeting_id: str) -> Tombstone | None:
+        try:
+            key = self._keys.tombstone(meeting_id)
+        except MeetingNotFound:
+            return None
+        response = await self._conn.kv("Range", rpc.RangeRequest(key=key))
+        if not response.kvs:
+            return None
+        found = _tombstone_from(meeting_id, response.kvs[0].value)
+        # the lease may run out a moment late: the deadline is the tombstone's own
+        return found if found is not None and found.purge_at > self._clock() else None
+
+    async def purge_due(self) -> Sequence[str]:
+        # etcd deletes each tombstone with its lease, and the Redis keys expire by themselves
+        # (MemberStore.retire): nothing is left for a sweep to do, even with no instance running
+        return []
+
+    async def snapshot(self) -> Sequence[MeetingMeta]:
+        if self._serving and self._watch_ok:
+            return [state.meta for state in self._cache.meetings.values()]
+        return await self.list()
+
+    async def put_ticket(self, ticket_hash: str, payload: Mapping[str, Any], ttl: float) -> None:
+        lease = await self._conn.lease_grant(max(1, math.ceil(ttl)))
+        body = json.dumps({**payload, "until": self._clock() + ttl}).encode()
+        await self._conn.kv("Put", rpc.PutRequest(key=self._keys.tickets + ticket_hash.encode(),
+                                                  value=body, lease=lease))
+
+    async def take_ticket(self, ticket_hash: str) -> Mapping[str, Any] | None:
+        key = self._keys.tickets + ticket_hash.encode()
+        # read and delete in one transaction that only runs while the key exists: one taker
+        response = await self._conn.txn([compare(key, "version", ">", 0)],
+                                        [range_op(key), delete_op(key)])
+        if not response.succeeded:
+            return None
+        kvs = response.responses[0].response_range.kvs
+        payload = json_object(kvs[0].value) if kvs else {}
+        until = payload.pop("until", 0)
+        return payload if isinstance(until, int | float) and until > self._clock() else None
+
+    async def update_meta(self, meeting_id: str, extra: Mapping[str, Any]) -> MeetingMeta:
+        key = self._keys.meta(meeting_id)
+        for _ in range(TXN_ATTEMPTS):
+            response = await self._conn.kv("Range", rpc.RangeRequest(key=key))
+            if not response.kvs:
+                raise MeetingNotFound(meeting_id)
+            kv = response.kvs[0]
+            old = meta_from(meeting_id, kv.value)
+            meta = replace(old, extra={**old.extra, **extra})
+            done = await self._conn.txn([compare(key, "mod", "==", kv.mod_revision)],
+                                        [put_op(key, meta_bytes(meta, uuid.uuid4().hex))])
+            if done.succeeded:
+                return meta
+        raise StoreUnavailable(f"meta of meeting {meeting_id} keeps changing")
 
     async def ready(self) -> bool:
         """False while the watch is down (when serving) or etcd does not answer within 1 s."""
@@ -280,26 +336,75 @@ class EtcdMeetingStore:
             )
         raise StoreUnavailable(f"could not create meeting {meta.meeting_id}: prefix keeps changing")
 
-    async def end(self, meeting_id: str, *, reason: str) -> bool:
+    async def end(self, meeting_id: str, *, reason: str, retention: float = 0.0) -> bool:
+        """One compare-and-delete: of several instances (or timers) ending the same meeting,
+        exactly one transaction succeeds, and only its caller gets True. The tombstone is put in
+        that same transaction, from a read of the meeting that nothing changed since."""
         try:
             home = self._keys.home(meeting_id)
         except MeetingNotFound:
             return False
         # The reason rides along in the same revision, so every watcher reports it.
         marker, token = self._keys.end_marker(meeting_id), uuid.uuid4().hex
-        response = await self._conn.txn(
-            [compare(self._keys.meta(meeting_id), "version", ">", 0)],
-            [delete_op(home, prefix_end(home)),
-             put_op(marker, json.dumps({"reason": reason, "txn": token}).encode())],
-            [range_op(marker)],
-        )
-        ended = bool(response.succeeded) or _txn_of(response) == token
+        grave = self._keys.tombstone(meeting_id)
+        lease = await self._conn.lease_grant(max(1, math.ceil(retention))) if retention else 0
+        ended = False
+        for _ in range(TXN_ATTEMPTS):
+            read = await self._conn.kv("Range", rpc.RangeRequest(key=home,
+                                                                 range_end=prefix_end(home)))
+            meta_kv = [kv for kv in read.kvs if kv.key == self._keys.meta(meeting_id)]
+            ops = [delete_op(home, prefix_end(home)),
+                   put_op(marker, json.dumps({"reason": reason, "txn": token}).encode())]
+            if meta_kv and retention:
+                audit_root = self._keys.audit(meeting_id)
+                audit = _audit_entries(meeting_id, [kv for kv in read.kvs
+                                                    if kv.key.startswith(audit_root)])
+                now = self._clock()
+                ops.append(put_op(grave, _tombstone_bytes(Tombstone(
+                    meta_from(meeting_id, meta_kv[0].value), now, reason, now + retention, audit,
+                ), token), lease))
+            response = await self._conn.txn(
+                # it exists, and none of its keys changed since the read (so the audit is whole)
+                [compare(self._keys.meta(meeting_id), "version", ">", 0),
+                 compare(home, "mod", "<", read.header.revision + 1, range_end=prefix_end(home))],
+                ops, [range_op(marker), range_op(grave)],
+            )
+            ended = bool(response.succeeded) or _txn_of(response) == token or (
+                len(response.responses) > 1 and _txn_of(response, 1) == token)
+            if ended or not meta_kv:  # ours, or gone (another caller's end won)
+                break
+        else:
+            raise StoreUnavailable(f"could not end meeting {meeting_id}: it keeps changing")
+        if lease and not ended:
+            await self._revoke_quietly(lease)
         if ended:
             try:  # the marker has done its job once the deletion's revision is in the log
                 await self._conn.kv("DeleteRange", rpc.DeleteRangeRequest(key=marker))
             except StoreUnavailable:
                 log.warning("meeting %s: could not remove the end marker", meeting_id)
         return ended
+
+    async def _revoke_quietly(self, lease: int) -> None:
+        try:
+            await self._conn.lease_revoke(lease)
+        except (StoreUnavailable, grpc.RpcError):
+            pass  # it holds no key and runs out by itself
+
+    async def _tombstone_observed(self, meta: MeetingMeta, reason: str) -> None:
+        """A meeting ended by hand (its prefix deleted): the first watcher to see it leaves
+        the tombstone (created only if absent, so there is one); best effort like the audit."""
+        if self.retention <= 0:
+            return
+        grave, now = self._keys.tombstone(meta.meeting_id), self._clock()
+        try:
+            lease = await self._conn.lease_grant(max(1, math.ceil(self.retention)))
+            done = await self._conn.txn([compare(grave, "version", "==", 0)], [put_op(
+                grave, _tombstone_bytes(Tombstone(meta, now, reason, now + self.retention),
+                                        uuid.uuid4().hex), lease)])
+            if not done.succeeded:
+                await self._revoke_quietly(lease)
+        except (StoreUnavailable, grpc.RpcError) as exc:
+            log.warning("meeting %s: tombstone not written: %s", meta.meeting_id, exc)
 
     async def set_controls(
         self,
@@ -620,7 +725,10 @@ class EtcdMeetingStore:
             groups.setdefault(revision, {}).setdefault(meeting_id, []).append(change)
         for revision, meetings in groups.items():
             for meeting_id, changes in meetings.items():
+                known = self._cache.meetings.get(meeting_id)
                 event, audit = self._cache.apply(meeting_id, revision, changes)
+                if isinstance(event, MeetingEnded) and event.reason == ENDED_IN_ETCD and known:
+                    await self._tombstone_observed(known.meta, event.reason)
                 if audit and isinstance(event, ControlsChanged):
                     await self._audit_observed((meeting_id, revision, dict(event.changed)),
                                                event.actor)
@@ -644,6 +752,7 @@ class EtcdMeetingStore:
                 self._watch_ok = False
                 await trio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        known = {m: state.meta for m, state in self._cache.meetings.items()}
         events, audits = self._cache.replace(response.header.revision, response.kvs)
         self._watch_rev = response.header.revision
         if handler is None:
@@ -654,6 +763,8 @@ class EtcdMeetingStore:
         for event in events:
             if isinstance(event, ControlsChanged):
                 event = replace(event, received_at=received)
+            elif event.meeting_id in known:  # deleted while unwatched: by hand, or by an end
+                await self._tombstone_observed(known[event.meeting_id], event.reason)
             await handler(event)
 
 
@@ -669,19 +780,63 @@ def _may_value(controls: Controls, own: bool | None, flag: str) -> bool:
     return False if flag == "cohost" else controls.values.get(flag, True)
 
 
-def _txn_of(response: Any) -> str | None:
+def _txn_of(response: Any, index: int = 0) -> str | None:
     """The ``txn`` token in the key read by a failed transaction's failure branch."""
-    kvs = response.responses[0].response_range.kvs if response.responses else []
+    kvs = response.responses[index].response_range.kvs if len(response.responses) > index else []
     return json_field(kvs[0].value, "txn") if kvs else None
+
+
+def _audit_entries(meeting_id: str, kvs: Sequence[Any]) -> list[AuditEntry]:
+    entries = []
+    for kv in kvs:
+        try:
+            data = json.loads(kv.value)
+            member = data.get("member")
+            entries.append(AuditEntry(
+                meeting_id, str(data["flag"]), bool(data["old"]), bool(data["new"]),
+                int(data.get("revision") or kv.create_revision), str(data["actor"]),
+                float(data["at"]), member if isinstance(member, str) else None,
+            ))
+        except (ValueError, TypeError, KeyError):
+            log.warning("meeting %s: unreadable audit record %r", meeting_id, kv.key)
+    entries.sort(key=lambda e: (e.revision, e.flag))
+    return entries
+
+
+def _tombstone_bytes(grave: Tombstone, token: str) -> bytes:
+    meta = grave.meta
+    return json.dumps({
+        "name": meta.name, "created_at": meta.created_at, "host_key_hash": meta.host_key_hash,
+        "extra": dict(meta.extra), "ended_at": grave.ended_at, "reason": grave.reason,
+        "purge_at": grave.purge_at, "txn": token,
+        "audit": [{"flag": e.flag, "old": e.old, "new": e.new, "revision": e.revision,
+                   "actor": e.actor, "at": e.at} for e in grave.audit],
+    }).encode()
+
+
+def _tombstone_from(meeting_id: str, raw: bytes) -> Tombstone | None:
+    try:
+        data = json.loads(raw)
+        meta = MeetingMeta(meeting_id, str(data["name"]), float(data["created_at"]),
+                           str(data["host_key_hash"]), dict(data.get("extra") or {}))
+        audit = [AuditEntry(meeting_id, str(e["flag"]), bool(e["old"]), bool(e["new"]),
+                            int(e["revision"]), str(e["actor"]), float(e["at"]))
+                 for e in data.get("audit") or ()]
+        return Tombstone(meta, float(data["ended_at"]), str(data["reason"]),
+                         float(data["purge_at"]), audit)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("meeting %s: unreadable tombstone (%s)", meeting_id, exc)
+        return None
 
 
 @asynccontextmanager
 async def open_etcd_meeting_store(
     endpoints: Sequence[str], *, prefix: str = "/rmeeting", timeout: float = 2.0,
-    audit_limit: int = 1000,
+    audit_limit: int = 1000, retention: float = 0.0,
 ) -> AsyncIterator[EtcdMeetingStore]:
     """An :class:`EtcdMeetingStore`, closed on exit."""
-    store = EtcdMeetingStore(endpoints, prefix=prefix, timeout=timeout, audit_limit=audit_limit)
+    store = EtcdMeetingStore(endpoints, prefix=prefix, timeout=timeout, audit_limit=audit_limit,
+                             retention=retention)
     try:
         yield store
     finally:

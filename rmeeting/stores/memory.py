@@ -17,13 +17,14 @@ import trio
 
 from ..closes import LeaveReason
 from ..controls import DEFAULTS, Controls, validate_member_changes
-from ..events import ChatPosted, MemberJoined, MemberLeft, MemberUpdated, stamped
+from ..events import ChatPosted, LobbyChanged, MemberJoined, MemberLeft, MemberUpdated, stamped
 from .base import (
     AttendanceRecord,
     AuditEntry,
     BusEvent,
     ControlsChanged,
     History,
+    Knock,
     MeetingEnded,
     MeetingEvent,
     MeetingFull,
@@ -31,6 +32,7 @@ from .base import (
     MeetingNotFound,
     MemberRecord,
     RevisionConflict,
+    Tombstone,
 )
 
 __all__ = ["MemoryChatLog", "MemoryMeetingStore", "MemoryMemberStore", "updated_fields"]
@@ -38,7 +40,7 @@ __all__ = ["MemoryChatLog", "MemoryMeetingStore", "MemoryMemberStore", "updated_
 #: Events waiting for the handler. When full, writers wait: a change is never dropped.
 EVENT_BUFFER = 1024
 
-_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated, LobbyChanged)
 
 
 class _Expiry:
@@ -68,6 +70,8 @@ class MemoryMeetingStore:
         self._member_changed_at: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
         self._counter = itertools.count(1)
         self._send, self._receive = trio.open_memory_channel[MeetingEvent | _Expiry](EVENT_BUFFER)
+        self._tombstones: dict[str, Tombstone] = {}
+        self._tickets: dict[str, tuple[float, Mapping[str, Any]]] = {}
 
     async def create(self, meta: MeetingMeta, controls: Mapping[str, bool]) -> Controls:
         if meta.meeting_id in self._meta:
@@ -86,18 +90,53 @@ class MemoryMeetingStore:
     async def count(self) -> int:
         return len(self._meta)
 
-    async def end(self, meeting_id: str, *, reason: str) -> bool:
-        if self._meta.pop(meeting_id, None) is None:
+    async def end(self, meeting_id: str, *, reason: str, retention: float = 0.0) -> bool:
+        meta = self._meta.pop(meeting_id, None)
+        if meta is None:
             return False
         self._values.pop(meeting_id, None)
         self._revision.pop(meeting_id, None)
-        self._audit.pop(meeting_id, None)
+        audit = list(self._audit.pop(meeting_id, ()))
         for kept in (self._members, self._host, self._changed_at, self._member_changed_at):
             kept.pop(meeting_id, None)
         for key in [k for k in self._timers if k[0] == meeting_id]:
             del self._timers[key]
+        if retention > 0:  # no checkpoint since the pop: the end and its tombstone are one step
+            now = self._clock()
+            self._tombstones[meeting_id] = Tombstone(meta, now, reason, now + retention, audit)
         await self._send.send(MeetingEnded(meeting_id, reason))
         return True
+
+    async def tombstone(self, meeting_id: str) -> Tombstone | None:
+        found = self._tombstones.get(meeting_id)
+        return found if found is not None and found.purge_at > self._clock() else None
+
+    async def purge_due(self) -> Sequence[str]:
+        now = self._clock()
+        due = [m for m, t in self._tombstones.items() if t.purge_at <= now]
+        for meeting_id in due:
+            del self._tombstones[meeting_id]
+        return due
+
+    async def snapshot(self) -> Sequence[MeetingMeta]:
+        return list(self._meta.values())
+
+    async def put_ticket(self, ticket_hash: str, payload: Mapping[str, Any], ttl: float) -> None:
+        now = self._clock()
+        for stale in [h for h, (until, _) in self._tickets.items() if until <= now]:
+            del self._tickets[stale]  # unused tickets go with the next one issued
+        self._tickets[ticket_hash] = (now + ttl, dict(payload))
+
+    async def take_ticket(self, ticket_hash: str) -> Mapping[str, Any] | None:
+        until, payload = self._tickets.pop(ticket_hash, (0.0, {}))
+        return payload if until > self._clock() else None
+
+    async def update_meta(self, meeting_id: str, extra: Mapping[str, Any]) -> MeetingMeta:
+        meta = self._meta.get(meeting_id)
+        if meta is None:
+            raise MeetingNotFound(meeting_id)
+        meta = self._meta[meeting_id] = replace(meta, extra={**meta.extra, **extra})
+        return meta
 
     def _controls(self, meeting_id: str) -> Controls:
         room = Controls.from_partial(self._values[meeting_id], self._revision[meeting_id])
@@ -266,6 +305,7 @@ class MemoryMemberStore:
         self._present: dict[str, dict[str, MemberRecord]] = defaultdict(dict)
         self._ledger: dict[str, list[AttendanceRecord]] = defaultdict(list)
         self._banned: dict[str, set[str]] = defaultdict(set)
+        self._lobby: dict[str, dict[str, Knock]] = defaultdict(dict)
 
     async def join(self, record: MemberRecord, *, max_members: int) -> None:
         present = self._present[record.meeting_id]
@@ -284,6 +324,7 @@ class MemoryMemberStore:
                 record.role,
                 record.joined_at,
                 record.key_hash,
+                sub=record.sub,
             )
         )
 
@@ -307,7 +348,7 @@ class MemoryMemberStore:
         return record
 
     def _close_session(self, record: MemberRecord, reason: str) -> None:
-        ledger = self._ledger[record.meeting_id]
+        ledger = self._ledger.get(record.meeting_id, [])  # [] once purged: nothing to close
         for i in range(len(ledger) - 1, -1, -1):
             entry = ledger[i]
             if entry.member_id == record.member_id and entry.left_at is None:
@@ -362,6 +403,31 @@ class MemoryMemberStore:
         for record in present.values():
             self._close_session(record, reason)
         return list(present.values())
+
+    async def knock(self, knock: Knock) -> None:
+        self._lobby[knock.meeting_id][knock.member_id] = knock
+
+    async def waiting(self, meeting_id: str) -> Sequence[Knock]:
+        return sorted(self._lobby.get(meeting_id, {}).values(), key=lambda k: k.since)
+
+    async def take_knock(self, meeting_id: str, member_id: str) -> Knock | None:
+        lobby = self._lobby.get(meeting_id, {})
+        knock = lobby.pop(member_id, None)
+        if not lobby:
+            self._lobby.pop(meeting_id, None)
+        return knock
+
+    async def retire(self, meeting_id: str, *, keep: float) -> None:
+        # Nothing expires memory by itself: the lifecycle sweep purges with the meeting store's
+        # tombstone (purge_due), which keeps the same deadline.
+        if keep <= 0:
+            await self.purge(meeting_id)
+
+    async def purge(self, meeting_id: str) -> None:
+        self._present.pop(meeting_id, None)
+        self._ledger.pop(meeting_id, None)
+        self._banned.pop(meeting_id, None)
+        self._lobby.pop(meeting_id, None)
 
     async def ready(self) -> bool:
         return True

@@ -14,13 +14,14 @@ from ..events import (
     ChatPosted,
     ControlsChanged,
     HubEvent,
+    LobbyChanged,
     MeetingEnded,
     MemberJoined,
     MemberLeft,
     MemberUpdated,
     Notice,
 )
-from ..records import MeetingMeta, MemberRecord
+from ..records import Knock, MeetingMeta, MemberRecord
 from ..transport.websocket import text_frame
 from ._json import dumps
 
@@ -70,6 +71,7 @@ def welcome(
     missed: Iterable[ChatPosted] | None = None,
     gap: bool = False,
     resumed: bool = False,
+    lobby: Iterable[Knock] | None = None,
 ) -> bytes:
     """The first frame a member gets: the meeting as it stands, and its own identity.
 
@@ -92,6 +94,9 @@ def welcome(
     if missed is not None:
         out["missed"] = [chat(e) for e in missed]
         out["gap"] = gap
+    if lobby is not None:  # hosts and co-hosts: who waits to be let in
+        out["lobby"] = [{"id": k.member_id, "name": k.name, "since": k.since} for k in lobby]
+    out["meeting"]["join_policy"] = meta.extra.get("join_policy", "open")
     return dumps(out)
 
 
@@ -126,6 +131,10 @@ def encode_event(event: HubEvent) -> bytes | None:
                       "joined_at": event.joined_at}
             return dumps({"type": "member_left", "member": member, "ts": event.ts,
                           "reason": str(event.reason)})
+        case LobbyChanged():  # the hub sends it to hosts and co-hosts only
+            return dumps({"type": "lobby", "state": event.state,
+                          "member": {"id": event.member_id, "name": event.name},
+                          "ts": event.ts})
         case Notice():  # from this instance, not a member
             return dumps({"type": "notice", "code": event.code, "message": event.message,
                           "ts": event.ts})

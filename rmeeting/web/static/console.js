@@ -2,7 +2,7 @@
 //
 //   /               start page: create a meeting (you become its host) or join one by link
 //   /m/<id>         a meeting; a host link adds #host_key=… (a fragment never reaches the server's
-//                   logs; the page hands it to the WebSocket as the host_key query parameter)
+//                   logs; the page presents it in the WebSocket's first frame, never in a URL)
 //
 // One WebSocket per page. After a drop it reconnects by itself (backoff with jitter) with its
 // token and the last chat seq it saw: the welcome then carries what was missed (`missed`, `gap`),
@@ -29,12 +29,12 @@ const BACKOFF = [0.25, 0.5, 1, 2, 4, 8, 15];  // seconds before reconnect attemp
 const PING_EVERY = 25000;  // ms; a pong must come within PONG_WITHIN or the link is dead
 const PONG_WITHIN = 10000;
 // close codes after which reconnecting cannot help (docs/protocol.md, "Close codes")
-const FINAL = new Set([4000, 4001, 4003, 4009, 4400, 4401, 4403, 4404, 4423, 4429]);
+const FINAL = new Set([4000, 4001, 4003, 4009, 4400, 4401, 4403, 4404, 4410, 4423, 4429, 4430]);
 
 const $ = (id) => document.getElementById(id);
 
 const S = {
-  meetingId: '', hostKey: '', name: '', token: '',
+  meetingId: '', hostKey: '', name: '', token: '', lobby: new Map(),
   me: null, meeting: null, roster: new Map(), names: new Map(),
   controls: { ...DEFAULTS }, revision: 0, who: {}, expires: {}, pendingFlags: new Set(),
   lastSeq: 0, seen: new Set(), haveChat: false, unconfirmed: [],
@@ -81,7 +81,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function show(section) {
-  for (const id of ['landing', 'lobby', 'room', 'over']) $(id).hidden = id !== section;
+  for (const id of ['landing', 'lobby', 'waiting', 'room', 'over']) $(id).hidden = id !== section;
 }
 
 function say(id, text) { $(id).textContent = text || ''; }
@@ -185,6 +185,11 @@ async function meetingPage(id) {
   try {
     const meeting = await apiJson(`/v1/meetings/${encodeURIComponent(id)}`);
     say('meeting-title', meeting.name);
+    if (meeting.ended) {
+      document.title = `${meeting.name} · rmeeting`;
+      ended(meeting.ended_reason, meeting.ended_at);
+      return;
+    }
     document.title = `${meeting.name} · rmeeting`;
     say('lobby-title', `Join “${meeting.name}”`);
     const n = meeting.members;
@@ -210,16 +215,18 @@ async function meetingPage(id) {
 function connect() {
   clearTimeout(S.retryTimer);
   S.retryTimer = 0;
-  const query = new URLSearchParams();
-  if (S.token) query.set('token', S.token); else query.set('name', S.name);
-  if (S.hostKey) query.set('host_key', S.hostKey);
-  if (S.haveChat) query.set('last_seq', String(S.lastSeq));
+  // the secrets (host key, reconnect token) go in the first frame: a URL is logged by proxies
+  const hello = { type: 'auth' };
+  if (S.token) hello.token = S.token; else hello.name = S.name;
+  if (S.hostKey) hello.host_key = S.hostKey;
+  if (S.haveChat) hello.last_seq = S.lastSeq;
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const path = `/v1/meetings/${encodeURIComponent(S.meetingId)}/ws`;
-  const ws = new WebSocket(`${scheme}//${location.host}${path}?${query}`);
+  const ws = new WebSocket(`${scheme}//${location.host}${path}?auth=frame`);
   S.ws = ws;
   S.welcomed = false;
   S.refusal = null;
+  ws.onopen = () => ws.send(JSON.stringify(hello));
   ws.onmessage = (event) => { if (S.ws === ws) onFrame(JSON.parse(event.data)); };
   ws.onclose = (event) => { if (S.ws === ws) closed(event.code); };
   status(S.joinedOnce ? 'Reconnecting…' : 'Connecting…', 'busy');
@@ -259,8 +266,11 @@ function closed(code) {
   S.pendingFlags.clear();
   if (S.leaving) return;
   const refusal = S.refusal ? S.refusal.message : '';
-  if (code === 4000) return over('The meeting has ended', S.endReason ? `Reason: ${S.endReason}.` : '');
+  if (code === 4000 || code === 4410) {
+    return ended(S.endReason, null);
+  }
   if (code === 4003) return over('You were removed', 'The host removed you from this meeting.');
+  if (code === 4430) return over('Not let in', 'The host did not let you into this meeting.');
   if (code === 4009) {
     return over('Opened somewhere else',
       'You joined this meeting again from another tab or device, so this page stopped.', true);
@@ -287,6 +297,33 @@ function closed(code) {
   S.retryAt = Date.now() + delay;
   S.retryTimer = setTimeout(connect, delay);
   tick();
+}
+
+const REASONS = {  // why a meeting ended, for people
+  empty: 'nobody was in it for a while',
+  max_duration: 'it reached its maximum duration',
+};
+
+// the end of a meeting; its host also sees who attended (the tombstone keeps it readable)
+function ended(reason, when) {
+  const why = reason ? `Reason: ${REASONS[reason] || reason}.` : '';
+  const at = when ? `Ended at ${new Date(when).toLocaleString()}. ` : '';
+  over('The meeting has ended', at + why);
+  if (S.hostKey) showAttendance();
+}
+
+async function showAttendance() {
+  try {
+    const path = `/v1/meetings/${encodeURIComponent(S.meetingId)}/attendance`;
+    const rows = (await apiJson(path, { headers: hostHeaders() })).sessions;
+    const time = (iso) => (iso ? new Date(iso).toLocaleTimeString() : '—');
+    $('over-sessions').replaceChildren(...rows.map((r) => el('tr', {},
+      el('td', {}, r.name), el('td', {}, r.role), el('td', {}, time(r.joined_at)),
+      el('td', {}, time(r.left_at)), el('td', {}, (r.duration_s / 60).toFixed(1)))));
+    $('over-attendance').hidden = false;
+  } catch (err) {
+    say('over-text', `${$('over-text').textContent} The attendance could not be read: ${err.message}.`);
+  }
 }
 
 function over(title, text, rejoin = false) {
@@ -332,12 +369,50 @@ function onFrame(msg) {
     case 'member_updated': return memberUpdated(msg);
     case 'controls': return controlsChanged(msg);
     case 'meeting_ended': S.endReason = msg.reason; return undefined;
+    case 'waiting': return waitingRoom(msg);
+    case 'lobby': return lobbyChanged(msg);
     case 'error':
       if (!S.welcomed) S.refusal = msg;  // a refused join: the close follows
       else say('chat-error', msg.message);
       return undefined;
     default: return undefined;
   }
+}
+
+// a knock on a meeting with a waiting room: the server lets us in (a welcome follows) or not
+function waitingRoom(msg) {
+  show('waiting');
+  say('waiting-text', `You are “${msg.name}”. ${msg.message}.`);
+  status('Waiting to be let in…', 'busy');
+}
+
+// the host's list of who waits: knocks come and go (admitted, refused, gone)
+function lobbyChanged(msg) {
+  if (msg.state === 'waiting') S.lobby.set(msg.member.id, msg.member);
+  else S.lobby.delete(msg.member.id);
+  renderLobby();
+}
+
+function decide(type, target) {
+  say('lobby-card-error', '');
+  send({ type, ...target }, (reply) => {
+    if (reply.type === 'error') say('lobby-card-error', reply.message);
+  });
+}
+
+function renderLobby() {
+  const moderator = S.me && (S.me.role === 'host' || S.me.role === 'cohost');
+  const people = [...S.lobby.values()];
+  $('lobby-card').hidden = !moderator || (!people.length && S.meeting?.join_policy !== 'lobby');
+  $('lobby-list').replaceChildren(...people.map((k) => el('li', { 'data-knock': k.id },
+    el('span', { class: 'name' }, k.name),
+    el('button', { type: 'button', class: 'small primary', 'aria-label': `Admit ${k.name}`,
+      onclick: () => decide('admit', { member_id: k.id }) }, 'Admit'),
+    el('button', { type: 'button', class: 'small danger', 'aria-label': `Refuse ${k.name}`,
+      onclick: () => decide('refuse', { member_id: k.id }) }, 'Refuse'))));
+  say('lobby-count', `(${people.length})`);
+  $('admit-all').disabled = !people.length;
+  $('refuse-all').disabled = !people.length;
 }
 
 function welcome(w) {
@@ -351,6 +426,7 @@ function welcome(w) {
   S.me = w.you;
   S.meeting = w.meeting;
   S.roster = new Map(w.roster.map((m) => [m.id, m]));
+  S.lobby = new Map((w.lobby || []).map((k) => [k.id, k]));
   for (const m of w.roster) S.names.set(m.id, m.name);
   S.memberControls = w.member_controls || {};
   if (w.revision > S.revision) {
@@ -556,7 +632,7 @@ async function loadAudit() {  // the host may read who changed each flag last
 
 // --- rendering ------------------------------------------------------------------------------
 
-function renderAll() { renderMe(); renderRoster(); renderControls(); }
+function renderAll() { renderMe(); renderRoster(); renderControls(); renderLobby(); }
 
 function renderMe() {
   if (!S.me) return;
@@ -817,6 +893,8 @@ function wire() {
     });
   });
   $('download-attendance').addEventListener('click', downloadAttendance);
+  $('admit-all').addEventListener('click', () => decide('admit', { all: true }));
+  $('refuse-all').addEventListener('click', () => decide('refuse', { all: true }));
   $('end-meeting').addEventListener('click', () => {
     if (!confirm('End the meeting for everyone?')) return;
     send({ type: 'end' }, (reply) => {
