@@ -102,6 +102,11 @@ class Config:
     #: closed; also the time a whole request body has from its head (then 408), and how long
     #: a client may take none of its response's bytes (then closed)
     read_timeout: float = 30.0
+    # --- moderation (issue 14; docs/protocol.md, Moderation) ---
+    #: hand raises and lowers, and asks to unmute, per second per member, sustained, and the
+    #: burst allowed above it (past it: rate_limited)
+    hand_rate: float = 0.5
+    hand_burst: int = 5
 
     # --- deployments (#12): API keys, join tokens, lifecycle (docs/integration.md) ---------
     #: keys of the application's backend and operators (``Authorization: Bearer <key>``): may
@@ -132,12 +137,13 @@ class Config:
         self.host_port  # noqa: B018 - raises on a malformed bind
         positive = ("shards", "max_frame_bytes", "max_chat_chars", "max_name_chars", "chat_burst",
                     "max_members", "max_meetings", "outbox_bytes", "history_limit",
-                    "control_burst", "meeting_control_burst", "audit_limit", "max_failed_guesses")
+                    "control_burst", "meeting_control_burst", "audit_limit", "max_failed_guesses",
+                    "hand_burst")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("chat_rate", "ping_interval", "ping_timeout", "shutdown_grace",
-                     "control_rate", "meeting_control_rate"):
+                     "control_rate", "meeting_control_rate", "hand_rate"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.max_connections < 0 or self.max_connections_per_ip < 0:

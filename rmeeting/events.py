@@ -35,8 +35,8 @@ __all__ = [
     "stamped",
 ]
 
-#: a ``cohost`` (from a join token) is accepted and recorded; until the moderation issue (#14)
-#: gives it powers, every check treats it as a member (only ``host`` is special)
+#: ``cohost``: promoted by the host (or named by a join token): may do what the host does except
+#: end the meeting, change roles and hand the host role over (docs/protocol.md, Moderation)
 Role = Literal["host", "cohost", "member"]
 
 
@@ -57,6 +57,8 @@ class _Member(Protocol):
     def mic(self) -> bool: ...
     @property
     def joined_at(self) -> float: ...
+    @property
+    def media_rev(self) -> int: ...
 
 
 # --- the chat log's events: ordered per meeting, relayed between instances -------------------
@@ -86,16 +88,20 @@ class MemberJoined:
     #: names this presence of the member (a reconnect is a new one)
     joined_at: float
     ts: float = 0.0
+    #: the controls revision the camera/mic were declared against (``Controls.device_on``)
+    media_rev: int = 0
 
     @classmethod
     def of(cls, member: _Member) -> MemberJoined:
         return cls(member.meeting_id, member.member_id, member.name, member.role,
-                   member.camera, member.mic, member.joined_at)
+                   member.camera, member.mic, member.joined_at, media_rev=member.media_rev)
 
 
 @dataclass(frozen=True, slots=True)
 class MemberUpdated:
-    """A rename, or a camera/mic change (declared by the member, or switched off by a flag)."""
+    """A rename, a camera/mic change (declared by the member, or turned off for it by the host or
+    a co-host), a hand raised or lowered, an ask to unmute made or answered (roles change with the
+    controls: :class:`ControlsChanged`)."""
 
     meeting_id: str
     member_id: str
@@ -104,14 +110,20 @@ class MemberUpdated:
     camera: bool
     mic: bool
     joined_at: float
-    #: what changed: ``name`` (str), ``camera``/``mic`` (bool)
-    changes: Mapping[str, str | bool]
+    #: what changed: ``name`` (str), ``camera``/``mic`` (bool), ``hand`` (when it was raised,
+    #: epoch seconds, or None: lowered), ``ask_unmute`` (bool)
+    changes: Mapping[str, str | bool | float | None]
     ts: float = 0.0
+    media_rev: int = 0
+    #: who made the change when it was not the member itself (a host's or co-host's id)
+    by: str | None = None
 
     @classmethod
-    def of(cls, member: _Member, changes: Mapping[str, str | bool]) -> MemberUpdated:
+    def of(cls, member: _Member, changes: Mapping[str, str | bool | float | None],
+           by: str | None = None) -> MemberUpdated:
         return cls(member.meeting_id, member.member_id, member.name, member.role,
-                   member.camera, member.mic, member.joined_at, dict(changes))
+                   member.camera, member.mic, member.joined_at, dict(changes),
+                   media_rev=member.media_rev, by=by)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +213,11 @@ class ControlsChanged:
     #: when this instance's watch received it: for the propagation metrics, not part of equality
     written_at: float | None = field(default=None, compare=False)
     received_at: float | None = field(default=None, compare=False)
+    #: members' own flags that changed: member id -> flag -> (old, new), None meaning unset
+    member_changed: Mapping[str, Mapping[str, tuple[bool | None, bool | None]]] = field(
+        default_factory=dict)
+    #: (old, new) member id of the host after a hand-over, if it changed
+    host_changed: tuple[str | None, str | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from .events import (
     MemberUpdated,
     Notice,
 )
+from .moderation import view_event
 from .records import MemberRecord
 
 __all__ = ["Encoder", "Holder", "Hub", "Outlet", "Subscriber"]
@@ -53,7 +54,8 @@ class Encoder(Protocol):
         ...
 
     def own_join_frame(self, controls: Controls, user_uid: str) -> bytes | None:
-        """A frame for the member alone, right after its own join reached it (None: none)."""
+        """A frame for the member alone, right after its own join reached it, and when its own
+        flags change (``controls`` as they apply to it: ``Controls.for_member``; None: none)."""
         ...
 
 
@@ -237,6 +239,11 @@ class _Shard:
             if event.controls.revision < meeting.controls.revision:
                 return  # older than what members already have (a late duplicate)
             meeting.controls = event.controls
+        elif isinstance(event, MemberJoined):
+            # roles and devices as the flags now say (a switch since it was published shows)
+            event = view_event(event, meeting.controls)
+        elif isinstance(event, MemberUpdated):
+            event = view_event(event, meeting.controls)
         holding = False
         for protocol, members in meeting.by_protocol.items():
             if not members:
@@ -276,6 +283,7 @@ class _Shard:
                 self._close_meeting(event.meeting_id, meeting, Close.MEETING_ENDED,
                                     "meeting ended")
             case ControlsChanged():
+                self._tell_members_own(meeting, event)
                 if self.on_controls is not None:
                     self.on_controls(event)
             case ChatPosted() | MemberUpdated() | Notice() | LobbyChanged():
@@ -288,9 +296,22 @@ class _Shard:
         if sub is None or not sub._awaiting_join:
             return
         sub._awaiting_join = False
-        frame = self._encoders[sub.protocol].own_join_frame(meeting.controls, sub.user_uid)
+        frame = self._encoders[sub.protocol].own_join_frame(
+            meeting.controls.for_member(sub.member_id), sub.user_uid)
         if frame is not None:
             sub.outlet.send_frame_nowait(frame)
+
+    def _tell_members_own(self, meeting: _Meeting, event: ControlsChanged) -> None:
+        """Members whose own flags changed get the frame their protocol has for the flags as
+        they apply to them (the seed's room state; v1 said it all in the event)."""
+        for member_id in event.member_changed:
+            sub = meeting.find(member_id)
+            if sub is None:
+                continue
+            frame = self._encoders[sub.protocol].own_join_frame(
+                event.controls.for_member(member_id), sub.user_uid)
+            if frame is not None:
+                sub.outlet.send_frame_nowait(frame)
 
     def _after_leave(self, meeting: _Meeting, event: MemberLeft) -> None:
         if event.close is None:

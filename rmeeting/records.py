@@ -33,6 +33,8 @@ class AuditEntry:
     revision: int
     actor: str
     at: float
+    #: the member a moderation entry is about (its own flags, a mute, a role), None for the room
+    member: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,12 @@ class MemberRecord:
     mic: bool = False
     #: the application's user id, from a join token's ``sub`` ("" without one)
     sub: str = ""
+    #: the controls revision camera/mic were declared against (``Controls.device_on``)
+    media_rev: int = 0
+    #: when the member raised its hand (epoch seconds, the store's clock), None if it is down
+    hand: float | None = None
+    #: the member asks to be allowed to unmute
+    ask_unmute: bool = False
 
     def public(self) -> dict[str, Any]:
         return {
@@ -59,6 +67,8 @@ class MemberRecord:
             "camera": self.camera,
             "mic": self.mic,
             "joined_at": self.joined_at,
+            "hand": self.hand,
+            "ask_unmute": self.ask_unmute,
         }
 
 

@@ -36,6 +36,8 @@ from .hub import Holder, Hub, Subscriber
 from .instance_metrics import InstanceMetrics
 from .join_tokens import JoinGrant, TokenRefused, verify_join_token
 from .lobby import Outcome, Waiters
+from .moderation import MODERATOR_ROLES, role_of, view
+from .moderator import Moderator
 from .stores.base import (
     AttendanceRecord,
     AuditEntry,
@@ -173,6 +175,8 @@ class MeetingService:
         self._api_key_hashes = [auth.hash_secret(k) for k in config.api_keys]
         #: knockers waiting on this instance (join_policy lobby)
         self.waiters = Waiters()
+        #: what the host and co-hosts do to one member, and members' hands and asks
+        self.moderator = Moderator(self)
 
     # --- events from the stores, to the hub ---------------------------------------------
 
@@ -293,14 +297,44 @@ class MeetingService:
         return meta
 
     async def is_host(self, meeting_id: str, key: str | None) -> bool:
+        """Whether ``key`` makes its bearer the host: the host key, until the host role was
+        handed over; from then on only the host member's token ``<member_id>.<secret>``."""
         meta = await self.meetings.get(meeting_id)
-        return meta is not None and auth.secret_matches(key, meta.host_key_hash)
+        if meta is None:
+            return False
+        try:
+            controls = await self.meetings.controls(meeting_id)
+        except MeetingNotFound:
+            return False
+        if controls.host is None:
+            return auth.secret_matches(key, meta.host_key_hash)
+        member_id, dot, secret = (key or "").partition(".")
+        if not dot or member_id != controls.host:
+            auth.secret_matches(secret, "0" * 64)  # the same time either way
+            return False
+        try:
+            await self.resolve_token(meeting_id, key or "")
+        except Denied:
+            return False
+        return True
 
     async def require_host(self, meeting_id: str, key: str | None) -> MeetingMeta:
         meta = await self.require_meeting(meeting_id)
-        if not auth.secret_matches(key, meta.host_key_hash):
+        if not await self.is_host(meeting_id, key):
             raise Denied("not_host", "only the meeting's host may do this")
         return meta
+
+    async def current_controls(self, meeting_id: str) -> Controls:
+        """The controls as this instance's members were last told (no store round trip when
+        it has members of the meeting), else read from the store."""
+        controls = self.hub.controls_of(meeting_id)
+        if controls is None:
+            controls = await self.controls(meeting_id)
+        return controls
+
+    def role(self, joined: Joined, controls: Controls) -> Role:
+        """The member's role now (a hand-over or a promotion changes it mid-session)."""
+        return role_of(joined.record.member_id, joined.record.role, controls)
 
     async def set_controls(
         self,
@@ -317,18 +351,18 @@ class MeetingService:
             raise Denied("bad_controls", str(exc).strip("'\"")) from exc
         if ttl is not None and not 0 < ttl <= 86400:
             raise Denied("bad_controls", "duration must be between 0 and 86400 seconds")
-        self._spend_control(meeting_id)
+        self.spend_control(meeting_id)
         try:
             controls = await self.meetings.set_controls(
                 meeting_id, valid, actor=actor, expected_revision=expected_revision, ttl=ttl
             )
         except MeetingNotFound as exc:
             raise Denied("meeting_not_found", "no such meeting") from exc
-        if not valid.get("camera", True) or not valid.get("mic", True):
-            await self._switch_off_members(meeting_id, valid)
+        # a device flag switched off turns every member's device off by itself: readers
+        # compute devices from the flags (rmeeting.moderation), so nothing is written per member
         return controls
 
-    def _spend_control(self, meeting_id: str) -> None:
+    def spend_control(self, meeting_id: str) -> None:
         """One control change of this meeting's budget, whoever asks (HTTP, v1, seed): a host
         key shared too widely must not flood every member and the audit trail."""
         limiter = self._control_limits.get(meeting_id)
@@ -337,15 +371,6 @@ class MeetingService:
                 self.config.meeting_control_rate, self.config.meeting_control_burst)
         if not limiter.allow():
             raise Denied("rate_limited", "too many control changes in this meeting; slow down")
-
-    async def _switch_off_members(self, meeting_id: str, changes: Mapping[str, bool]) -> None:
-        """A flag switched off turns that device off for every member (and tells everyone)."""
-        off = {dev: False for dev in ("camera", "mic") if changes.get(dev) is False}
-        for record in await self.members.roster(meeting_id):
-            if any(getattr(record, dev) for dev in off):
-                updated = await self.members.update(meeting_id, record.member_id, off)
-                if updated is not None:
-                    await self.chat.publish(MemberUpdated.of(updated, off))
 
     async def end_meeting(self, meeting_id: str, *, reason: str = "ended by the host") -> bool:
         """End it (once, whoever races: the store's end is one compare-and-delete) and leave
@@ -386,8 +411,9 @@ class MeetingService:
             raise Denied("meeting_not_found", "no such meeting") from exc
 
     async def roster(self, meeting_id: str) -> Sequence[MemberRecord]:
-        await self.require_meeting(meeting_id)
-        return await self.members.roster(meeting_id)
+        """The members as everyone sees them: roles and devices under the current flags."""
+        controls = await self.controls(meeting_id)
+        return [view(r, controls) for r in await self.members.roster(meeting_id)]
 
     async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
         try:
@@ -731,19 +757,21 @@ class MeetingService:
             raise Denied("empty", "empty message")
         if len(text) > self.config.max_chat_chars:
             raise Denied("too_long", f"chat is limited to {self.config.max_chat_chars} characters")
-        if record.role != "host":
-            # the hub's copy is what the members were last told, kept current by the store's
-            # event stream; a store read per message would cost a round trip in cluster mode
-            controls = self.hub.controls_of(record.meeting_id)
-            if controls is None:
-                controls = await self.meetings.controls(record.meeting_id)
+        # the hub's copy is what the members were last told, kept current by the store's
+        # event stream; a store read per message would cost a round trip in cluster mode
+        controls = self.hub.controls_of(record.meeting_id)
+        if controls is None:
+            controls = await self.meetings.controls(record.meeting_id)
+        role = self.role(joined, controls)
+        if role not in MODERATOR_ROLES and not controls.may(record.member_id, "chat"):
             if not controls["chat"]:
                 raise Denied("chat_disabled", "the host has turned chat off")
+            raise Denied("chat_disabled", "the host does not allow you to chat")
         if not limiter.allow():
             raise Denied("rate_limited", "too many messages; slow down")
         # the sender's name: only its own session renames it, and keeps joined.record current
         event = await self.chat.publish(
-            ChatPosted(record.meeting_id, record.member_id, record.name, record.role, text)
+            ChatPosted(record.meeting_id, record.member_id, record.name, role, text)
         )
         self.metrics.chat_in.inc()
         return event
@@ -757,29 +785,41 @@ class MeetingService:
             raise Denied("bad_request", "nothing to change")
         clean: dict[str, Any] = {}
         controls = await self.meetings.controls(record.meeting_id)
+        me = record.member_id
         for key, value in changes.items():
             if key == "name":
                 if not isinstance(value, str) or not value.strip():
                     raise Denied("bad_request", "name must be a non-empty string")
-                if record.role != "host" and not controls["rename"]:
+                if self.role(joined, controls) not in MODERATOR_ROLES and not controls.may(
+                        me, "rename"):
                     raise Denied("rename_disabled", "the host does not allow renaming")
                 clean["name"] = value.strip()[: self.config.max_name_chars]
             elif key in ("camera", "mic"):
                 if not isinstance(value, bool):
                     raise Denied("bad_request", f"{key} must be true or false")
-                if value and not controls[key]:
+                if value and not controls.may(me, key):
                     raise Denied(f"{key}_disabled", f"the host does not allow the {key} now")
                 clean[key] = value
             else:
                 raise Denied("bad_request", f"cannot change {key!r}")
-        updated = await self.members.update(record.meeting_id, record.member_id, clean)
+        if "camera" in clean or "mic" in clean:
+            # declared against these controls: the other device as it is now (a switch may
+            # have turned it off since it was declared), both stamped with this revision
+            current = await self.members.get(record.meeting_id, me)
+            if current is not None:
+                for device in ("camera", "mic"):
+                    clean.setdefault(device, controls.device_on(
+                        me, device, getattr(current, device), current.media_rev))
+            clean["media_rev"] = controls.revision
+        updated = await self.members.update(record.meeting_id, me, clean)
         if updated is None:
             raise Denied("not_member", "you are not in this meeting")
         joined.record = replace(record, name=updated.name)
         if joined.sub.record is not None and joined.sub.record.joined_at == updated.joined_at:
             joined.sub.record = updated  # still this presence (not a newer one elsewhere)
-        await self.chat.publish(MemberUpdated.of(updated, clean))
-        return updated
+        told = {k: v for k, v in clean.items() if k in changes}
+        await self.chat.publish(MemberUpdated.of(updated, told))
+        return view(updated, controls)
 
     # --- this instance and its presences (for the cluster tasks) ------------------------
 

@@ -29,6 +29,8 @@ DENIED_STATUS = {
     "member_not_found": 404,
     "unauthorized": 401,
     "not_host": 403,
+    "not_allowed": 403,
+    "no_request": 409,
     "not_admin": 403,
     "admin_disabled": 403,
     "kicked": 403,

@@ -115,10 +115,24 @@ _SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "name": {"type": "string"},
             "role": {"enum": ["host", "cohost", "member"]},
-            "camera": {"type": "boolean"},
+            "camera": {"type": "boolean",
+                       "description": "declared on, allowed, and not switched off since"},
             "mic": {"type": "boolean"},
             "joined_at": {"type": "string", "format": "date-time"},
+            "hand": {"type": ["string", "null"], "format": "date-time",
+                     "description": "when the hand was raised; null: down"},
+            "ask_unmute": {"type": "boolean", "description": "asks to be allowed to unmute"},
+            "controls": _ref("MemberFlags"),
         },
+    },
+    "MemberFlags": {
+        "type": "object",
+        "description": "one member's own flags: false forbids it this member, true allows it "
+                       "even while the room's flag is off, null (or absent) leaves it to the "
+                       "room's flag",
+        "additionalProperties": False,
+        "properties": {flag: {"type": ["boolean", "null"]}
+                       for flag in ("camera", "mic", "rename", "chat")},
     },
     "AttendanceSession": {
         "type": "object",
@@ -147,14 +161,36 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "a member id (WebSocket), host (HTTP), operator (etcdctl), "
                                "timer (a timed change ran out)",
             },
-            "flag": {"enum": list(FLAGS)},
+            "flag": {"type": "string", "description": "a room flag; with member: that "
+                     "member's flag (old/new: may it), cohost, host (a hand-over), mute, "
+                     "stop_camera, hand (lowered by a moderator), unmute_allowed"},
             "old": {"type": "boolean"},
             "new": {"type": "boolean"},
             "revision": {"type": "integer"},
             "at": {"type": "string", "format": "date-time"},
+            "member": {"type": ["string", "null"], "description": "the member acted upon"},
         },
     },
 }
+
+
+def _body(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    return {"required": bool(required), "content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": False, "required": list(required),
+        "properties": properties}}}}
+
+
+def _moderator_op(summary: str, ok: dict[str, Any], body: dict[str, Any] | None = None,
+                  *, member: bool = True) -> dict[str, Any]:
+    op = {**_host_op(summary + " (host or co-host: the host key, or their member token)", ok,
+                     400, 409, 429),
+          "parameters": [_MEETING_ID, _MEMBER_ID] if member else [_MEETING_ID]}
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
+_OK = _json({"type": "object"}, "done")
 
 _CSV: dict[str, Any] = {
     "description": "CSV, header row " + ",".join(
@@ -276,6 +312,45 @@ _PATHS: dict[str, Any] = {
                               _json({"type": "object"}, "kicked")),
                    "parameters": [_MEETING_ID, _MEMBER_ID]},
     },
+    "/v1/meetings/{meeting_id}/members/{member_id}/controls": {
+        "patch": _moderator_op(
+            "Set one member's own flags (forbid, allow, or leave to the room)", _OK,
+            _body({"controls": _ref("MemberFlags")}, "controls")),
+    },
+    "/v1/meetings/{meeting_id}/members/{member_id}/turn-off": {
+        "post": _moderator_op(
+            "Mute one member, or turn its camera off (it may turn it on again)", _OK,
+            _body({"device": {"enum": ["mic", "camera"], "default": "mic"}})),
+    },
+    "/v1/meetings/{meeting_id}/members/{member_id}/role": {
+        "put": _moderator_op("Promote to co-host or demote to member (host only)", _OK,
+                             _body({"role": {"enum": ["cohost", "member"]}}, "role")),
+    },
+    "/v1/meetings/{meeting_id}/host": {
+        "put": _moderator_op(
+            "Hand the host role to a present v1 member (host only): the host key stops "
+            "working; the new host uses its member token", _OK,
+            _body({"member_id": {"type": "string"}}, "member_id"), member=False),
+    },
+    "/v1/meetings/{meeting_id}/members/{member_id}/hand": {
+        "delete": _moderator_op("Lower one member's raised hand", _OK),
+    },
+    "/v1/meetings/{meeting_id}/hands": {
+        "get": {"summary": "Raised hands, in the order raised", "parameters": [_MEETING_ID],
+                "responses": {"200": _json({"type": "object", "properties": {"hands": {
+                    "type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"}, "name": {"type": "string"},
+                        "raised_at": {"type": "string", "format": "date-time"}}}}}},
+                    "the raised hands"),
+                    **_errors(404)}},
+        "delete": _moderator_op("Lower every raised hand", _OK, member=False),
+    },
+    "/v1/meetings/{meeting_id}/members/{member_id}/unmute-request": {
+        "post": _moderator_op(
+            "Answer a member's ask to unmute: allow (its block is lifted; while the room's "
+            "mic is off it is allowed anyway) or deny", _OK,
+            _body({"allow": {"type": "boolean"}}, "allow")),
+    },
     "/v1/meetings/{meeting_id}/attendance": {
         "get": {
             **_host_op("Attendance, every join-to-leave session (an ended meeting's too, until "
@@ -341,7 +416,9 @@ def openapi_document() -> dict[str, Any]:
             "schemas": _SCHEMAS,
             "securitySchemes": {
                 "hostKey": {"type": "http", "scheme": "bearer",
-                            "description": "the meeting's host_key"},
+                            "description": "the meeting's host_key (until the host role is "
+                                           "handed over), or the member token of the host "
+                                           "or a co-host where co-hosts may act"},
                 "adminToken": {"type": "http", "scheme": "bearer",
                                "description": "the server's admin_token setting"},
                 "apiKey": {"type": "http", "scheme": "bearer",

@@ -224,6 +224,10 @@ async def _control(service: MeetingService, joined: Joined, meeting_id: str, res
     # from what the session knows (no store read): it joined as the manager, with this userUid
     if joined.record.role != "host" or not auth.secret_matches(user_uid, joined.record.key_hash):
         raise Denied("not_host", "only the meeting's manager may change its controls")
+    # ... and still is: no hand-over since (this instance's copy of the controls: no store read)
+    controls = await service.current_controls(meeting_id)
+    if controls.host is not None:
+        raise Denied("not_host", "the host role was handed to another member")
     value = body[field_name]
     await service.set_controls(
         meeting_id, {flag: (not value) if inverted else value}, actor=joined.record.member_id

@@ -19,8 +19,11 @@ from quart import Blueprint, Response, request
 from .. import auth
 from ..config import Config
 from ..controls import Controls
+from ..moderation import MODERATOR_ROLES
+from ..moderator import Actor
 from ..service import TICKET_TTL, Denied, MeetingService
 from ..stores.base import AttendanceRecord, MeetingMeta, MemberRecord, Tombstone
+from ..wire import v1
 from ._http import BadRequest, field, json_body, json_response, only
 from .openapi import openapi_document
 
@@ -48,8 +51,13 @@ def _with_etag(response: Response, controls: Controls) -> Response:
     return response
 
 
-def _member(record: MemberRecord) -> dict[str, Any]:
-    return {**record.public(), "joined_at": iso(record.joined_at)}
+def _member(record: MemberRecord, controls: Controls) -> dict[str, Any]:
+    out = v1.member(record, controls)
+    out["controls"] = v1.member_controls(controls).get(record.member_id, {})
+    out["joined_at"] = iso(record.joined_at)
+    if record.hand is not None:
+        out["hand"] = iso(record.hand)
+    return out
 
 
 def _session(entry: AttendanceRecord, now: float) -> dict[str, Any]:
@@ -133,12 +141,19 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
             raise Denied("unauthorized", what)
         return key
 
-    async def require_host(meeting_id: str) -> None:
-        """The meeting's host key, or one of the server's API keys."""
+    async def require_host(meeting_id: str, *, host_only: bool = False) -> Actor:
+        """The bearer: one of the server's API keys, the host key (until a hand-over), or a
+        host's or co-host's member token; ``host_only``: not a co-host."""
         await service.require_meeting(meeting_id)
         key = credential()
-        if not service.is_api_key(key):
-            await service.require_host(meeting_id, key)
+        if service.is_api_key(key):
+            return Actor("host")
+        actor = await service.moderator.bearer_actor(meeting_id, key)
+        if host_only and actor.role != "host":
+            raise Denied("not_host", "only the meeting's host may do this")
+        if actor.role not in MODERATOR_ROLES:
+            raise Denied("not_host", "only the meeting's host or a co-host may do this")
+        return actor
 
     async def require_reader(meeting_id: str) -> MeetingMeta | Tombstone:
         """Like require_host, and the meeting may have ended (a tombstone)."""
@@ -247,7 +262,7 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.delete("/meetings/<meeting_id>")
     async def end_meeting(meeting_id: str) -> Any:
-        await require_host(meeting_id)
+        await require_host(meeting_id, host_only=True)
         await service.end_meeting(meeting_id)
         return json_response({"id": meeting_id, "ended": True})
 
@@ -259,13 +274,13 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
     @bp.patch("/meetings/<meeting_id>/controls")
     async def set_controls(meeting_id: str) -> Any:
         body = await json_body(required=True)  # read first: a refusal leaves none unread
-        await require_host(meeting_id)
+        actor = await require_host(meeting_id)
         only(body, "controls", "expected_revision", "duration")
         changes = field(body, "controls", dict)
         if changes is None:
             raise BadRequest("controls is required: an object of flag -> true/false")
         controls = await service.set_controls(
-            meeting_id, changes, actor="host", expected_revision=_expected_revision(body),
+            meeting_id, changes, actor=actor.label, expected_revision=_expected_revision(body),
             ttl=field(body, "duration", float),
         )
         return _with_etag(json_response(_controls(controls)), controls)
@@ -311,8 +326,9 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.get("/meetings/<meeting_id>/members")
     async def members(meeting_id: str) -> Any:
+        controls = await service.controls(meeting_id)
         roster = await service.roster(meeting_id)
-        return json_response({"members": [_member(r) for r in roster]})
+        return json_response({"members": [_member(r, controls) for r in roster]})
 
     @bp.delete("/meetings/<meeting_id>/members/<member_id>")
     async def kick(meeting_id: str, member_id: str) -> Any:
@@ -355,7 +371,7 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
                    else await service.audit(meeting_id))
         return json_response({"meeting_id": meeting_id, "entries": [
             {"by": e.actor, "flag": e.flag, "old": e.old, "new": e.new,
-             "revision": e.revision, "at": iso(e.at)}
+             "revision": e.revision, "at": iso(e.at), "member": e.member}
             for e in entries
         ]})
 
@@ -368,4 +384,7 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
         response.headers["Connection"] = "Upgrade"
         return response
 
+    from .v1_moderation import moderation_routes  # it uses iso() from here
+
+    moderation_routes(bp, service, require_host)
     return bp

@@ -24,6 +24,8 @@ from .. import auth
 from ..closes import Close
 from ..events import ChatPosted, ControlsChanged, HubEvent, MemberJoined, MemberLeft
 from ..lobby import Outcome
+from ..moderation import view
+from ..moderator import Actor
 from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
@@ -293,7 +295,9 @@ async def _welcome(
         await gate.own_join.wait()
     meta = await service.require_meeting(me.meeting_id)
     controls = await service.controls(me.meeting_id)
-    roster = await service.present(me.meeting_id)
+    # roles and devices as the flags say (a switch turned devices off without a write)
+    roster = [view(r, controls) for r in await service.present(me.meeting_id)]
+    me = view(me, controls)
     lobby = await service.lobby(me.meeting_id) if me.role in ("host", "cohost") else None
     config = service.config
     if last_seq is None:
@@ -371,19 +375,30 @@ class _Session:
         # host actions have their own, smaller budget (and the meeting has one more, for all)
         self.control_limiter = RateLimiter(service.config.control_rate,
                                            service.config.control_burst)
+        # hands and asks to unmute: a budget of their own, against floods
+        self.hand_limiter = RateLimiter(service.config.hand_rate, service.config.hand_burst)
 
     @property
     def meeting_id(self) -> str:
         return self.joined.record.meeting_id
 
-    def require_host(self) -> None:
-        if self.joined.record.role != "host":
-            raise Denied("not_host", "only the meeting's host may do this")
+    async def actor(self, *, fresh: bool = True) -> Actor:
+        """Who this member is now (a promotion or a hand-over changes it mid-session)."""
+        return await self.service.moderator.session_actor(self.joined, fresh=fresh)
 
-    def require_moderator(self) -> None:
-        """The lobby is the host's and the co-hosts' (issue #12)."""
-        if self.joined.record.role not in ("host", "cohost"):
-            raise Denied("not_host", "only the meeting's host or a co-host may do this")
+    async def require_host(self, *, host_only: bool = True) -> Actor:
+        """The host (or, unless ``host_only``, a co-host) is asking; else ``not_host``. From
+        this instance's copy of the controls: a flip from the host's connection costs no store
+        read (a role change counts here once the watch has seen it, within milliseconds)."""
+        actor = await self.actor(fresh=False)
+        if host_only and actor.role != "host":
+            raise Denied("not_host", "only the meeting's host may do this")
+        self.service.moderator.require(actor)
+        return actor
+
+    async def require_moderator(self) -> Actor:
+        """The lobby is the host's and the co-hosts' (issue #12), as their roles are now."""
+        return await self.require_host(host_only=False)
 
     def spend(self) -> None:
         if not self.limiter.allow():
@@ -415,7 +430,7 @@ class _Session:
     async def set_controls(self, frame: dict[str, Any]) -> dict[str, Any]:
         body = _fields(frame, {"controls": "an object"},
                        {"expected_revision": "an integer", "duration": "a number"})
-        self.require_host()
+        await self.require_host(host_only=False)
         self.spend_control()
         expected = body.get("expected_revision")
         if expected is not None and not 0 <= expected < 2**63:
@@ -428,7 +443,7 @@ class _Session:
 
     async def kick(self, frame: dict[str, Any]) -> dict[str, Any]:
         body = _fields(frame, {"member_id": "a string"})
-        self.require_host()
+        await self.require_host(host_only=False)
         self.spend_control()
         if body["member_id"] == self.joined.record.member_id:
             raise Denied("bad_request", "you cannot kick yourself; close the connection instead")
@@ -437,7 +452,7 @@ class _Session:
 
     async def set_join_policy(self, frame: dict[str, Any]) -> dict[str, Any]:
         body = _fields(frame, {"join_policy": "a string"})
-        self.require_host()
+        await self.require_host(host_only=False)  # a co-host may, as the host
         meta = await self.service.set_join_policy(self.meeting_id, body["join_policy"])
         return {"join_policy": meta.extra["join_policy"]}
 
@@ -449,7 +464,7 @@ class _Session:
 
     async def _decide(self, frame: dict[str, Any], *, admit: bool) -> dict[str, Any]:
         body = _fields(frame, optional={"member_id": "a string", "all": "true or false"})
-        self.require_moderator()
+        await self.require_moderator()
         everyone = body.get("all") is True
         if everyone == ("member_id" in body):
             raise Denied("bad_request", f"{frame['type']} needs member_id or all: true")
@@ -459,7 +474,7 @@ class _Session:
 
     async def end(self, frame: dict[str, Any]) -> dict[str, Any]:
         _fields(frame)
-        self.require_host()
+        await self.require_host()
         # the ack may not arrive: the meeting_ended event and the close are the answer
         await self.service.end_meeting(self.meeting_id)
         return {}
@@ -467,6 +482,82 @@ class _Session:
     async def ping(self, frame: dict[str, Any]) -> dict[str, Any]:
         _fields(frame)
         return {}
+
+    # --- moderation (docs/protocol.md, Moderation) --------------------------------------------
+
+    async def _moderating(self) -> Actor:
+        actor = await self.actor()
+        self.service.moderator.require(actor)
+        self.spend_control()
+        return actor
+
+    async def turn_off(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string"}, {"device": "a string"})
+        device = body.get("device", "mic")
+        if device not in ("mic", "camera"):
+            raise Denied("bad_request", "device must be mic or camera")
+        actor = await self._moderating()
+        await self.service.moderator.turn_off(self.meeting_id, actor, body["member_id"], device)
+        return {"member_id": body["member_id"], "device": device}
+
+    async def member_controls(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string", "controls": "an object"})
+        actor = await self._moderating()
+        controls = await self.service.moderator.set_flags(
+            self.meeting_id, actor, body["member_id"], body["controls"])
+        own = controls.members.get(body["member_id"], {})
+        return {"member_id": body["member_id"], "revision": controls.revision,
+                "controls": {f: v for f, v in own.items() if f != "cohost"}}
+
+    async def set_role(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string", "role": "a string"})
+        actor = await self._moderating()
+        controls = await self.service.moderator.set_role(
+            self.meeting_id, actor, body["member_id"], body["role"])
+        return {"member_id": body["member_id"], "role": body["role"],
+                "revision": controls.revision}
+
+    async def hand_over(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string"})
+        actor = await self._moderating()
+        controls = await self.service.moderator.hand_over(
+            self.meeting_id, actor, body["member_id"])
+        return {"host": controls.host, "revision": controls.revision}
+
+    async def raise_hand(self, frame: dict[str, Any]) -> dict[str, Any]:
+        _fields(frame)
+        record = await self.service.moderator.raise_hand(self.joined, True, self.hand_limiter)
+        return {"hand": record.hand}
+
+    async def lower_hand(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Lower your own hand; with ``member_id``, a moderator lowers that member's."""
+        body = _fields(frame, optional={"member_id": "a string"})
+        target = body.get("member_id")
+        if target is None or target == self.joined.record.member_id:
+            await self.service.moderator.raise_hand(self.joined, False, self.hand_limiter)
+            return {"member_id": self.joined.record.member_id}
+        actor = await self._moderating()
+        was_up = await self.service.moderator.lower_hand(self.meeting_id, actor, target)
+        return {"member_id": target, "was_raised": was_up}
+
+    async def lower_hands(self, frame: dict[str, Any]) -> dict[str, Any]:
+        _fields(frame)
+        actor = await self._moderating()
+        lowered = await self.service.moderator.lower_all_hands(self.meeting_id, actor)
+        return {"lowered": list(lowered)}
+
+    async def ask_unmute(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, optional={"cancel": "true or false"})
+        ask = not body.get("cancel", False)
+        await self.service.moderator.ask_unmute(self.joined, ask, self.hand_limiter)
+        return {"asking": ask}
+
+    async def answer_unmute(self, frame: dict[str, Any]) -> dict[str, Any]:
+        body = _fields(frame, {"member_id": "a string", "allow": "true or false"})
+        actor = await self._moderating()
+        await self.service.moderator.answer_unmute(
+            self.meeting_id, actor, body["member_id"], body["allow"])
+        return {"member_id": body["member_id"], "allow": body["allow"]}
 
 
 HANDLERS: Mapping[str, Handler] = {
@@ -480,6 +571,15 @@ HANDLERS: Mapping[str, Handler] = {
     "refuse": _Session.refuse,
     "end": _Session.end,
     "ping": _Session.ping,
+    "turn_off": _Session.turn_off,
+    "member_controls": _Session.member_controls,
+    "set_role": _Session.set_role,
+    "hand_over": _Session.hand_over,
+    "raise_hand": _Session.raise_hand,
+    "lower_hand": _Session.lower_hand,
+    "lower_hands": _Session.lower_hands,
+    "ask_unmute": _Session.ask_unmute,
+    "answer_unmute": _Session.answer_unmute,
 }
 
 

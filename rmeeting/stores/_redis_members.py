@@ -12,6 +12,7 @@ from typing import Any
 
 from ._redis_common import SOCKET_TIMEOUT, Keys, call, connect, dumps, ping
 from .base import AttendanceRecord, Knock, MeetingFull, MemberRecord, StoreUnavailable
+from .memory import updated_fields
 
 __all__ = ["RedisMemberStore"]
 
@@ -242,7 +243,6 @@ class RedisMemberStore:
     async def update(
         self, meeting_id: str, member_id: str, changes: Mapping[str, Any]
     ) -> MemberRecord | None:
-        allowed = {k: v for k, v in changes.items() if k in ("name", "camera", "mic")}
         roster = self._keys.meeting(meeting_id, "roster")
 
         def work() -> MemberRecord | None:
@@ -251,12 +251,22 @@ class RedisMemberStore:
                 raw = client.hget(roster, member_id)
                 if raw is None:
                     return None
-                record = replace(_record(raw), **allowed)
+                record = _record(raw)
+                record = replace(record, **updated_fields(record, changes, self._clock))
                 if self._update([roster], [member_id, raw, dumps(asdict(record))]):
                     return record
             raise StoreUnavailable(f"update of {member_id} kept conflicting")
 
         return await call(work)
+
+    async def lower_hands(self, meeting_id: str) -> Sequence[MemberRecord]:
+        lowered = []
+        for record in await self.roster(meeting_id):
+            if record.hand is not None:
+                done = await self.update(meeting_id, record.member_id, {"hand": False})
+                if done is not None:  # else it left meanwhile
+                    lowered.append(record)
+        return sorted(lowered, key=lambda r: r.hand or 0.0)
 
     async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]:
         ledger = self._keys.meeting(meeting_id, "ledger")

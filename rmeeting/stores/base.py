@@ -154,6 +154,26 @@ class MeetingStore(Protocol):
         ``serve_events``, never from this call's caller."""
         ...
 
+    async def set_member_controls(
+        self, meeting_id: str, member_id: str, changes: Mapping[str, bool | None], *, actor: str
+    ) -> Controls:
+        """Set (True/False) or unset (None) flags of one member (``MEMBER_FLAGS``), atomically;
+        audited as ``may`` values (the member's own, else the room's) per flag. Listeners learn
+        of it as a ``ControlsChanged`` with ``member_changed``."""
+        ...
+
+    async def set_host(self, meeting_id: str, member_id: str, *, actor: str) -> Controls:
+        """Make ``member_id`` the host (its ``cohost`` flag is dropped): from now on the host is
+        that member, and the host key alone no longer makes its bearer host. Audited."""
+        ...
+
+    async def record_audit(
+        self, meeting_id: str, flag: str, old: bool, new: bool, *, actor: str, member: str
+    ) -> None:
+        """Add a moderation entry that is no flag change (a mute, a lowered hand, an answer to
+        an ask to unmute). Raises MeetingNotFound."""
+        ...
+
     async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
         """The meeting's control changes, oldest first: at most the store's ``audit_limit``
         newest (older ones are dropped as new ones are recorded)."""
@@ -209,7 +229,14 @@ class MemberStore(Protocol):
     async def update(
         self, meeting_id: str, member_id: str, changes: Mapping[str, Any]
     ) -> MemberRecord | None:
-        """Change ``name``, ``camera`` or ``mic`` of a present member; None if it is not there."""
+        """Change ``name``, ``camera``, ``mic``, ``media_rev``, ``role``, ``ask_unmute`` or
+        ``hand`` of a present member; None if it is not there. ``hand``: True raises it (the
+        store stamps it with its clock; raising a raised hand keeps its place), False lowers it.
+        """
+        ...
+
+    async def lower_hands(self, meeting_id: str) -> Sequence[MemberRecord]:
+        """Lower every raised hand of the meeting; returns the members whose hand was up."""
         ...
 
     async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]: ...

@@ -11,6 +11,10 @@ Keys, under ``<prefix>/meetings/<meeting_id>/`` (fixed, see etcd/README.md):
                     same transaction as the flags: flag changes at a revision without it are
                     an operator's (etcdctl), deletes of leased flag keys are the timer's.
 ``audit/<...>``     one JSON record per flag change (see :meth:`EtcdMeetingStore.audit`).
+``members/<member_id>/<flag>``
+                    a member's own flag (``MEMBER_FLAGS``), parsed like the room's; deleted:
+                    the room's flag decides for the member again.
+``host``            the member id of the host after a hand-over (plain text).
 ==================  =========================================================================
 
 and ``<prefix>/meetings/<meeting_id>`` itself: the reason of an :meth:`end`, put in the same
@@ -51,7 +55,7 @@ import etcd3.etcdrpc as rpc
 import grpc  # type: ignore[import-untyped]
 import trio
 
-from ..controls import FLAGS, Controls, validate_changes
+from ..controls import FLAGS, Controls, validate_changes, validate_member_changes
 from ._etcd_cache import (
     ENDED_IN_ETCD,
     AuditTask,
@@ -219,9 +223,7 @@ class EtcdMeetingStore:
         read = await self._read(meeting_id)
         if read.meta is None:
             raise MeetingNotFound(meeting_id)
-        return Controls(
-            self._cache.values(meeting_id, read), self._cache.revision(meeting_id, read)
-        )
+        return self._cache.controls_of_read(meeting_id, read)
 
     async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
         """Every change, oldest first: API changes recorded in their own transaction, the
@@ -450,10 +452,107 @@ class EtcdMeetingStore:
             response = await self._conn.txn(compares, ops, [range_op(keys.actor(meeting_id))])
             if response.succeeded:
                 await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
-                return Controls(new, response.header.revision)
+                return replace(self._cache.controls_of_read(meeting_id, read), values=new,
+                               revision=response.header.revision)
             if _txn_of(response) == token:  # a retried call whose first attempt landed
-                return Controls(new, response.responses[0].response_range.kvs[0].mod_revision)
+                return replace(self._cache.controls_of_read(meeting_id, read), values=new,
+                               revision=response.responses[0].response_range.kvs[0].mod_revision)
         raise StoreUnavailable(f"controls of meeting {meeting_id} keep changing")
+
+    async def set_member_controls(
+        self, meeting_id: str, member_id: str, changes: Mapping[str, bool | None], *, actor: str
+    ) -> Controls:
+        valid = validate_member_changes(changes)
+        keys, token = self._keys, uuid.uuid4().hex
+        flag_keys = {f: keys.member_flag(meeting_id, member_id, f) for f in valid}
+        for _ in range(TXN_ATTEMPTS):
+            read = await self._read(meeting_id)
+            if read.meta is None:
+                raise MeetingNotFound(meeting_id)
+            before = self._cache.controls_of_read(meeting_id, read)
+            own = dict(before.members.get(member_id, {}))
+            for flag, value in valid.items():
+                if value is None:
+                    own.pop(flag, None)
+                else:
+                    own[flag] = value
+            after = replace(before, members={**before.members, member_id: own})
+            now = self._clock()
+            ops = [delete_op(flag_keys[f]) if v is None else put_op(flag_keys[f], flag_bytes(v))
+                   for f, v in valid.items()]
+            ops.append(self._actor_op(meeting_id, actor, token, now))
+            ops += [self._audit_op(meeting_id, f"{token}-{member_id}-{f}", {
+                "flag": f, "old": _may(before, member_id, f), "new": _may(after, member_id, f),
+                "actor": actor, "at": now, "member": member_id,
+            }) for f in valid if before.members.get(member_id, {}).get(f) != own.get(f)]
+            compares = [compare(keys.meta(meeting_id), "mod", "==", read.meta_mod)] + [
+                compare(flag_keys[f], "mod", "==", read.member_mods.get((member_id, f), 0))
+                for f in valid
+            ]
+            trail = keys.audit(meeting_id)
+            ops.append(range_op(trail, prefix_end(trail), count_only=True))
+            response = await self._conn.txn(compares, ops, [range_op(keys.actor(meeting_id))])
+            if response.succeeded:
+                await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
+                return replace(after, revision=response.header.revision)
+            if _txn_of(response) == token:
+                return replace(after,
+                               revision=response.responses[0].response_range.kvs[0].mod_revision)
+        raise StoreUnavailable(f"flags of member {member_id} keep changing")
+
+    async def set_host(self, meeting_id: str, member_id: str, *, actor: str) -> Controls:
+        keys, token = self._keys, uuid.uuid4().hex
+        cohost = keys.member_flag(meeting_id, member_id, "cohost")  # checks the member id
+        for _ in range(TXN_ATTEMPTS):
+            read = await self._read(meeting_id)
+            if read.meta is None:
+                raise MeetingNotFound(meeting_id)
+            before = self._cache.controls_of_read(meeting_id, read)
+            own = {f: v for f, v in before.members.get(member_id, {}).items() if f != "cohost"}
+            now = self._clock()
+            ops = [put_op(keys.host(meeting_id), member_id.encode()), delete_op(cohost),
+                   self._actor_op(meeting_id, actor, token, now),
+                   self._audit_op(meeting_id, f"{token}-host", {
+                       "flag": "host", "old": False, "new": True, "actor": actor, "at": now,
+                       "member": member_id})]
+            trail = keys.audit(meeting_id)
+            ops.append(range_op(trail, prefix_end(trail), count_only=True))
+            response = await self._conn.txn(
+                [compare(keys.meta(meeting_id), "mod", "==", read.meta_mod),
+                 compare(keys.host(meeting_id), "mod", "==", read.host_mod)],
+                ops, [range_op(keys.actor(meeting_id))])
+            after = replace(before, host=member_id, members={**before.members, member_id: own})
+            if response.succeeded:
+                await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
+                return replace(after, revision=response.header.revision)
+            if _txn_of(response) == token:
+                return replace(after,
+                               revision=response.responses[0].response_range.kvs[0].mod_revision)
+        raise StoreUnavailable(f"the host of meeting {meeting_id} keeps changing")
+
+    async def record_audit(
+        self, meeting_id: str, flag: str, old: bool, new: bool, *, actor: str, member: str
+    ) -> None:
+        trail = self._keys.audit(meeting_id)
+        response = await self._conn.txn(
+            [compare(self._keys.meta(meeting_id), "version", ">", 0)],
+            [self._audit_op(meeting_id, f"{uuid.uuid4().hex}-{flag}", {
+                "flag": flag, "old": old, "new": new, "actor": actor, "at": self._clock(),
+                "member": member}),
+             range_op(trail, prefix_end(trail), count_only=True)],
+        )
+        if not response.succeeded:
+            raise MeetingNotFound(meeting_id)
+        await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
+
+    def _actor_op(self, meeting_id: str, actor: str, token: str, now: float) -> Any:
+        """The actor key, in the same transaction as the change: the watchers name the actor."""
+        return put_op(self._keys.actor(meeting_id), json.dumps({
+            "actor": actor, "ttl": None, "expires_at": None, "txn": token, "at": now,
+        }).encode())
+
+    def _audit_op(self, meeting_id: str, name: str, record: dict[str, Any]) -> Any:
+        return put_op(self._keys.audit(meeting_id, name), json.dumps(record).encode())
 
     async def _unchanged_since(self, meeting_id: str, revision: int, now: Read) -> bool:
         """Exact compare-and-set: no meta or flag key changed (nor was deleted) after it."""
@@ -507,6 +606,31 @@ class EtcdMeetingStore:
             )
             if response.succeeded:
                 await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
+        except (StoreUnavailable, grpc.RpcError) as exc:
+            log.warning("meeting %s: audit of revision %d not written: %s",
+                        meeting_id, revision, exc)
+
+    async def _audit_members_observed(self, event: ControlsChanged, revision: int) -> None:
+        """An operator's change of members' own flags (etcdctl), recorded once like a room
+        flag's: the key names the revision, the member and the flag."""
+        puts, keys = [], []
+        for member_id, flags in event.member_changed.items():
+            for flag, (old, new) in flags.items():
+                key = self._keys.audit(meeting_id := event.meeting_id,
+                                       f"{revision:020d}-{member_id}-{flag}")
+                keys.append(key)
+                puts.append(put_op(key, json.dumps({
+                    "flag": flag, "revision": revision, "actor": event.actor,
+                    "at": self._clock(), "member": member_id,
+                    "old": _may_value(event.controls, old, flag),
+                    "new": _may_value(event.controls, new, flag),
+                }).encode()))
+        if not puts:
+            return
+        try:
+            await self._conn.txn(
+                [compare(self._keys.meta(meeting_id), "version", ">", 0)]
+                + [compare(k, "version", "==", 0) for k in keys], puts)
         except (StoreUnavailable, grpc.RpcError) as exc:
             log.warning("meeting %s: audit of revision %d not written: %s",
                         meeting_id, revision, exc)
@@ -608,6 +732,7 @@ class EtcdMeetingStore:
                 if audit and isinstance(event, ControlsChanged):
                     await self._audit_observed((meeting_id, revision, dict(event.changed)),
                                                event.actor)
+                    await self._audit_members_observed(event, revision)
                 if isinstance(event, ControlsChanged):
                     event = replace(event, received_at=received)
                 if event is not None:
@@ -643,6 +768,18 @@ class EtcdMeetingStore:
             await handler(event)
 
 
+def _may(controls: Controls, member_id: str, flag: str) -> bool:
+    """What the audit records of a member flag: may it (``cohost``: is it one)?"""
+    return controls.is_cohost(member_id) if flag == "cohost" else controls.may(member_id, flag)
+
+
+def _may_value(controls: Controls, own: bool | None, flag: str) -> bool:
+    """A member flag's value as the audit records it: its own, else the room's."""
+    if own is not None:
+        return own
+    return False if flag == "cohost" else controls.values.get(flag, True)
+
+
 def _txn_of(response: Any, index: int = 0) -> str | None:
     """The ``txn`` token in the key read by a failed transaction's failure branch."""
     kvs = response.responses[index].response_range.kvs if len(response.responses) > index else []
@@ -654,10 +791,11 @@ def _audit_entries(meeting_id: str, kvs: Sequence[Any]) -> list[AuditEntry]:
     for kv in kvs:
         try:
             data = json.loads(kv.value)
+            member = data.get("member")
             entries.append(AuditEntry(
                 meeting_id, str(data["flag"]), bool(data["old"]), bool(data["new"]),
                 int(data.get("revision") or kv.create_revision), str(data["actor"]),
-                float(data["at"]),
+                float(data["at"]), member if isinstance(member, str) else None,
             ))
         except (ValueError, TypeError, KeyError):
             log.warning("meeting %s: unreadable audit record %r", meeting_id, kv.key)

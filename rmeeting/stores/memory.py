@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import trio
 
 from ..closes import LeaveReason
-from ..controls import DEFAULTS, Controls
+from ..controls import DEFAULTS, Controls, validate_member_changes
 from ..events import ChatPosted, LobbyChanged, MemberJoined, MemberLeft, MemberUpdated, stamped
 from .base import (
     AttendanceRecord,
@@ -35,7 +35,7 @@ from .base import (
     Tombstone,
 )
 
-__all__ = ["MemoryChatLog", "MemoryMeetingStore", "MemoryMemberStore"]
+__all__ = ["MemoryChatLog", "MemoryMeetingStore", "MemoryMemberStore", "updated_fields"]
 
 #: Events waiting for the handler. When full, writers wait: a change is never dropped.
 EVENT_BUFFER = 1024
@@ -63,6 +63,11 @@ class MemoryMeetingStore:
             lambda: deque(maxlen=self._audit_limit))  # full: the oldest entry is dropped
         # (meeting, flag) -> the timed change that still owns the flag's value
         self._timers: dict[tuple[str, str], _Expiry] = {}
+        # members' own flags, the host after a hand-over, and when flags last changed value
+        self._members: dict[str, dict[str, dict[str, bool]]] = defaultdict(dict)
+        self._host: dict[str, str] = {}
+        self._changed_at: dict[str, dict[str, int]] = defaultdict(dict)
+        self._member_changed_at: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
         self._counter = itertools.count(1)
         self._send, self._receive = trio.open_memory_channel[MeetingEvent | _Expiry](EVENT_BUFFER)
         self._tombstones: dict[str, Tombstone] = {}
@@ -92,6 +97,8 @@ class MemoryMeetingStore:
         self._values.pop(meeting_id, None)
         self._revision.pop(meeting_id, None)
         audit = list(self._audit.pop(meeting_id, ()))
+        for kept in (self._members, self._host, self._changed_at, self._member_changed_at):
+            kept.pop(meeting_id, None)
         for key in [k for k in self._timers if k[0] == meeting_id]:
             del self._timers[key]
         if retention > 0:  # no checkpoint since the pop: the end and its tombstone are one step
@@ -132,7 +139,15 @@ class MemoryMeetingStore:
         return meta
 
     def _controls(self, meeting_id: str) -> Controls:
-        return Controls.from_partial(self._values[meeting_id], self._revision[meeting_id])
+        room = Controls.from_partial(self._values[meeting_id], self._revision[meeting_id])
+        return replace(
+            room,
+            members={m: dict(f) for m, f in self._members.get(meeting_id, {}).items() if f},
+            host=self._host.get(meeting_id),
+            changed_at=dict(self._changed_at.get(meeting_id, {})),
+            member_changed_at={m: dict(f) for m, f in
+                               self._member_changed_at.get(meeting_id, {}).items()},
+        )
 
     async def controls(self, meeting_id: str) -> Controls:
         if meeting_id not in self._meta:
@@ -168,9 +183,11 @@ class MemoryMeetingStore:
         changed = {f: (before[f], after[f]) for f in changes if before[f] != after[f]}
         now = self._clock()
         for flag, (old, new) in changed.items():
+            self._changed_at[meeting_id][flag] = revision
             self._audit[meeting_id].append(
                 AuditEntry(meeting_id, flag, old, new, revision, actor, now)
             )
+        after = self._controls(meeting_id)
         for flag in changes:  # a later change of a flag takes it off any earlier timer
             self._timers.pop((meeting_id, flag), None)
         expires_at = None
@@ -189,6 +206,68 @@ class MemoryMeetingStore:
         owned = {f for f in expiry.flags if self._timers.get((expiry.meeting_id, f)) is expiry}
         if owned and expiry.meeting_id in self._meta:
             await self._apply(expiry.meeting_id, {f: DEFAULTS[f] for f in owned}, "timer", None)
+
+    async def set_member_controls(
+        self, meeting_id: str, member_id: str, changes: Mapping[str, bool | None], *, actor: str
+    ) -> Controls:
+        valid = validate_member_changes(changes)
+        if meeting_id not in self._meta:
+            raise MeetingNotFound(meeting_id)
+        if not member_id or "/" in member_id:
+            raise ValueError(f"invalid member id {member_id!r}")
+        before = self._controls(meeting_id)
+        own = self._members[meeting_id].setdefault(member_id, {})
+        old_own = dict(own)
+        for flag, value in valid.items():
+            if value is None:
+                own.pop(flag, None)
+            else:
+                own[flag] = value
+        revision = next(self._counter)
+        self._revision[meeting_id] = revision
+        changed = {f: (old_own.get(f), own.get(f)) for f in valid if old_own.get(f) != own.get(f)}
+        now = self._clock()
+        after = self._controls(meeting_id)
+        for flag in changed:
+            self._member_changed_at[meeting_id].setdefault(member_id, {})[flag] = revision
+            self._audit[meeting_id].append(AuditEntry(
+                meeting_id, flag, _may(before, member_id, flag), _may(after, member_id, flag),
+                revision, actor, now, member_id))
+        after = self._controls(meeting_id)
+        await self._send.send(ControlsChanged(
+            meeting_id, after, {}, actor, written_at=now,
+            member_changed={member_id: changed} if changed else {},
+        ))
+        return after
+
+    async def set_host(self, meeting_id: str, member_id: str, *, actor: str) -> Controls:
+        if meeting_id not in self._meta:
+            raise MeetingNotFound(meeting_id)
+        if not member_id or "/" in member_id:
+            raise ValueError(f"invalid member id {member_id!r}")
+        old = self._host.get(meeting_id)
+        own = self._members[meeting_id].setdefault(member_id, {})
+        was_cohost = own.pop("cohost", None)
+        self._host[meeting_id] = member_id
+        revision = next(self._counter)
+        self._revision[meeting_id] = revision
+        now = self._clock()
+        self._audit[meeting_id].append(
+            AuditEntry(meeting_id, "host", False, True, revision, actor, now, member_id))
+        after = self._controls(meeting_id)
+        await self._send.send(ControlsChanged(
+            meeting_id, after, {}, actor, written_at=now, host_changed=(old, member_id),
+            member_changed={member_id: {"cohost": (was_cohost, None)}} if was_cohost else {},
+        ))
+        return after
+
+    async def record_audit(
+        self, meeting_id: str, flag: str, old: bool, new: bool, *, actor: str, member: str
+    ) -> None:
+        if meeting_id not in self._meta:
+            raise MeetingNotFound(meeting_id)
+        self._audit[meeting_id].append(AuditEntry(
+            meeting_id, flag, old, new, self._revision[meeting_id], actor, self._clock(), member))
 
     async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
         if meeting_id not in self._meta:
@@ -211,6 +290,13 @@ class MemoryMeetingStore:
 
     async def ready(self) -> bool:
         return True
+
+
+def _may(controls: Controls, member_id: str, flag: str) -> bool:
+    """What the audit records of a member flag: may it (``cohost``: is it one)?"""
+    if flag == "cohost":
+        return controls.is_cohost(member_id)
+    return controls.may(member_id, flag)
 
 
 class MemoryMemberStore:
@@ -282,10 +368,16 @@ class MemoryMemberStore:
         record = present.get(member_id)
         if record is None:
             return None
-        allowed = {k: v for k, v in changes.items() if k in ("name", "camera", "mic")}
-        record = replace(record, **allowed)
+        record = replace(record, **updated_fields(record, changes, self._clock))
         present[member_id] = record
         return record
+
+    async def lower_hands(self, meeting_id: str) -> Sequence[MemberRecord]:
+        present = self._present.get(meeting_id, {})
+        raised = [r for r in present.values() if r.hand is not None]
+        for record in raised:
+            present[record.member_id] = replace(record, hand=None)
+        return sorted(raised, key=lambda r: r.hand or 0.0)
 
     async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]:
         return list(self._ledger.get(meeting_id, []))
@@ -339,6 +431,21 @@ class MemoryMemberStore:
 
     async def ready(self) -> bool:
         return True
+
+
+#: what ``MemberStore.update`` may change
+UPDATABLE = ("name", "camera", "mic", "media_rev", "role", "ask_unmute")
+
+
+def updated_fields(
+    record: MemberRecord, changes: Mapping[str, Any], clock: Callable[[], float]
+) -> dict[str, Any]:
+    """The fields of ``record`` that ``changes`` sets; ``hand``: True raises (keeping the place
+    of a hand already up), False lowers. Shared with the Redis store."""
+    out = {k: v for k, v in changes.items() if k in UPDATABLE}
+    if "hand" in changes:
+        out["hand"] = (record.hand or clock()) if changes["hand"] else None
+    return out
 
 
 class MemoryChatLog:

@@ -25,7 +25,8 @@ from ..records import Knock, MeetingMeta, MemberRecord
 from ..transport.websocket import text_frame
 from ._json import dumps
 
-__all__ = ["ENCODER", "V1Encoder", "ack", "chat", "encode_event", "error", "message", "welcome"]
+__all__ = ["ENCODER", "V1Encoder", "ack", "chat", "encode_event", "error", "member", "message",
+           "welcome"]
 
 
 def message(type_: str, **fields: Any) -> bytes:
@@ -77,12 +78,14 @@ def welcome(
     ``recent`` on a plain join; ``missed`` (and ``gap``) when the client said what it last saw."""
     out: dict[str, Any] = {
         "type": "welcome",
-        "you": you.public(),
+        "you": member(you, controls),
         "token": token,
         "meeting": {"id": meta.meeting_id, "name": meta.name, "created_at": meta.created_at},
         "controls": controls.as_dict(),
         "revision": controls.revision,
-        "roster": [r.public() for r in roster],
+        "roster": [member(r, controls) for r in roster],
+        "member_controls": member_controls(controls),
+        "host": controls.host,
         "last_seq": last_seq,
         "resumed": resumed,
     }
@@ -97,16 +100,32 @@ def welcome(
     return dumps(out)
 
 
+def member(record: MemberRecord, controls: Controls) -> dict[str, Any]:
+    """A roster entry (``record`` as :func:`rmeeting.moderation.view` shows it)."""
+    return record.public()
+
+
+def member_controls(controls: Controls) -> dict[str, dict[str, bool]]:
+    """Members' own flags, by member id (``cohost`` shows as the member's role instead)."""
+    out = {m: {f: v for f, v in flags.items() if f != "cohost"}
+           for m, flags in controls.members.items()}
+    return {m: flags for m, flags in out.items() if flags}
+
+
 def encode_event(event: HubEvent) -> bytes | None:
     """The v1 frame's payload for an event (v1 has something to say about every one)."""
     match event:
         case ChatPosted():
             return dumps(chat(event))
-        case MemberJoined():
-            return dumps({"type": "member_joined", "member": _member(event), "ts": event.ts})
+        case MemberJoined():  # a new presence: no hand up, no ask
+            joined = {**_member(event), "hand": None, "ask_unmute": False}
+            return dumps({"type": "member_joined", "member": joined, "ts": event.ts})
         case MemberUpdated():
-            return dumps({"type": "member_updated", "member": _member(event), "ts": event.ts,
-                          "changes": dict(event.changes)})
+            updated: dict[str, Any] = {"type": "member_updated", "member": _member(event),
+                                       "ts": event.ts, "changes": dict(event.changes)}
+            if event.by is not None:
+                updated["by"] = event.by
+            return dumps(updated)
         case MemberLeft():
             member = {"id": event.member_id, "name": event.name, "role": event.role,
                       "joined_at": event.joined_at}
@@ -120,14 +139,22 @@ def encode_event(event: HubEvent) -> bytes | None:
             return dumps({"type": "notice", "code": event.code, "message": event.message,
                           "ts": event.ts})
         case ControlsChanged():
-            return dumps({
+            # a device flag in ``changed`` switched off means every member's device is off;
+            # ``members``/``host``: members' own flags and the host after a hand-over
+            out: dict[str, Any] = {
                 "type": "controls",
                 "controls": event.controls.as_dict(),
                 "revision": event.controls.revision,
                 "changed": {flag: new for flag, (_old, new) in event.changed.items()},
                 "by": event.actor,
                 "expires_at": event.expires_at,
-            })
+            }
+            if event.member_changed:
+                out["members"] = {m: {f: new for f, (_old, new) in flags.items()}
+                                  for m, flags in event.member_changed.items()}
+            if event.host_changed is not None:
+                out["host"] = event.host_changed[1]
+            return dumps(out)
         case MeetingEnded():
             return dumps({"type": "meeting_ended", "reason": event.reason})
         case _:
