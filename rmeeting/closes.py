@@ -42,7 +42,12 @@ class Close(IntEnum):
     BAD_TOKEN = 4401
     NOT_HOST = 4403
     NOT_FOUND = 4404
+    #: a join refused: the meeting has ended (a tombstone until its retention passes)
+    ENDED = 4410
     LOCKED = 4423
+    #: not let in: the host (or a co-host) refused a knock in the lobby; a seed client knocking
+    #: at a lobby (the seed has no way to wait)
+    REFUSED = 4430
     FULL = 4429
 
 

@@ -102,6 +102,25 @@ class Config:
     #: closed; also the time a whole request body has from its head (then 408), and how long
     #: a client may take none of its response's bytes (then closed)
     read_timeout: float = 30.0
+    # --- moderation (issue 14; docs/protocol.md, Moderation) ---
+    #: hand raises and lowers, and asks to unmute, per second per member, sustained, and the
+    #: burst allowed above it (past it: rate_limited)
+    hand_rate: float = 0.5
+    hand_burst: int = 5
+
+    # --- deployments (#12): API keys, join tokens, lifecycle (docs/integration.md) ---------
+    #: keys of the application's backend and operators (``Authorization: Bearer <key>``): may
+    #: create, list, end and read any meeting and change its controls; they also sign join tokens
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: "open": anyone may create a meeting; "api_key": creating needs one of ``api_keys``
+    create_policy: str = "open"
+    #: seconds a meeting may stay empty (nobody joined since it was created, or the last member
+    #: left) before it ends by itself (reason "empty"); 0: never
+    empty_timeout: float = 300.0
+    #: seconds after its creation a meeting ends by itself (reason "max_duration"); 0: no limit
+    max_duration: float = 0.0
+    #: seconds an ended meeting's attendance and audit stay readable; then every trace is purged
+    retention: float = 604800.0
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -118,12 +137,13 @@ class Config:
         self.host_port  # noqa: B018 - raises on a malformed bind
         positive = ("shards", "max_frame_bytes", "max_chat_chars", "max_name_chars", "chat_burst",
                     "max_members", "max_meetings", "outbox_bytes", "history_limit",
-                    "control_burst", "meeting_control_burst", "audit_limit", "max_failed_guesses")
+                    "control_burst", "meeting_control_burst", "audit_limit", "max_failed_guesses",
+                    "hand_burst")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("chat_rate", "ping_interval", "ping_timeout", "shutdown_grace",
-                     "control_rate", "meeting_control_rate"):
+                     "control_rate", "meeting_control_rate", "hand_rate"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.max_connections < 0 or self.max_connections_per_ip < 0:
@@ -143,7 +163,20 @@ class Config:
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError("public_url must start with http:// or https://")
         _validate_webhooks(self.webhook_urls, self.webhook_secret)
+        self._validate_deployment()
         return self
+
+    def _validate_deployment(self) -> None:
+        if self.create_policy not in ("open", "api_key"):
+            raise ConfigError("create_policy must be open or api_key")
+        if self.create_policy == "api_key" and not self.api_keys:
+            raise ConfigError("create_policy api_key needs at least one of api_keys")
+        for name in ("empty_timeout", "max_duration", "retention"):
+            if not 0 <= getattr(self, name) < 10 * 365 * 86400:
+                raise ConfigError(f"{name} must be between 0 and ten years (seconds)")
+        if any(len(key.encode()) < 32 for key in self.api_keys):
+            # they sign join tokens (HS256): a short key can be brute-forced from one token
+            raise ConfigError("each of api_keys must be at least 32 bytes (RFC 7518, HS256)")
 
 
 def _validate_webhooks(urls: tuple[str, ...], secret: str) -> None:

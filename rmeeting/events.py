@@ -23,6 +23,8 @@ __all__ = [
     "ChatPosted",
     "ControlsChanged",
     "HubEvent",
+    "LobbyChanged",
+    "LobbyState",
     "MeetingEnded",
     "MeetingEvent",
     "MemberJoined",
@@ -33,7 +35,9 @@ __all__ = [
     "stamped",
 ]
 
-Role = Literal["host", "member"]
+#: ``cohost``: promoted by the host (or named by a join token): may do what the host does except
+#: end the meeting, change roles and hand the host role over (docs/protocol.md, Moderation)
+Role = Literal["host", "cohost", "member"]
 
 
 class _Member(Protocol):
@@ -53,6 +57,8 @@ class _Member(Protocol):
     def mic(self) -> bool: ...
     @property
     def joined_at(self) -> float: ...
+    @property
+    def media_rev(self) -> int: ...
 
 
 # --- the chat log's events: ordered per meeting, relayed between instances -------------------
@@ -82,16 +88,20 @@ class MemberJoined:
     #: names this presence of the member (a reconnect is a new one)
     joined_at: float
     ts: float = 0.0
+    #: the controls revision the camera/mic were declared against (``Controls.device_on``)
+    media_rev: int = 0
 
     @classmethod
     def of(cls, member: _Member) -> MemberJoined:
         return cls(member.meeting_id, member.member_id, member.name, member.role,
-                   member.camera, member.mic, member.joined_at)
+                   member.camera, member.mic, member.joined_at, media_rev=member.media_rev)
 
 
 @dataclass(frozen=True, slots=True)
 class MemberUpdated:
-    """A rename, or a camera/mic change (declared by the member, or switched off by a flag)."""
+    """A rename, a camera/mic change (declared by the member, or turned off for it by the host or
+    a co-host), a hand raised or lowered, an ask to unmute made or answered (roles change with the
+    controls: :class:`ControlsChanged`)."""
 
     meeting_id: str
     member_id: str
@@ -100,14 +110,20 @@ class MemberUpdated:
     camera: bool
     mic: bool
     joined_at: float
-    #: what changed: ``name`` (str), ``camera``/``mic`` (bool)
-    changes: Mapping[str, str | bool]
+    #: what changed: ``name`` (str), ``camera``/``mic`` (bool), ``hand`` (when it was raised,
+    #: epoch seconds, or None: lowered), ``ask_unmute`` (bool)
+    changes: Mapping[str, str | bool | float | None]
     ts: float = 0.0
+    media_rev: int = 0
+    #: who made the change when it was not the member itself (a host's or co-host's id)
+    by: str | None = None
 
     @classmethod
-    def of(cls, member: _Member, changes: Mapping[str, str | bool]) -> MemberUpdated:
+    def of(cls, member: _Member, changes: Mapping[str, str | bool | float | None],
+           by: str | None = None) -> MemberUpdated:
         return cls(member.meeting_id, member.member_id, member.name, member.role,
-                   member.camera, member.mic, member.joined_at, dict(changes))
+                   member.camera, member.mic, member.joined_at, dict(changes),
+                   media_rev=member.media_rev, by=by)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +146,30 @@ class MemberLeft:
                    member.joined_at, reason, close)
 
 
-#: what the chat log carries: one order per meeting on every instance
-BusEvent = ChatPosted | MemberJoined | MemberLeft | MemberUpdated
+#: ``waiting``: knocked; ``admitted``/``refused``: decided by the host or a co-host; ``left``: the
+#: knocker went away before a decision
+LobbyState = Literal["waiting", "admitted", "refused", "left"]
 
-_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
+
+@dataclass(frozen=True, slots=True)
+class LobbyChanged:
+    """The lobby of a meeting whose ``join_policy`` is ``lobby`` (docs/protocol.md): someone
+    knocked, or its knock was decided or withdrawn. The hosts and co-hosts see it (their
+    admit/refuse list); the knocker's own instance learns the decision from it, wherever the
+    host who made it is connected."""
+
+    meeting_id: str
+    #: the member id the knocker gets once admitted
+    member_id: str
+    name: str
+    state: LobbyState
+    ts: float = 0.0
+
+
+#: what the chat log carries: one order per meeting on every instance
+BusEvent = ChatPosted | MemberJoined | MemberLeft | MemberUpdated | LobbyChanged
+
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated, LobbyChanged)
 
 
 def stamped(event: _B, *, seq: int, ts: float) -> _B:
@@ -177,6 +213,11 @@ class ControlsChanged:
     #: when this instance's watch received it: for the propagation metrics, not part of equality
     written_at: float | None = field(default=None, compare=False)
     received_at: float | None = field(default=None, compare=False)
+    #: members' own flags that changed: member id -> flag -> (old, new), None meaning unset
+    member_changed: Mapping[str, Mapping[str, tuple[bool | None, bool | None]]] = field(
+        default_factory=dict)
+    #: (old, new) member id of the host after a hand-over, if it changed
+    host_changed: tuple[str | None, str | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,14 @@ from .events import (
     ChatPosted,
     ControlsChanged,
     HubEvent,
+    LobbyChanged,
     MeetingEnded,
     MemberJoined,
     MemberLeft,
     MemberUpdated,
     Notice,
 )
+from .moderation import view_event
 from .records import MemberRecord
 
 __all__ = ["MAX_BATCH", "Encoder", "Holder", "Hub", "Outlet", "Subscriber"]
@@ -62,7 +64,8 @@ class Encoder(Protocol):
         ...
 
     def own_join_frame(self, controls: Controls, user_uid: str) -> bytes | None:
-        """A frame for the member alone, right after its own join reached it (None: none)."""
+        """A frame for the member alone, right after its own join reached it, and when its own
+        flags change (``controls`` as they apply to it: ``Controls.for_member``; None: none)."""
         ...
 
     def roster_frame(self, events: Sequence[MemberJoined | MemberLeft]) -> bytes | None:
@@ -334,13 +337,17 @@ class _Shard:
             meeting = self.meetings.get(events[0].meeting_id)
             if meeting is None:
                 return
+            # as _event shows a join: roles and devices as the flags now say
+            viewed = [view_event(e, meeting.controls) if isinstance(e, MemberJoined) else e
+                      for e in events]
             combined: dict[str, bytes] = {}
             for protocol, members in meeting.by_protocol.items():
-                frame = self._encoders[protocol].roster_frame(events) if members else None
+                frame = self._encoders[protocol].roster_frame(viewed) if members else None
                 if frame is not None:
                     combined[protocol] = frame
             for event in events:  # the other protocols, and what follows a join or a leave
                 self._event(event, skip=combined)
+            events = viewed
             for protocol, frame in combined.items():
                 members = meeting.by_protocol[protocol]
                 self.delivered += len(members) * len(events)
@@ -374,6 +381,11 @@ class _Shard:
             if event.controls.revision < meeting.controls.revision:
                 return  # older than what members already have (a late duplicate)
             meeting.controls = event.controls
+        elif isinstance(event, MemberJoined):
+            # roles and devices as the flags now say (a switch since it was published shows)
+            event = view_event(event, meeting.controls)
+        elif isinstance(event, MemberUpdated):
+            event = view_event(event, meeting.controls)
         holding = False
         for protocol, members in meeting.by_protocol.items():
             if not members or (skip and protocol in skip):
@@ -382,14 +394,19 @@ class _Shard:
             if frame is None:
                 continue
             pending = self._pending
+            lobby_only = isinstance(event, LobbyChanged)  # the hosts' (and co-hosts') business
             if not meeting.holding and pending is None:
                 for sub in members.values():
                     if seq and sub.skip_chat_upto >= seq:
+                        continue
+                    if lobby_only and not _moderates(sub):
                         continue
                     sub.outlet.send_frame_nowait(frame)
             elif not meeting.holding and pending is not None:
                 for sub in members.values():
                     if seq and sub.skip_chat_upto >= seq:
+                        continue
+                    if lobby_only and not _moderates(sub):
                         continue
                     frames = pending.get(sub)
                     if frames is None:
@@ -399,6 +416,8 @@ class _Shard:
             else:
                 for sub in members.values():
                     if seq and sub.skip_chat_upto >= seq:
+                        continue
+                    if lobby_only and not _moderates(sub):
                         continue
                     if sub.held is None:
                         self._send(sub, frame)
@@ -418,9 +437,10 @@ class _Shard:
                 self._close_meeting(event.meeting_id, meeting, Close.MEETING_ENDED,
                                     "meeting ended")
             case ControlsChanged():
+                self._tell_members_own(meeting, event)
                 if self.on_controls is not None:
                     self.on_controls(event)
-            case ChatPosted() | MemberUpdated() | Notice():
+            case ChatPosted() | MemberUpdated() | Notice() | LobbyChanged():
                 pass
             case _:
                 assert_never(event)
@@ -430,9 +450,22 @@ class _Shard:
         if sub is None or not sub._awaiting_join:
             return
         sub._awaiting_join = False
-        frame = self._encoders[sub.protocol].own_join_frame(meeting.controls, sub.user_uid)
+        frame = self._encoders[sub.protocol].own_join_frame(
+            meeting.controls.for_member(sub.member_id), sub.user_uid)
         if frame is not None:
             self._send(sub, frame)
+
+    def _tell_members_own(self, meeting: _Meeting, event: ControlsChanged) -> None:
+        """Members whose own flags changed get the frame their protocol has for the flags as
+        they apply to them (the seed's room state; v1 said it all in the event)."""
+        for member_id in event.member_changed:
+            sub = meeting.find(member_id)
+            if sub is None:
+                continue
+            frame = self._encoders[sub.protocol].own_join_frame(
+                event.controls.for_member(member_id), sub.user_uid)
+            if frame is not None:
+                self._send(sub, frame)
 
     def _after_leave(self, meeting: _Meeting, event: MemberLeft) -> None:
         if event.close is None:
@@ -460,6 +493,10 @@ class _Shard:
             for members in meeting.by_protocol.values():
                 for sub in members.values():
                     self._close(sub, code, reason)
+
+
+def _moderates(sub: Subscriber) -> bool:
+    return sub.record is not None and sub.record.role in ("host", "cohost")
 
 
 class Hub:

@@ -17,6 +17,7 @@ from .cluster.tasks import ClusterTasks
 from .config import Config
 from .hub import Hub
 from .instance_metrics import InstanceMetrics
+from .lifecycle import Lifecycle
 from .service import MeetingService
 from .stores.base import ChatLog, MeetingStore, MemberStore
 from .stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
@@ -51,7 +52,8 @@ async def open_stores(
             from .stores.etcd import EtcdMeetingStore
 
             etcd_meetings = EtcdMeetingStore(list(config.etcd), prefix=config.etcd_prefix,
-                                             audit_limit=config.audit_limit)
+                                             audit_limit=config.audit_limit,
+                                             retention=config.retention)
             closers.append(etcd_meetings)
             meetings = etcd_meetings
         if config.redis:
@@ -157,6 +159,7 @@ async def serve_rmeeting(
         await nursery.start(stores.meetings.serve_events, service.on_meeting_event)
         on_bus_event = await cluster.start(nursery, service)
         await nursery.start(stores.chat.serve, on_bus_event)
+        await nursery.start(Lifecycle(service).serve)  # empty_timeout, max_duration, retention
         await nursery.start(bridge.serve)
         host, port = config.host_port
         bound_host, bound_port = await nursery.start(front.serve, host, port)

@@ -14,6 +14,11 @@ from rmeeting.server import RunningServer, serve_rmeeting
 from . import _tiers
 from .clients import Api
 
+# the session's servers, registered once here: a fixture imported into several modules would be
+# a fixture of each, and each would start its own "session" server (a Redis Cluster is 6 nodes)
+from .etcd_server import etcd_server  # noqa: F401
+from .redis_server import redis_cluster, redis_server  # noqa: F401
+
 # --- the tiers (tests/_tiers.py): servers only in marked tests ----------------------------------
 
 def pytest_configure(config: pytest.Config) -> None:

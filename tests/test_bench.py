@@ -308,3 +308,19 @@ def test_png_without_matplotlib_says_how_to_get_it(
     monkeypatch.setattr("importlib.import_module", missing)
     with pytest.raises(plot.PlotUnavailable, match=r"pip install 'rmeeting\[bench\]'"):
         plot.write_png({"scenario": "fanout", "joined": 1}, str(tmp_path / "x.png"))
+
+
+async def test_flip_camera_with_every_device_on_counts_frames(server: RunningServer) -> None:
+    """``--flag camera --devices-on``: the switch off finds every camera on, and each member
+    receives one frame for it (the host two: its ack); a flip costs every member ~1 frame."""
+    for via in ("member", "api"):
+        flip = await _run(server, scenario="flip", protocol="v1", members=6, flips=3, gap=0.0,
+                          via=via, flag="camera", devices_on=True)
+        assert flip["flag"] == "camera" and flip["devices_on"] is True
+        assert flip["flips"] == 3 and flip["flips_incomplete"] == 0
+        assert len(flip["frames_per_member"]) == 3
+        assert all(1 <= f <= 2 for f in flip["frames_per_member"]), flip["frames_per_member"]
+        assert max(flip["frames_per_member_max"]) <= 2
+        assert flip["first_flip_last_told_ms"] is not None
+    assert bench_main(["flip", "--spawn", "--devices-on"]) == 2  # v1 only
+    assert bench_main(["fanout", "--spawn", "--flag", "camera"]) == 2  # flips only

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from rmeeting.cluster.redis_cluster import RedisClusterServer
-from rmeeting.stores._redis_link import split_urls
+from rmeeting.stores.redis_link import split_urls
 
 from .test_compose import (
     COMPOSE,

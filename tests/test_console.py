@@ -237,6 +237,8 @@ def test_console_two_members_and_a_host(
     try:
         # the host starts a meeting from the start page (directly on the server)
         host = pages.open("host")
+        ws_urls: list[str] = []
+        host.on("websocket", lambda ws: ws_urls.append(ws.url))
         host.goto(embedded.url + "/")
         host.fill("#create-name", "Design review")
         host.fill("#create-you", "Hana")
@@ -379,7 +381,7 @@ def test_console_two_members_and_a_host(
         csv_text = Path(download.value.path()).read_text()
         rows = list(csv.reader(io.StringIO(csv_text)))  # every cell is quoted
         assert rows[0] == ["name", "member_id", "role", "joined_at", "left_at", "duration_s",
-                           "reason"]
+                           "reason", "sub"]
         assert sum(row[0] == "Ann" for row in rows) == 3  # joined, and back twice
         assert any(row[0] == "Hana" and row[2] == "host" for row in rows)
 
@@ -391,9 +393,20 @@ def test_console_two_members_and_a_host(
         host.click("#end-meeting")
         for page in (host, ann):
             expect(page.locator("#over-title")).to_have_text("The meeting has ended")
+        # the ended meeting's attendance, for its host only, now and on a later visit
+        expect(host.locator("#over-sessions tr")).to_have_count(len(rows) - 1)
+        expect(host.locator("#over-sessions tr").first).to_contain_text("Hana")
+        expect(ann.locator("#over-attendance")).to_be_hidden()
+        host.goto(f"{embedded.url}/m/{meeting_id}#host_key={host_key}")
+        host.reload()
+        expect(host.locator("#over-title")).to_have_text("The meeting has ended")
+        expect(host.locator("#over-text")).to_contain_text("Reason: ended by the host.")
+        expect(host.locator("#over-sessions tr")).to_have_count(len(rows) - 1)
         assert pages.errors == []
-        # the host key rode in the URL's fragment and the WebSocket's query: never in the log
+        # the host key rode in the URL's fragment and the WebSocket's first frame: never in a
+        # URL the server (or a proxy) sees, nor in the log
         assert host_key not in (tmp_path / "server.log").read_text()
+        assert ws_urls and all(host_key not in url and "token" not in url for url in ws_urls)
     finally:
         proxy.stop()
     elapsed = time.monotonic() - started
@@ -466,3 +479,46 @@ def test_console_shows_an_operator_change_on_two_instances(
         assert pages.errors == []
     print(f"\noperator change (etcdctl) shown on 2 instances' pages after "
           f"{shown_after * 1000:.0f} ms")
+
+
+@pytest.mark.cluster
+@pytest.mark.etcd
+@pytest.mark.redis
+def test_console_waiting_room_across_two_instances(pages: Pages, tmp_path: Path) -> None:
+    """join_policy lobby: the knockers (on one instance) wait in a waiting-room view; the host
+    (on another) admits one and refuses one from the waiting-room list."""
+    expect = _expect()
+    with LocalCluster(size=2, directory=tmp_path / "cluster") as cluster:
+        first, second = cluster.instances
+        made = httpx.post(f"{first.url}/v1/meetings", json={
+            "name": "Clinic", "join_policy": "lobby"}, timeout=5).json()
+        host = pages.open("host")
+        host.goto(f"{first.url}/m/{made['id']}#host_key={made['host_key']}")
+        host.fill("#lobby-you", "Dr Hana")
+        host.click("#lobby-join")
+        expect(host.locator("#room")).to_be_visible()
+        expect(host.locator("#lobby-card")).to_be_visible()  # empty, the meeting has a lobby
+        expect(host.locator("#lobby-list li")).to_have_count(0)
+
+        knockers = {}
+        for name in ("Ann", "Bo"):
+            page = knockers[name] = pages.open(name)
+            page.goto(f"{second.url}/m/{made['id']}")
+            page.fill("#lobby-you", name)
+            page.click("#lobby-join")
+            expect(page.locator("#waiting")).to_be_visible()
+            expect(page.locator("#waiting-text")).to_contain_text(f"You are “{name}”")
+        expect(host.locator("#lobby-list li")).to_have_count(2)
+        expect(host.locator("#lobby-count")).to_have_text("(2)")
+        screenshot(host, tmp_path, "console-waiting-room.png")
+
+        host.get_by_role("button", name="Admit Ann").click()
+        expect(knockers["Ann"].locator("#room")).to_be_visible()
+        expect(knockers["Ann"].locator("#conn")).to_have_text("Connected")
+        expect(knockers["Ann"].locator("#lobby-card")).to_be_hidden()  # not a member's business
+        host.get_by_role("button", name="Refuse Bo").click()
+        expect(knockers["Bo"].locator("#over-title")).to_have_text("Not let in")
+        expect(host.locator("#lobby-list li")).to_have_count(0)
+        for page in (host, knockers["Ann"]):
+            expect(page.locator("#roster li")).to_have_count(2)
+        assert pages.errors == []

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from rmeeting.closes import Close, LeaveReason
-from rmeeting.events import BusEvent, ChatPosted, MemberJoined, MemberLeft, MemberUpdated
+from rmeeting.events import (
+    BusEvent,
+    ChatPosted,
+    LobbyChanged,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+)
 from rmeeting.stores._event_json import decode, encode
 
 EVENTS: list[BusEvent] = [
@@ -16,6 +23,9 @@ EVENTS: list[BusEvent] = [
     MemberLeft("m", "u", "Bea", "member", 1.25, LeaveReason.SLOW_CONSUMER, None, 2.5),
     MemberLeft("m", "u", "Bea", "member", 1.25, LeaveReason.REPLACED,
                (Close.REPLACED, "replaced by a newer connection"), 2.5),
+    MemberJoined("m", "u", "Co", "cohost", False, False, 1.25, 2.5),  # a join token's role
+    LobbyChanged("m", "k", "Ann", "waiting", 2.5),
+    LobbyChanged("m", "k", "Ann", "refused", 2.5),
 ]
 
 
@@ -37,6 +47,8 @@ def test_the_format_is_the_one_rmeeting_always_wrote() -> None:
 
 @pytest.mark.parametrize(("kind", "data", "seq"), [
     ("typing", {}, 0),
+    ("lobby", {"id": "k", "name": "n", "state": "maybe"}, 0),
+    ("lobby", {"id": "k", "name": "n", "state": "waiting"}, 2),
     ("chat", {"id": "u", "name": "n", "role": "member", "text": "x"}, 0),
     ("chat", {"id": "u", "name": "n", "role": "owner", "text": "x"}, 1),
     ("chat", {"id": "u", "name": ["n"], "role": "member", "text": "x"}, 1),

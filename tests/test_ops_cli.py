@@ -109,7 +109,8 @@ async def test_attendance_export(server: RunningServer, tmp_path: Path) -> None:
                        "--host-key", key)
     assert as_csv.returncode == 0 and out(as_csv) == ""
     lines = target.read_text().splitlines()
-    assert lines[0] == '"name","member_id","role","joined_at","left_at","duration_s","reason"'
+    assert lines[0] == ('"name","member_id","role","joined_at","left_at","duration_s","reason",'
+                        '"sub"')
     assert lines[1].startswith('"\'=ann",')  # a spreadsheet shows it, never runs it
     denied = await cli(server, "attendance", mid, "--host-key", "nope")
     assert denied.returncode == 1 and "not_host" in err(denied)

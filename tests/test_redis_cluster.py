@@ -21,7 +21,7 @@ from rmeeting.events import ChatPosted
 from rmeeting.stores.base import BusEvent, MemberRecord, StoreUnavailable
 from rmeeting.stores.redis import RedisChatLog, RedisMemberStore
 
-from .redis_server import RedisClusterServer, RedisServer, redis_cluster, redis_server  # noqa: F401
+from .redis_server import RedisClusterServer, RedisServer
 
 pytestmark = pytest.mark.redis
 

@@ -21,7 +21,7 @@ from rmeeting.events import BusEvent, ChatPosted, MemberJoined, MemberLeft
 from rmeeting.stores.base import MemberRecord, StoreUnavailable
 from rmeeting.stores.redis import RedisChatLog, RedisMemberStore
 
-from .redis_server import RedisServer, redis_server  # noqa: F401  (the session fixture)
+from .redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -397,3 +397,33 @@ async def test_subscribed_before_serve_and_handler_errors_end_serve(url: str) ->
             assert not chat.relay_up
     finally:
         chat.close()
+
+
+async def test_an_ended_meeting_expires_from_redis_by_itself(url: str) -> None:
+    """Issue #10 item 10: an ended meeting's ledger and bans do not stay forever. ``retire``
+    gives every key of the meeting a TTL, so Redis purges them even if no instance runs then."""
+    import redis as redis_client
+
+    members, chat = RedisMemberStore(url), RedisChatLog(url, history_limit=10)
+    raw = redis_client.Redis.from_url(url)
+    meeting = uuid.uuid4().hex
+    try:
+        record = MemberRecord(meeting, "m1", "ann", "member", "i1", time.time(), "cd" * 32)
+        await members.join(record, max_members=10)
+        await members.ban(meeting, "m2")
+        await chat.publish(ChatPosted(meeting, "m1", "ann", "member", "hi"))
+        await members.clear_meeting(meeting, reason="meeting ended")
+        keys = {k.decode() if isinstance(k, bytes) else k for k in raw.keys(f"*{meeting}*")}
+        assert {k.rsplit(":", 1)[1] for k in keys} >= {"ledger", "banned", "seq", "chat"}
+        await members.retire(meeting, keep=0.5)
+        assert all(0 < raw.pttl(k) <= 500 for k in keys)
+        assert len(await members.attendance(meeting)) == 1  # readable while retained
+        with trio.fail_after(5):
+            while raw.keys(f"*{meeting}*"):
+                await trio.sleep(0.1)
+        assert await members.attendance(meeting) == []
+        assert await members.is_banned(meeting, "m2") is False
+    finally:
+        members.close()
+        chat.close()
+        raw.close()

@@ -25,12 +25,7 @@ from rmeeting.stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemb
 from rmeeting.stores.redis import RedisChatLog
 
 from .conftest import make_config
-from .redis_server import (  # noqa: F401  (the session fixtures)
-    RedisClusterServer,
-    RedisServer,
-    redis_cluster,
-    redis_server,
-)
+from .redis_server import RedisClusterServer, RedisServer
 
 
 class MakeChat:

@@ -154,7 +154,13 @@ async def test_export_is_for_the_manager_only(server: RunningServer, api: Api) -
             await recv_until(host, lambda m: m.get("notice") == LEFT)
             ok = await api.request("GET", "/Export", params={"userUid": host_uid,
                                                              "meetingUid": mid})
-            assert ok.status_code == 200 and ok.json() == {"attendee": ["host", "ann"]}
+            # the current attendees (the seed's README): ann has left
+            assert ok.status_code == 200 and ok.json() == {"attendee": ["host"]}
+            async with open_seed(server.url, mid, "bea", "bea-uid-4d8e1b6c0a") as bea:
+                await recv_until(bea, lambda m: "user_uid" in m)
+                now = await api.request("GET", "/Export", params={"userUid": host_uid,
+                                                                  "meetingUid": mid})
+                assert now.json() == {"attendee": ["host", "bea"]}
             denied = await api.request("GET", "/Export", params={"userUid": "ann-uid-4d8e1b6c0a",
                                                                  "meetingUid": mid})
             assert denied.status_code == 403

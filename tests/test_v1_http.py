@@ -69,9 +69,11 @@ async def test_create_get_and_end(server: RunningServer, api: Api) -> None:
     assert wrong.status_code == 403 and wrong.json()["code"] == "not_host"
     ended = await api.request("DELETE", f"/v1/meetings/{mid}", headers=bearer(created["host_key"]))
     assert ended.status_code == 200 and ended.json() == {"id": mid, "ended": True}
-    assert (await api.request("GET", f"/v1/meetings/{mid}")).status_code == 404
+    # a tombstone now (docs/integration.md, Lifecycle): it says it ended; it cannot end twice
+    tomb = (await api.request("GET", f"/v1/meetings/{mid}")).json()
+    assert tomb["ended"] is True and tomb["ended_reason"] == "ended by the host"
     again = await api.request("DELETE", f"/v1/meetings/{mid}", headers=bearer(created["host_key"]))
-    assert again.status_code == 404 and again.json()["code"] == "meeting_not_found"
+    assert again.status_code == 410 and again.json()["code"] == "meeting_ended"
 
 
 async def test_controls_compare_and_set(server: RunningServer, api: Api) -> None:
@@ -198,7 +200,7 @@ async def test_members_kick_and_attendance(server: RunningServer, api: Api) -> N
         assert as_csv.headers["content-type"].startswith("text/csv")
         rows = list(csv.reader(io.StringIO(as_csv.text)))
         assert rows[0] == ["name", "member_id", "role", "joined_at", "left_at", "duration_s",
-                           "reason"]
+                           "reason", "sub"]
         assert [r[0] for r in rows[1:]] == ["ann", "ann", "'=bob"]  # no formula for a sheet
         assert rows[3][6] == "kicked" and rows[1][3].endswith("Z")
     assert (await api.request("GET", f"/v1/meetings/{mid}/attendance.csv")).status_code == 401

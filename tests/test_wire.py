@@ -141,8 +141,10 @@ def test_v1_chat_frame() -> None:
 def test_v1_member_frames() -> None:
     member = {"id": "u1", "name": "ann", "role": "member", "camera": False, "mic": True,
               "joined_at": 10.0}
-    assert _decoded(v1.encode_event(joined_event())) == \
-        {"type": "member_joined", "member": member, "ts": 12.5}
+    # a new presence: no hand up, no ask to unmute (the roster's fields, #14)
+    assert _decoded(v1.encode_event(joined_event())) == {
+        "type": "member_joined", "member": {**member, "hand": None, "ask_unmute": False},
+        "ts": 12.5}
     left = _decoded(v1.encode_event(left_event(reason=LeaveReason.KICKED,
                                                close=(Close.KICKED, "removed by the host"))))
     assert left == {"type": "member_left", "ts": 12.5, "reason": "kicked",

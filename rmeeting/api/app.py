@@ -29,6 +29,8 @@ DENIED_STATUS = {
     "member_not_found": 404,
     "unauthorized": 401,
     "not_host": 403,
+    "not_allowed": 403,
+    "no_request": 409,
     "not_admin": 403,
     "admin_disabled": 403,
     "kicked": 403,
@@ -37,6 +39,9 @@ DENIED_STATUS = {
     "too_many_meetings": 429,
     "rate_limited": 429,
     "draining": 503,
+    # deployments (#12)
+    "not_api_key": 403,
+    "meeting_ended": 410,
 }
 
 

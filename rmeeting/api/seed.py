@@ -37,6 +37,15 @@ DENIED_CLOSE_CODES = {
     "meeting_full": Close.FULL,
     "too_many_meetings": Close.FULL,
     "draining": Close.RESTART,
+    # deployments (#12): a join token wrong in any way, or none where the meeting needs one
+    "meeting_ended": Close.ENDED,
+    "token_required": Close.BAD_TOKEN,
+    "lobby": Close.REFUSED,
+    "refused": Close.REFUSED,
+    "tokens_disabled": Close.BAD_TOKEN,
+    **{f"token_{kind}": Close.BAD_TOKEN for kind in (
+        "malformed", "algorithm", "signature", "expired", "not_yet_valid", "missing_claim",
+        "bad_claim", "wrong_meeting")},
 }
 
 
@@ -45,7 +54,14 @@ def seed_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.post("/CreateMeeting")
     async def create_meeting() -> Any:
-        body = await json_body()
+        body = await json_body()  # read first: a refusal leaves none unread
+        if service.config.create_policy == "api_key":
+            key = auth.bearer(request.headers.get("Authorization"))
+            if key is None:
+                raise Denied("unauthorized", "creating a meeting needs Authorization: Bearer "
+                             "<api_key>")
+            if not service.is_api_key(key):
+                raise Denied("not_api_key", "that is not an API key of this server")
         name = field(body, "meeting_name", str, "")
         field(body, "username", str, "")
         is_mute = field(body, "is_mute", bool, False)
@@ -108,10 +124,9 @@ def seed_blueprint(service: MeetingService) -> Blueprint:
         if not await service.is_host(meeting_id, request.args.get("userUid")):
             guesses.failed(who)
             return json_response({"msg": "当前只能管理员能导出参会者"}, 403)
-        seen: dict[str, str] = {}
-        for entry in await service.attendance(meeting_id):
-            seen[entry.member_id] = entry.name  # the latest name of each member, first-join order
-        return json_response({"attendee": list(seen.values())})
+        # the people in the meeting now (the seed's README: the manager exports the current
+        # attendees), in join order; the full ledger with times is the v1 attendance
+        return json_response({"attendee": [r.name for r in await service.roster(meeting_id)]})
 
     return bp
 
@@ -208,6 +223,10 @@ async def _control(service: MeetingService, joined: Joined, meeting_id: str, res
     # from what the session knows (no store read): it joined as the manager, with this userUid
     if joined.record.role != "host" or not auth.secret_matches(user_uid, joined.record.key_hash):
         raise Denied("not_host", "only the meeting's manager may change its controls")
+    # ... and still is: no hand-over since (this instance's copy of the controls: no store read)
+    controls = await service.current_controls(meeting_id)
+    if controls.host is not None:
+        raise Denied("not_host", "the host role was handed to another member")
     value = body[field_name]
     await service.set_controls(
         meeting_id, {flag: (not value) if inverted else value}, actor=joined.record.member_id

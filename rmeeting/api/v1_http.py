@@ -19,14 +19,18 @@ from quart import Blueprint, Response, request
 from .. import auth
 from ..config import Config
 from ..controls import Controls
-from ..service import Denied, MeetingService
-from ..stores.base import AttendanceRecord, MemberRecord
+from ..moderation import MODERATOR_ROLES
+from ..moderator import Actor
+from ..service import TICKET_TTL, Denied, MeetingService
+from ..stores.base import AttendanceRecord, MeetingMeta, MemberRecord, Tombstone
+from ..wire import v1
 from ._http import BadRequest, field, json_body, json_response, only
 from .openapi import openapi_document
 
 __all__ = ["ATTENDANCE_COLUMNS", "iso", "v1_blueprint"]
 
-ATTENDANCE_COLUMNS = ("name", "member_id", "role", "joined_at", "left_at", "duration_s", "reason")
+ATTENDANCE_COLUMNS = ("name", "member_id", "role", "joined_at", "left_at", "duration_s", "reason",
+                      "sub")
 #: a spreadsheet runs a cell starting with one of these as a formula (CSV injection)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -47,8 +51,13 @@ def _with_etag(response: Response, controls: Controls) -> Response:
     return response
 
 
-def _member(record: MemberRecord) -> dict[str, Any]:
-    return {**record.public(), "joined_at": iso(record.joined_at)}
+def _member(record: MemberRecord, controls: Controls) -> dict[str, Any]:
+    out = v1.member(record, controls)
+    out["controls"] = v1.member_controls(controls).get(record.member_id, {})
+    out["joined_at"] = iso(record.joined_at)
+    if record.hand is not None:
+        out["hand"] = iso(record.hand)
+    return out
 
 
 def _session(entry: AttendanceRecord, now: float) -> dict[str, Any]:
@@ -62,6 +71,8 @@ def _session(entry: AttendanceRecord, now: float) -> dict[str, Any]:
         "left_at": iso(entry.left_at),
         "duration_s": round(max(0.0, end - entry.joined_at), 3),
         "reason": entry.reason,
+        #: the application's user id, from the member's join token ("" without one)
+        "sub": entry.sub,
     }
 
 
@@ -124,14 +135,34 @@ def _expected_revision(body: dict[str, Any]) -> int | None:
 def v1_blueprint(service: MeetingService) -> Blueprint:
     bp = Blueprint("v1", __name__, url_prefix="/v1")
 
-    async def require_host(meeting_id: str) -> None:
-        await service.require_meeting(meeting_id)
+    def credential(what: str = "host routes need Authorization: Bearer <host_key>") -> str:
         key = auth.bearer(request.headers.get("Authorization"))
         if key is None:
-            raise Denied("unauthorized", "host routes need Authorization: Bearer <host_key>")
-        await service.require_host(meeting_id, key)
+            raise Denied("unauthorized", what)
+        return key
+
+    async def require_host(meeting_id: str, *, host_only: bool = False) -> Actor:
+        """The bearer: one of the server's API keys, the host key (until a hand-over), or a
+        host's or co-host's member token; ``host_only``: not a co-host."""
+        await service.require_meeting(meeting_id)
+        key = credential()
+        if service.is_api_key(key):
+            return Actor("host")
+        actor = await service.moderator.bearer_actor(meeting_id, key)
+        if host_only and actor.role != "host":
+            raise Denied("not_host", "only the meeting's host may do this")
+        if actor.role not in MODERATOR_ROLES:
+            raise Denied("not_host", "only the meeting's host or a co-host may do this")
+        return actor
+
+    async def require_reader(meeting_id: str) -> MeetingMeta | Tombstone:
+        """Like require_host, and the meeting may have ended (a tombstone)."""
+        await service.live_or_ended(meeting_id)  # 404 before 401, as for live meetings
+        return await service.require_reader(meeting_id, credential())
 
     def require_admin() -> None:
+        if service.is_api_key(auth.bearer(request.headers.get("Authorization"))):
+            return
         token = service.config.admin_token
         if not token:
             raise Denied("admin_disabled", "this route needs the server's admin_token setting, "
@@ -157,18 +188,23 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.post("/meetings")
     async def create_meeting() -> Any:
-        body = await json_body(required=True)
-        only(body, "name", "controls")
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
+        if service.config.create_policy == "api_key" and not service.is_api_key(
+                credential("creating a meeting needs Authorization: Bearer <api_key>")):
+            raise Denied("not_api_key", "that is not an API key of this server")
+        only(body, "name", "controls", "join_policy")
         name = field(body, "name", str, "").strip()
         if not name:
             raise BadRequest("name is required (a non-empty string)")
-        created = await service.create_meeting(name, field(body, "controls", dict))
+        created = await service.create_meeting(name, field(body, "controls", dict),
+                                               join_policy=field(body, "join_policy", str, "open"))
         meta = created.meta
         response = json_response({
             "id": meta.meeting_id,
             "name": meta.name,
             "created_at": iso(meta.created_at),
             **_controls(created.controls),
+            "join_policy": meta.extra.get("join_policy", "open"),
             "host_key": created.host_key,
             "join_url": join_url(meta.meeting_id),
         }, 201)
@@ -189,21 +225,44 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.get("/meetings/<meeting_id>")
     async def get_meeting(meeting_id: str) -> Any:
-        meta = await service.require_meeting(meeting_id)
+        found = await service.live_or_ended(meeting_id)
+        if isinstance(found, Tombstone):  # ended: when and why, until the retention passes
+            return json_response({
+                "id": found.meta.meeting_id,
+                "name": found.meta.name,
+                "created_at": iso(found.meta.created_at),
+                "ended": True,
+                "ended_at": iso(found.ended_at),
+                "ended_reason": found.reason,
+                "purge_at": iso(found.purge_at),
+            })
         controls = await service.controls(meeting_id)
         roster = await service.roster(meeting_id)
         return json_response({
-            "id": meta.meeting_id,
-            "name": meta.name,
-            "created_at": iso(meta.created_at),
+            "id": found.meeting_id,
+            "name": found.name,
+            "created_at": iso(found.created_at),
             **_controls(controls),
+            "join_policy": found.extra.get("join_policy", "open"),
+            "ended": False,
             "members": len(roster),
             "join_url": join_url(meeting_id),
         })
 
+    @bp.patch("/meetings/<meeting_id>")
+    async def update_meeting(meeting_id: str) -> Any:
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
+        await require_host(meeting_id)
+        only(body, "join_policy")
+        policy = field(body, "join_policy", str)
+        if policy is None:
+            raise BadRequest("join_policy is required: open, token or lobby")
+        meta = await service.set_join_policy(meeting_id, policy)
+        return json_response({"id": meeting_id, "join_policy": meta.extra["join_policy"]})
+
     @bp.delete("/meetings/<meeting_id>")
     async def end_meeting(meeting_id: str) -> Any:
-        await require_host(meeting_id)
+        await require_host(meeting_id, host_only=True)
         await service.end_meeting(meeting_id)
         return json_response({"id": meeting_id, "ended": True})
 
@@ -214,22 +273,62 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.patch("/meetings/<meeting_id>/controls")
     async def set_controls(meeting_id: str) -> Any:
-        await require_host(meeting_id)
-        body = await json_body(required=True)
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
+        actor = await require_host(meeting_id)
         only(body, "controls", "expected_revision", "duration")
         changes = field(body, "controls", dict)
         if changes is None:
             raise BadRequest("controls is required: an object of flag -> true/false")
         controls = await service.set_controls(
-            meeting_id, changes, actor="host", expected_revision=_expected_revision(body),
+            meeting_id, changes, actor=actor.label, expected_revision=_expected_revision(body),
             ttl=field(body, "duration", float),
         )
         return _with_etag(json_response(_controls(controls)), controls)
 
+    @bp.post("/meetings/<meeting_id>/tickets")
+    async def ticket(meeting_id: str) -> Any:
+        """A single-use WebSocket ticket for the host key or a reconnect token (Authorization),
+        so that the WebSocket URL carries no lasting secret."""
+        body = await json_body()  # read first: a refusal leaves none unread
+        await service.require_meeting(meeting_id)
+        key = credential("a ticket needs Authorization: Bearer <host_key or reconnect token>")
+        only(body, "token")
+        issued = await service.issue_ticket(meeting_id, key, field(body, "token", str))
+        return json_response({"ticket": issued, "expires_in": TICKET_TTL}, 201)
+
+    @bp.get("/meetings/<meeting_id>/lobby")
+    async def lobby(meeting_id: str) -> Any:
+        """Who waits to be let in (join_policy lobby), oldest first."""
+        await require_host(meeting_id)
+        return json_response({"waiting": [
+            {"id": k.member_id, "name": k.name, "since": iso(k.since)}
+            for k in await service.lobby(meeting_id)]})
+
+    @bp.post("/meetings/<meeting_id>/lobby")
+    async def decide(meeting_id: str) -> Any:
+        """Admit or refuse knocks: the backend's answer to a ``member.waiting`` webhook."""
+        body = await json_body(required=True)  # read first: a refusal leaves none unread
+        await require_host(meeting_id)
+        only(body, "decision", "member_ids", "all")
+        decision = field(body, "decision", str)
+        if decision not in ("admit", "refuse"):
+            raise BadRequest("decision must be admit or refuse")
+        member_ids = field(body, "member_ids", list)
+        everyone = field(body, "all", bool, False)
+        if everyone == (member_ids is not None):
+            raise BadRequest("give member_ids (a list) or all: true")
+        if member_ids is not None and not all(isinstance(m, str) for m in member_ids):
+            raise BadRequest("member_ids must be strings")
+        decided = await service.decide(meeting_id, None if everyone else member_ids,
+                                       admit=decision == "admit")
+        return json_response({"decision": decision,
+                              "member_ids": [k.member_id for k in decided]})
+
     @bp.get("/meetings/<meeting_id>/members")
     async def members(meeting_id: str) -> Any:
+        controls = await service.controls(meeting_id)
         roster = await service.roster(meeting_id)
-        return json_response({"members": [_member(r) for r in roster]})
+        return json_response({"members": [_member(r, controls) for r in roster]})
 
     @bp.delete("/meetings/<meeting_id>/members/<member_id>")
     async def kick(meeting_id: str, member_id: str) -> Any:
@@ -238,7 +337,7 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
         return json_response({"id": member_id, "kicked": True, "was_present": record is not None})
 
     async def sessions(meeting_id: str) -> list[dict[str, Any]]:
-        await require_host(meeting_id)
+        await require_reader(meeting_id)
         now = time.time()
         return [_session(e, now) for e in await service.attendance(meeting_id)]
 
@@ -267,11 +366,13 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
 
     @bp.get("/meetings/<meeting_id>/audit")
     async def audit(meeting_id: str) -> Any:
-        await require_host(meeting_id)
+        found = await require_reader(meeting_id)
+        entries = (found.audit if isinstance(found, Tombstone)
+                   else await service.audit(meeting_id))
         return json_response({"meeting_id": meeting_id, "entries": [
             {"by": e.actor, "flag": e.flag, "old": e.old, "new": e.new,
-             "revision": e.revision, "at": iso(e.at)}
-            for e in await service.audit(meeting_id)
+             "revision": e.revision, "at": iso(e.at), "member": e.member}
+            for e in entries
         ]})
 
     @bp.get("/meetings/<meeting_id>/ws")
@@ -283,4 +384,7 @@ def v1_blueprint(service: MeetingService) -> Blueprint:
         response.headers["Connection"] = "Upgrade"
         return response
 
+    from .v1_moderation import moderation_routes  # it uses iso() from here
+
+    moderation_routes(bp, service, require_host)
     return bp

@@ -82,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="flip: the host's control frame on its connection (default), "
                       "PATCH /v1/meetings/{id}/controls with the host key, or a put of "
                       "<prefix>/meetings/<id>/controls/mic straight into etcd")
+    load.add_argument("--flag", choices=("mic", "camera"), default="mic",
+                      help="flip: the room flag switched off and on (default mic)")
+    load.add_argument("--devices-on", action="store_true",
+                      help="flip (v1): every member turns its camera and mic on before the "
+                      "flips, so a switch off has devices to turn off; frames per member are "
+                      "counted per flip")
     load.add_argument("--hold", type=float, default=0.0,
                       help="idle: seconds to stay connected after joining (default 0)")
     load.add_argument("--procs", type=int, default=1,
@@ -121,6 +127,10 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "--nginx goes with --cluster"
     if args.via != "member" and args.scenario != "flip":
         return "--via is for the flip scenario"
+    if (args.devices_on or args.flag != "mic") and args.scenario != "flip":
+        return "--flag and --devices-on are for the flip scenario"
+    if args.devices_on and args.protocol != "v1":
+        return "--devices-on needs --protocol v1 (the seed's members declare no devices)"
     if args.via == "etcd" and not (args.etcd or args.cluster):
         return "flip --via etcd needs --etcd URL (or --cluster K, which has one)"
     if args.protocol == "socketio" and (args.scenario == "flip" or args.cluster is not None):
@@ -184,7 +194,8 @@ def _options(args: argparse.Namespace) -> Options:
         messages=args.messages, rate=args.rate, size=args.size, room_size=room,
         concurrency=args.concurrency, flips=args.flips, gap=args.gap, procs=args.procs,
         duration=args.duration, drain=args.drain, hold=args.hold, via=args.via,
-        etcd=args.etcd or "", etcd_prefix=args.etcd_prefix,
+        etcd=args.etcd or "", etcd_prefix=args.etcd_prefix, flag=args.flag,
+        devices_on=args.devices_on,
     )
 
 

@@ -193,7 +193,7 @@ class Member:
 
     __slots__ = ("index", "sock", "fd", "mask", "_key", "pending", "out", "seqs", "lat",
                  "t_start", "t_joined", "joined", "controls", "errors", "error_text",
-                 "close_code", "closed", "leaving")
+                 "close_code", "closed", "leaving", "frames")
 
     def __init__(self, index: int, sock: socket.socket) -> None:
         self.index = index
@@ -215,6 +215,8 @@ class Member:
         self.close_code: int | None = None
         self.closed = False
         self.leaving = False
+        #: text frames received (every kind): what one change costs each member
+        self.frames = 0
 
     def frame(self, opcode: int, payload: bytes | bytearray) -> bytes:
         n = len(payload)
@@ -403,6 +405,7 @@ class Poller:
                 break
             opcode = buf[i] & 0x0F
             if opcode == OP_TEXT:
+                member.frames += 1
                 found = match(buf, start, end)
                 if found is not None:
                     seqs.append(int(found[1]))

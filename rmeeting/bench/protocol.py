@@ -72,9 +72,13 @@ class WireProtocol(Protocol):
 
     def chat(self, text: str) -> bytes: ...
 
-    def control(self, meeting: Meeting, value: bool) -> bytes:
-        """The frame the host sends to set the room's flag to ``value`` (a change each time
-        the value alternates)."""
+    def control(self, meeting: Meeting, value: bool, flag: str = "mic") -> bytes:
+        """The frame the host sends to switch the room's ``flag`` off (``value`` True) or on
+        (a change each time the value alternates)."""
+        ...
+
+    def devices_on(self) -> bytes:
+        """The frame a member sends to declare its camera and mic on (v1 only)."""
         ...
 
 
@@ -109,9 +113,15 @@ class Seed:
     def chat(self, text: str) -> bytes:
         return text.encode()
 
-    def control(self, meeting: Meeting, value: bool) -> bytes:
-        body = {"isMute": value, "userUid": meeting.host_key, "meetingUid": meeting.meeting_id}
-        return ("特殊消息1" + json.dumps(body, separators=(",", ":"))).encode()
+    def devices_on(self) -> bytes:
+        raise ValueError("the seed's members cannot declare devices: use --protocol v1")
+
+    def control(self, meeting: Meeting, value: bool, flag: str = "mic") -> bytes:
+        # value is "off": the seed's isMute=value, isVideo=not value
+        digit, field = ("1", "isMute") if flag == "mic" else ("2", "isVideo")
+        body: dict[str, Any] = {field: value if flag == "mic" else not value,
+                                "userUid": meeting.host_key, "meetingUid": meeting.meeting_id}
+        return (f"特殊消息{digit}" + json.dumps(body, separators=(",", ":"))).encode()
 
 
 class V1:
@@ -150,10 +160,14 @@ class V1:
     def chat(self, text: str) -> bytes:
         return json.dumps({"type": "chat", "text": text}, separators=(",", ":")).encode()
 
-    def control(self, meeting: Meeting, value: bool) -> bytes:
+    def control(self, meeting: Meeting, value: bool, flag: str = "mic") -> bytes:
         # the seed's isMute=value is mic=not value: both adapters flip the same flag the same way
-        body = {"type": "set_controls", "controls": {"mic": not value}}
+        body = {"type": "set_controls", "controls": {flag: not value}}
         return json.dumps(body, separators=(",", ":")).encode()
+
+    def devices_on(self) -> bytes:
+        """The member declares its camera and mic on (flip ``--devices-on``)."""
+        return b'{"type":"media","camera":true,"mic":true}'
 
 
 class SocketIO:
@@ -190,8 +204,11 @@ class SocketIO:
     def chat(self, text: str) -> bytes:
         return b'42["chat",' + json.dumps(text).encode() + b"]"
 
-    def control(self, meeting: Meeting, value: bool) -> bytes:
+    def control(self, meeting: Meeting, value: bool, flag: str = "mic") -> bytes:
         raise ValueError("the socketio adapter has no controls: it measures fan-out only")
+
+    def devices_on(self) -> bytes:
+        raise ValueError("the socketio adapter has no devices")
 
 
 PROTOCOLS: dict[str, WireProtocol] = {"seed": Seed(), "v1": V1(), "socketio": SocketIO()}

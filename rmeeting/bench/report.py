@@ -202,8 +202,22 @@ def _flip(opts: Options, parts: Sequence[PartResult]) -> dict[str, Any]:
     last.sort()
     first.sort()
     every.sort()
+    frames = [sum(f) for f in zip(*(p.flip_frames for p in parts), strict=False)]
+    first_arrivals = [times[0] - sent[0] for times in told if times] if sent else []
+    last_of_first = max(first_arrivals, default=0)
+    most = [max(f) for f in zip(*(p.flip_frames_max for p in parts), strict=False)]
+    members = max(1, len(told))
     return {
         "via": opts.via,
+        "flag": opts.flag,
+        "devices_on": opts.devices_on,
+        #: text frames per member for each flip (the first switches the flag off), on average,
+        #: and the most any member got
+        "frames_per_member": [round(f / members, 3) for f in frames],
+        #: the first flip's last-told latency (with --devices-on, the only one that had devices
+        #: to turn off: the others compare with it in the same run)
+        "first_flip_last_told_ms": round(last_of_first / 1e6, 3) if last_of_first else None,
+        "frames_per_member_max": most,
         "flips": len(sent),
         "flips_incomplete": incomplete,
         "told_per_flip": len(told),
@@ -255,6 +269,14 @@ def format_text(result: Mapping[str, Any]) -> str:
         lines.append(_line("flips", f"{r['flips']} to {r['told_per_flip']} members, "
                            f"{r['flips_incomplete']} incomplete; made by {via}"))
         lines.append(_line("last told ms", _ms(r["last_told_ms"])))
+        if r.get("frames_per_member"):
+            devices = " with every device on" if r.get("devices_on") else ""
+            lines.append(_line("frames/member", f"{r['flag']} off{devices}: mean "
+                               f"{r['frames_per_member'][0]} (most {r['frames_per_member_max'][0]})"
+                               f"; every flip: max mean {max(r['frames_per_member'])}, "
+                               f"most {max(r['frames_per_member_max'])}"))
+            lines.append(_line("first flip ms", f"last told {r['first_flip_last_told_ms']} "
+                               "(the others: last told ms above)"))
         lines.append(_line("each told ms", _ms(r["each_told_ms"])))
         if r.get("first_told_ms"):
             lines.append(_line("first told ms", _ms(r["first_told_ms"])))

@@ -32,8 +32,8 @@ __all__ = ["FLIP_VIA", "SCENARIOS", "FlipFailed", "Options", "PartResult", "Part
 SCENARIOS = ("fanout", "join", "idle", "flip")
 #: where a flip comes from: the host's own connection, the v1 HTTP API, or a put into etcd
 FLIP_VIA = ("member", "api", "etcd")
-#: the flag the flips toggle (the seed's isMute is ``not mic``)
-FLIP_FLAG = "mic"
+#: the flags the flips may toggle (default mic; the seed's isMute is ``not mic``)
+FLIP_FLAGS = ("mic", "camera")
 #: how long one member may take to be confirmed, and one flip to reach everyone
 JOIN_TIMEOUT = 10.0
 FLIP_TIMEOUT = 5.0
@@ -77,6 +77,10 @@ class Options:
     #: flip --via etcd: the endpoint(s), comma-separated, and the server's key prefix
     etcd: str = ""
     etcd_prefix: str = "/rmeeting"
+    #: flip: the flag toggled (FLIP_FLAGS); with ``devices_on`` (v1), every member declares its
+    #: camera and mic on before the flips: what a switch costs when devices are on
+    flag: str = "mic"
+    devices_on: bool = False
 
     @property
     def member_urls(self) -> tuple[str, ...]:
@@ -124,6 +128,9 @@ class PartResult:
     #: was in its socket)
     flip_acked_ns: list[int] = field(default_factory=list)
     flip_told_ns: list[list[int]] = field(default_factory=list)
+    #: per flip: the text frames this part's members received in all, and the most one got
+    flip_frames: list[int] = field(default_factory=list)
+    flip_frames_max: list[int] = field(default_factory=list)
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     close_codes: Counter[int] = field(default_factory=Counter)
@@ -223,15 +230,16 @@ class _Part:
             result.join_first_ns = min(m.t_start for m in ok)
             result.join_last_ns = max(m.t_joined for m in ok)
 
-    async def settle(self) -> None:
-        """Until no byte has arrived for SETTLE seconds, then wait for the other parts."""
+    async def settle(self, name: str = "settled") -> None:
+        """Until no byte has arrived for SETTLE seconds, then wait for the other parts at the
+        barrier ``name`` (one name per call)."""
         with trio.move_on_after(SETTLE_MAX):
             last, since = -1, time.monotonic()
             while time.monotonic() - since < SETTLE:
                 if self.poller.received != last:
                     last, since = self.poller.received, time.monotonic()
                 await trio.sleep(0.02)
-        await self.sync.barrier("settled")
+        await self.sync.barrier(name)
 
     async def wait_until(self, reached: Callable[[], bool], quiet_for: float) -> None:
         """Until ``reached()``, or nothing has arrived for ``quiet_for`` seconds."""
@@ -363,7 +371,8 @@ class _HostFlipper:
         if host is None or host.closed:
             return None
         sent = time.monotonic_ns()
-        await host.send(host.frame(OP_TEXT, self.part.protocol.control(self.meeting, mute)))
+        frame = self.part.protocol.control(self.meeting, mute, self.part.opts.flag)
+        await host.send(host.frame(OP_TEXT, frame))
         return sent, time.monotonic_ns()
 
     async def aclose(self) -> None:
@@ -383,7 +392,7 @@ class _ApiFlipper:
         try:
             status, answer = await http_json(
                 self.part.target, "PATCH", f"/v1/meetings/{meeting.meeting_id}/controls",
-                {"controls": {FLIP_FLAG: not mute}}, timeout=FLIP_TIMEOUT,
+                {"controls": {self.part.opts.flag: not mute}}, timeout=FLIP_TIMEOUT,
                 headers={"Authorization": f"Bearer {meeting.host_key}"})
         except OSError as exc:
             status, answer = 0, str(exc)
@@ -406,7 +415,7 @@ class _EtcdFlipper:
             raise ValueError("flip --via etcd needs the etcd endpoint (--etcd or --cluster)")
         self.part = part
         self.key = (f"{opts.etcd_prefix.rstrip('/')}/meetings/{part.meeting_of(0).meeting_id}"
-                    f"/controls/{FLIP_FLAG}")
+                    f"/controls/{opts.flag}")
         self.endpoint = opts.etcd.split(",")[0].strip()
         self.client: Any = None
         self.limiter = trio.CapacityLimiter(1)
@@ -456,6 +465,18 @@ async def _flip(part: _Part) -> None:
     await part.open_members()
     await part.sync.barrier("joined")
     await part.settle()
+    if opts.devices_on:  # every member's camera and mic on: N² member_updated, then quiet
+        part.phase = "devices on"
+        before = sum(m.frames for m in part.joined)
+        for member in part.joined:
+            member.write_nowait(member.frame(OP_TEXT, part.protocol.devices_on()))
+        # each member is told of every member's change (and acked its own): wait for them all
+        want = before + len(part.joined) * (opts.members + 1)
+        with trio.move_on_after(opts.duration / 2):
+            # the poller counts frames as they come; no event fires per frame (it would cost)
+            while sum(m.frames for m in part.joined) < want:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        await part.settle("devices on")
     part.phase, part.done = "flipping", 0
     # part 0 makes the changes; the others only count what reaches their members
     flipper = _FLIPPERS[opts.via](part) if part.spec.index == 0 else None
@@ -472,12 +493,18 @@ async def _flip(part: _Part) -> None:
 
             part.poller.on_control = counted
             counted()
+            frames_before = [m.frames for m in joined]
             made = await flipper.flip(flip % 2 == 0) if flipper is not None else None
             if made is not None:
                 result.flip_sent_ns.append(made[0])
                 result.flip_acked_ns.append(made[1])
             with trio.move_on_after(FLIP_TIMEOUT):
                 await told.wait()
+            if opts.devices_on:  # what else the change costs arrives after it: let it come
+                await part.settle(f"settled {flip}")
+            got = [m.frames - before for m, before in zip(joined, frames_before, strict=True)]
+            result.flip_frames.append(sum(got))
+            result.flip_frames_max.append(max(got, default=0))
             await part.sync.barrier(f"flip {flip}")
             part.done = flip + 1
             await trio.sleep(opts.gap)

@@ -69,7 +69,10 @@ class Instance:
             command += ["--etcd", self.etcd]
         if self.redis:
             command += ["--redis", self.redis]
-        env = {**os.environ, "RMEETING_LOG_FORMAT": "json", **self.env}
+        # behind nginx every client comes from nginx's address: a per-address connection cap
+        # would cap the whole instance, so it is nginx's to apply (docs/security.md)
+        env = {**os.environ, "RMEETING_LOG_FORMAT": "json",
+               "RMEETING_MAX_CONNECTIONS_PER_IP": "0", **self.env}
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,

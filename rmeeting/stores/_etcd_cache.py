@@ -13,7 +13,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..controls import DEFAULTS, FLAGS, Controls, InvalidControlValue, parse_flag_value
+from ..controls import (
+    DEFAULTS,
+    FLAGS,
+    MEMBER_FLAGS,
+    Controls,
+    InvalidControlValue,
+    parse_flag_value,
+)
 from .base import ControlsChanged, MeetingEnded, MeetingEvent, MeetingMeta, MeetingNotFound
 from .etcd_client import Change
 
@@ -26,6 +33,27 @@ ENDED_IN_ETCD = "deleted in etcd"
 #: (meeting id, revision, {flag: (old, new)}): a change to record in the audit trail.
 AuditTask = tuple[str, int, dict[str, tuple[bool, bool]]]
 
+#: member id -> flag -> (old, new): members' own flags that changed (None: unset)
+MemberChanges = dict[str, dict[str, tuple[bool | None, bool | None]]]
+
+
+def member_key(sub: str) -> tuple[str, str] | None:
+    """(member id, flag) of a ``members/<member_id>/<flag>`` key, else None."""
+    if not sub.startswith("members/"):
+        return None
+    member_id, slash, flag = sub[8:].partition("/")
+    return (member_id, flag) if slash and member_id and "/" not in flag else None
+
+
+def host_value(raw: bytes) -> str | None:
+    """The ``host`` key's member id, or None if it cannot be one (logged by the caller)."""
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    ok = text and "/" not in text and len(text) <= 128 and text.isprintable()
+    return text if ok else None
+
 
 class Keys:
     """``<prefix>/meetings/<meeting_id>/{meta,controls/<flag>,actor,audit/<...>}``, and the
@@ -33,6 +61,11 @@ class Keys:
 
     def __init__(self, prefix: str) -> None:
         self.root = (prefix.rstrip("/") + "/meetings/").encode()
+        #: tombstones of ended meetings: outside ``root``, so the watch never takes one for a
+        #: meeting (each is attached to a lease that runs out with the retention)
+        self.ended_root = (prefix.rstrip("/") + "/ended/").encode()
+        #: WebSocket tickets, by the hash of their secret, each on a lease of its lifetime
+        self.tickets = (prefix.rstrip("/") + "/tickets/").encode()
 
     def home(self, meeting_id: str, sub: str = "") -> bytes:
         if not meeting_id or "/" in meeting_id:
@@ -45,6 +78,14 @@ class Keys:
     def flag(self, meeting_id: str, flag: str) -> bytes:
         return self.home(meeting_id, f"controls/{flag}")
 
+    def member_flag(self, meeting_id: str, member_id: str, flag: str) -> bytes:
+        if not member_id or "/" in member_id:
+            raise ValueError(f"invalid member id {member_id!r}")
+        return self.home(meeting_id, f"members/{member_id}/{flag}")
+
+    def host(self, meeting_id: str) -> bytes:
+        return self.home(meeting_id, "host")
+
     def actor(self, meeting_id: str) -> bytes:
         return self.home(meeting_id, "actor")
 
@@ -53,6 +94,10 @@ class Keys:
 
     def end_marker(self, meeting_id: str) -> bytes:
         return self.root + meeting_id.encode()
+
+    def tombstone(self, meeting_id: str) -> bytes:
+        self.home(meeting_id)  # the same check of the id
+        return self.ended_root + meeting_id.encode()
 
     def split(self, key: bytes) -> tuple[str, str | None]:
         """(meeting id, the rest after its slash); the rest is None for the end marker."""
@@ -115,22 +160,35 @@ class Read:
     meta_mod: int = 0
     actor_mod: int = 0
     flags: dict[str, tuple[bytes, int, int]] = field(default_factory=dict)  # (value, mod, lease)
+    #: (member id, flag) -> (value, mod) of the members' own flags
+    member_flags: dict[tuple[str, str], tuple[bytes, int]] = field(default_factory=dict)
+    host: bytes | None = None
+    host_mod: int = 0
 
     def absorb(self, sub: str | None, kv: Any) -> None:
         if sub == "meta":
             self.meta, self.meta_mod = kv.value, kv.mod_revision
         elif sub == "actor":
             self.actor_mod = kv.mod_revision
+        elif sub == "host":
+            self.host, self.host_mod = kv.value, kv.mod_revision
         elif sub is not None and sub.startswith("controls/") and sub[9:] in DEFAULTS:
             self.flags[sub[9:]] = (kv.value, kv.mod_revision, kv.lease)
+        elif sub is not None and (mf := member_key(sub)) is not None and mf[1] in MEMBER_FLAGS:
+            self.member_flags[mf] = (kv.value, kv.mod_revision)
 
     @property
     def mods(self) -> dict[str, int]:
         return {flag: mod for flag, (_, mod, _) in self.flags.items()}
 
     @property
+    def member_mods(self) -> dict[tuple[str, str], int]:
+        return {key: mod for key, (_, mod) in self.member_flags.items()}
+
+    @property
     def last_change(self) -> int:
-        return max([self.meta_mod, *self.mods.values()])
+        return max([self.meta_mod, self.host_mod, *self.mods.values(),
+                    *self.member_mods.values()])
 
 
 @dataclass
@@ -144,9 +202,36 @@ class MeetingState:
     values: dict[str, bool] = field(default_factory=lambda: dict(DEFAULTS))
     mods: dict[str, int] = field(default_factory=dict)  # flag -> mod_revision of its key
     leases: dict[str, int] = field(default_factory=dict)  # flag -> lease of its key (0: none)
+    #: members' own flags (last valid values), the host after a hand-over, and the revisions
+    #: at which flags last changed value (``Controls.changed_at``)
+    members: dict[str, dict[str, bool]] = field(default_factory=dict)
+    host: str | None = None
+    changed_at: dict[str, int] = field(default_factory=dict)
+    member_changed_at: dict[str, dict[str, int]] = field(default_factory=dict)
+    member_mods: dict[tuple[str, str], int] = field(default_factory=dict)
+    host_mod: int = 0
 
     def controls(self) -> Controls:
-        return Controls(dict(self.values), self.revision)
+        return Controls(
+            dict(self.values), self.revision,
+            members={m: dict(f) for m, f in self.members.items() if f}, host=self.host,
+            changed_at=dict(self.changed_at),
+            member_changed_at={m: dict(f) for m, f in self.member_changed_at.items()},
+        )
+
+    def set_member(self, member_id: str, flag: str, value: bool | None, revision: int) -> bool:
+        """Set (or unset) a member's own flag; True if its value changed."""
+        own = self.members.setdefault(member_id, {})
+        if own.get(flag) == value:
+            return False
+        if value is None:
+            own.pop(flag, None)
+            if not own:
+                del self.members[member_id]
+        else:
+            own[flag] = value
+        self.member_changed_at.setdefault(member_id, {})[flag] = revision
+        return True
 
 
 class MeetingCache:
@@ -167,11 +252,38 @@ class MeetingCache:
             values[flag] = parse_or(raw, known.values[flag] if known else DEFAULTS[flag])
         return values
 
+    def controls_of_read(self, meeting_id: str, read: Read) -> Controls:
+        """The controls of a direct read, members' flags and host included; when flags last
+        changed value comes from the watcher (else from the keys' mod revisions)."""
+        known = self.meetings.get(meeting_id)
+        members: dict[str, dict[str, bool]] = {}
+        for (member_id, flag), (raw, _) in read.member_flags.items():
+            last = known.members.get(member_id, {}).get(flag) if known else None
+            try:
+                members.setdefault(member_id, {})[flag] = parse_flag_value(raw)
+            except InvalidControlValue:
+                if last is not None:
+                    members.setdefault(member_id, {})[flag] = last
+        host = host_value(read.host) if read.host is not None else None
+        if known is not None:
+            changed_at, member_changed_at = dict(known.changed_at), known.member_changed_at
+        else:
+            changed_at = {f: mod for f, (_, mod, _) in read.flags.items()}
+            member_changed_at = {}
+            for (member_id, flag), (_, mod) in read.member_flags.items():
+                member_changed_at.setdefault(member_id, {})[flag] = mod
+        return Controls(
+            self.values(meeting_id, read), self.revision(meeting_id, read),
+            members={m: f for m, f in members.items() if f}, host=host, changed_at=changed_at,
+            member_changed_at={m: dict(f) for m, f in member_changed_at.items()},
+        )
+
     def revision(self, meeting_id: str, read: Read) -> int:
         """The revision of a direct read: the watcher's when it has seen the same keys (it also
         knows of deletes, which leave no mod_revision behind), else the keys' last change."""
         known = self.meetings.get(meeting_id)
-        if known is not None and known.meta_mod == read.meta_mod and known.mods == read.mods:
+        if (known is not None and known.meta_mod == read.meta_mod and known.mods == read.mods
+                and known.member_mods == read.member_mods and known.host_mod == read.host_mod):
             return known.revision
         return read.last_change
 
@@ -182,6 +294,8 @@ class MeetingCache:
         entry = self.meetings.get(meeting_id)
         reason, actor, meta_put, meta_deleted = None, None, None, False
         flags: list[tuple[str, Change]] = []
+        member_flags: list[tuple[str, str, Change]] = []
+        host: Change | None = None
         for change in changes:
             sub = self._keys.split(change.key)[1]
             if sub is None and not change.deleted:
@@ -190,8 +304,12 @@ class MeetingCache:
                 meta_put, meta_deleted = (None, True) if change.deleted else (change, False)
             elif sub == "actor" and not change.deleted:
                 actor = json_object(change.value)
+            elif sub == "host":
+                host = change
             elif sub is not None and sub.startswith("controls/"):
                 flags.append((sub[9:], change))
+            elif sub is not None and (mf := member_key(sub)) is not None:
+                member_flags.append((mf[0], mf[1], change))
             # audit/* and anything else under the meeting are not flags: ignored.
         if meta_deleted:
             if self.meetings.pop(meeting_id, None) is None:
@@ -209,17 +327,72 @@ class MeetingCache:
         before = dict(entry.values)
         timer = self._apply_flags(entry, revision, flags)
         changed = {f: (before[f], entry.values[f]) for f in FLAGS if before[f] != entry.values[f]}
-        if created or not changed:  # creation is not a change; an invalid value changes nothing
-            return None, False
+        for flag in changed:
+            entry.changed_at[flag] = revision
+        member_changed = self._apply_member_flags(entry, revision, member_flags)
+        host_changed = self._apply_host(entry, revision, host) if host is not None else None
+        if created or not (changed or member_changed or host_changed):
+            return None, False  # creation is not a change; an invalid value changes nothing
         if actor is not None:  # set_controls recorded it in the same transaction
             expires, at = actor.get("expires_at"), actor.get("at")
             return ControlsChanged(
                 meeting_id, entry.controls(), changed, str(actor.get("actor", "operator")),
                 float(expires) if isinstance(expires, int | float) else None,
                 written_at=float(at) if isinstance(at, int | float) else None,
+                member_changed=member_changed, host_changed=host_changed,
             ), False
         who = "timer" if timer else "operator"
-        return ControlsChanged(meeting_id, entry.controls(), changed, who), True
+        return ControlsChanged(meeting_id, entry.controls(), changed, who,
+                               member_changed=member_changed, host_changed=host_changed), True
+
+    def _apply_member_flags(
+        self, entry: MeetingState, revision: int, flags: Iterable[tuple[str, str, Change]]
+    ) -> MemberChanges:
+        """Members' own flags: the same parsing rules as the room's (an invalid value is logged,
+        counted and ignored; a deleted key restores the default: the room decides)."""
+        out: MemberChanges = {}
+        for member_id, flag, change in flags:
+            key = change.key.decode("utf-8", "replace")
+            if flag not in MEMBER_FLAGS:
+                if not change.deleted:
+                    self.unknown_keys += 1
+                    log.warning("ignoring %s: no such member flag", key)
+                continue
+            entry.revision = revision
+            old = entry.members.get(member_id, {}).get(flag)
+            if change.deleted:
+                entry.member_mods.pop((member_id, flag), None)
+                new: bool | None = None
+            else:
+                entry.member_mods[(member_id, flag)] = change.mod_revision
+                try:
+                    new = parse_flag_value(change.value)
+                except InvalidControlValue:
+                    self.invalid_values += 1
+                    log.warning("ignoring invalid value %r of %s, keeping %s",
+                                change.value[:100], key, old)
+                    continue
+            if entry.set_member(member_id, flag, new, revision):
+                out.setdefault(member_id, {})[flag] = (old, new)
+        return out
+
+    def _apply_host(
+        self, entry: MeetingState, revision: int, change: Change
+    ) -> tuple[str | None, str | None] | None:
+        old = entry.host
+        entry.revision = revision
+        if change.deleted:
+            entry.host, entry.host_mod = None, 0
+        else:
+            entry.host_mod = change.mod_revision
+            new = host_value(change.value)
+            if new is None:
+                self.invalid_values += 1
+                log.warning("ignoring invalid host %r of meeting %s, keeping %s",
+                            change.value[:100], entry.meta.meeting_id, old)
+                return None
+            entry.host = new
+        return (old, entry.host) if entry.host != old else None
 
     def _apply_flags(
         self, entry: MeetingState, revision: int, flags: Iterable[tuple[str, Change]]
@@ -276,16 +449,28 @@ class MeetingCache:
                         self.invalid_values += 1
                         log.warning("ignoring invalid value %r of flag %s of meeting %s",
                                     raw[:100], flag, meeting_id)
-            if known and known.mods == entry.mods and known.meta_mod == entry.meta_mod:
+            member_changed = self._replace_members(entry, known, read, revision)
+            if (known and known.mods == entry.mods and known.meta_mod == entry.meta_mod
+                    and known.member_mods == entry.member_mods
+                    and known.host_mod == entry.host_mod):
                 entry.revision = known.revision
             else:  # changed while unwatched, maybe by deletes: the snapshot's revision is exact
                 entry.revision = revision if known else read.last_change
             self.meetings[meeting_id] = entry
             changed = {f: (known.values[f], entry.values[f]) for f in FLAGS
                        if known and known.values[f] != entry.values[f]}
-            if not changed:
+            host_changed = (known.host, entry.host) if known and known.host != entry.host else None
+            if known:
+                entry.changed_at = dict(known.changed_at)
+            else:
+                entry.changed_at = {f: mod for f, (_, mod, _) in read.flags.items()}
+            for flag in changed:
+                entry.changed_at[flag] = revision
+            if not (changed or member_changed or host_changed):
                 continue
-            events.append(ControlsChanged(meeting_id, entry.controls(), changed, "snapshot"))
+            events.append(ControlsChanged(meeting_id, entry.controls(), changed, "snapshot",
+                                          member_changed=member_changed,
+                                          host_changed=host_changed))
             # A flag put at a revision without an actor key was not set_controls' (which audits
             # its own changes): an operator's, recorded at its exact revision. Changes made by
             # deleting keys leave no revision behind and are not audited here.
@@ -297,3 +482,38 @@ class MeetingCache:
             audits += [(meeting_id, rev, pairs) for rev, pairs in by_rev.items()]
         events += [MeetingEnded(m, ENDED_IN_ETCD) for m in old]
         return events, audits
+
+    def _replace_members(
+        self, entry: MeetingState, known: MeetingState | None, read: Read, revision: int
+    ) -> MemberChanges:
+        """Members' own flags and the host from a snapshot; how they differ from ``known``."""
+        if known is not None:
+            entry.member_changed_at = {m: dict(f) for m, f in known.member_changed_at.items()}
+        for (member_id, flag), (raw, mod) in read.member_flags.items():
+            entry.member_mods[(member_id, flag)] = mod
+            last = known.members.get(member_id, {}).get(flag) if known else None
+            try:
+                value: bool | None = parse_flag_value(raw)
+            except InvalidControlValue:
+                value = last
+                if not known or known.member_mods.get((member_id, flag)) != mod:
+                    self.invalid_values += 1
+                    log.warning("ignoring invalid value %r of member flag %s/%s",
+                                raw[:100], member_id, flag)
+            if value is not None:
+                entry.members.setdefault(member_id, {})[flag] = value
+            if known is None:
+                entry.member_changed_at.setdefault(member_id, {})[flag] = mod
+        if read.host is not None:
+            entry.host_mod = read.host_mod
+            entry.host = host_value(read.host) or (known.host if known else None)
+        out: MemberChanges = {}
+        if known is None:
+            return out
+        for member_id in set(known.members) | set(entry.members):
+            was, now = known.members.get(member_id, {}), entry.members.get(member_id, {})
+            for flag in set(was) | set(now):
+                if was.get(flag) != now.get(flag):
+                    out.setdefault(member_id, {})[flag] = (was.get(flag), now.get(flag))
+                    entry.member_changed_at.setdefault(member_id, {})[flag] = revision
+        return out

@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from typing import Any, assert_never
 
 from ..closes import Close, LeaveReason
-from ..events import BusEvent, ChatPosted, MemberJoined, MemberLeft, MemberUpdated, Role
+from ..events import (
+    BusEvent,
+    ChatPosted,
+    LobbyChanged,
+    LobbyState,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+    Role,
+)
 
 __all__ = ["decode", "encode"]
 
@@ -28,7 +37,10 @@ def encode(event: BusEvent) -> tuple[str, dict[str, Any]]:
         case MemberJoined():
             return "joined", _member(event)
         case MemberUpdated():
-            return "updated", {**_member(event), "changes": dict(event.changes)}
+            updated = {**_member(event), "changes": dict(event.changes)}
+            if event.by is not None:
+                updated["by"] = event.by
+            return "updated", updated
         case MemberLeft():
             data: dict[str, Any] = {"id": event.member_id, "name": event.name,
                                     "role": event.role, "reason": str(event.reason),
@@ -36,13 +48,16 @@ def encode(event: BusEvent) -> tuple[str, dict[str, Any]]:
             if event.close is not None:
                 data["close"] = [int(event.close[0]), event.close[1]]
             return "left", data
+        case LobbyChanged():
+            return "lobby", {"id": event.member_id, "name": event.name, "state": event.state}
         case _:
             assert_never(event)
 
 
 def _member(event: MemberJoined | MemberUpdated) -> dict[str, Any]:
     return {"id": event.member_id, "name": event.name, "role": event.role,
-            "camera": event.camera, "mic": event.mic, "joined_at": event.joined_at}
+            "camera": event.camera, "mic": event.mic, "joined_at": event.joined_at,
+            "media_rev": event.media_rev}
 
 
 def decode(meeting_id: str, kind: str, data: Mapping[str, Any], seq: int, ts: float) -> BusEvent:
@@ -58,11 +73,17 @@ def decode(meeting_id: str, kind: str, data: Mapping[str, Any], seq: int, ts: fl
         if kind == "joined":
             return MemberJoined(meeting_id, _str(data, "id"), _str(data, "name"), _role(data),
                                 _bool(data, "camera"), _bool(data, "mic"),
-                                _float(data, "joined_at"), ts)
+                                _float(data, "joined_at"), ts, _rev(data))
         if kind == "updated":
+            by = data.get("by")
+            if by is not None and not isinstance(by, str):
+                raise ValueError("by is not a string")
             return MemberUpdated(meeting_id, _str(data, "id"), _str(data, "name"), _role(data),
                                  _bool(data, "camera"), _bool(data, "mic"),
-                                 _float(data, "joined_at"), _changes(data), ts)
+                                 _float(data, "joined_at"), _changes(data), ts, _rev(data), by)
+        if kind == "lobby":
+            return LobbyChanged(meeting_id, _str(data, "id"), _str(data, "name"),
+                                _lobby_state(data), ts)
         if kind == "left":
             return MemberLeft(meeting_id, _str(data, "id"), _str(data, "name"), _role(data),
                               _float(data, "joined_at"), LeaveReason(_str(data, "reason")),
@@ -93,23 +114,42 @@ def _float(data: Mapping[str, Any], key: str) -> float:
     return float(value)
 
 
+def _rev(data: Mapping[str, Any]) -> int:
+    """``media_rev``: absent in events of older instances (0: declared before any switch)."""
+    value = data.get("media_rev", 0)
+    if type(value) is not int or value < 0:
+        raise ValueError("media_rev is not a revision")
+    return value
+
+
 def _role(data: Mapping[str, Any]) -> Role:
     role = data["role"]
     if role == "host":
         return "host"
+    if role == "cohost":
+        return "cohost"
     if role == "member":
         return "member"
-    raise ValueError("role is neither host nor member")
+    raise ValueError("role is not host, cohost nor member")
 
 
-def _changes(data: Mapping[str, Any]) -> dict[str, str | bool]:
+def _lobby_state(data: Mapping[str, Any]) -> LobbyState:
+    state = data["state"]
+    for known in ("waiting", "admitted", "refused", "left"):
+        if state == known:
+            return known
+    raise ValueError("state is not a lobby state")
+
+
+def _changes(data: Mapping[str, Any]) -> dict[str, str | bool | float | None]:
     changes = data["changes"]
     if not isinstance(changes, dict):
         raise ValueError("changes is not an object")
-    out: dict[str, str | bool] = {}
+    out: dict[str, str | bool | float | None] = {}
     for key, value in changes.items():
         if key == "name" and isinstance(value, str) or \
-                key in ("camera", "mic") and isinstance(value, bool):
+                key in ("camera", "mic", "ask_unmute") and isinstance(value, bool) or \
+                key == "hand" and (value is None or type(value) in (int, float)):
             out[key] = value
         else:
             raise ValueError(f"changes.{key} is not a change a member can make")

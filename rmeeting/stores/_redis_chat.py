@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..events import ChatPosted, MemberJoined, MemberLeft, MemberUpdated, stamped
+from ..events import ChatPosted, LobbyChanged, MemberJoined, MemberLeft, MemberUpdated, stamped
 from . import _event_json
 from ._redis_common import SOCKET_TIMEOUT, Keys, call, connect, dumps, ping
 from ._redis_relay import PubSubRelay
@@ -37,7 +37,7 @@ return seq
 _SPUBLISH = _PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
 
 
-_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated, LobbyChanged)
 
 
 def _event(raw: bytes | str) -> BusEvent:

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import redis
 import trio
 
-from ._redis_link import Client, RedisLink, is_unavailable
 from .base import StoreUnavailable
+from .redis_link import Client, RedisLink, is_unavailable
 
 __all__ = ["SOCKET_TIMEOUT", "Client", "Keys", "RedisLink", "call", "connect", "dumps", "ping"]
 
@@ -24,7 +24,7 @@ SOCKET_TIMEOUT = 2.0
 
 def connect(url: str, timeout: float) -> RedisLink:
     """The link to ``url``: one Redis URL, or any node(s) of a Redis Cluster, comma-separated.
-    Nothing is dialled yet: the first call finds out which it is (see ``_redis_link``)."""
+    Nothing is dialled yet: the first call finds out which it is (see ``redis_link``)."""
     return RedisLink(url, timeout)
 
 

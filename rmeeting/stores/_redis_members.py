@@ -11,7 +11,8 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from ._redis_common import SOCKET_TIMEOUT, Keys, call, connect, dumps, ping
-from .base import AttendanceRecord, MeetingFull, MemberRecord, StoreUnavailable
+from .base import AttendanceRecord, Knock, MeetingFull, MemberRecord, StoreUnavailable
+from .memory import updated_fields
 
 __all__ = ["RedisMemberStore"]
 
@@ -97,6 +98,14 @@ return 1
 """
 
 
+# KEYS: lobby. ARGV: member. The knock, taken out of the lobby (false if it was not there).
+_TAKE_KNOCK = """
+local knock = redis.call('HGET', KEYS[1], ARGV[1])
+if knock then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return knock
+"""
+
+
 def _record(raw: bytes | str) -> MemberRecord:
     return MemberRecord(**json.loads(raw))
 
@@ -106,6 +115,12 @@ def _token(open_value: bytes | str | None) -> str:
         return ""
     text = open_value.decode() if isinstance(open_value, bytes) else open_value
     return text.partition(" ")[2]
+
+
+def _knock(meeting_id: str, member_id: bytes | str, raw: bytes | str) -> Knock:
+    data = json.loads(raw)
+    member = member_id.decode() if isinstance(member_id, bytes) else member_id
+    return Knock(meeting_id, member, str(data["name"]), float(data["since"]))
 
 
 def _session(raw: bytes | str) -> AttendanceRecord:
@@ -147,6 +162,7 @@ class RedisMemberStore:
         self._leave = self._link.script(_LEAVE)
         self._clear = self._link.script(_CLEAR)
         self._update = self._link.script(_UPDATE)
+        self._take = self._link.script(_TAKE_KNOCK)
 
     def close(self) -> None:
         """Release the connections (idempotent)."""
@@ -162,7 +178,7 @@ class RedisMemberStore:
     async def join(self, record: MemberRecord, *, max_members: int) -> None:
         session = AttendanceRecord(
             record.meeting_id, record.member_id, record.name, record.role, record.joined_at,
-            record.key_hash,
+            record.key_hash, sub=record.sub,
         )
         token = uuid.uuid4().hex
         index_entry = dumps([record.meeting_id, record.member_id, token])
@@ -227,7 +243,6 @@ class RedisMemberStore:
     async def update(
         self, meeting_id: str, member_id: str, changes: Mapping[str, Any]
     ) -> MemberRecord | None:
-        allowed = {k: v for k, v in changes.items() if k in ("name", "camera", "mic")}
         roster = self._keys.meeting(meeting_id, "roster")
 
         def work() -> MemberRecord | None:
@@ -236,12 +251,22 @@ class RedisMemberStore:
                 raw = client.hget(roster, member_id)
                 if raw is None:
                     return None
-                record = replace(_record(raw), **allowed)
+                record = _record(raw)
+                record = replace(record, **updated_fields(record, changes, self._clock))
                 if self._update([roster], [member_id, raw, dumps(asdict(record))]):
                     return record
             raise StoreUnavailable(f"update of {member_id} kept conflicting")
 
         return await call(work)
+
+    async def lower_hands(self, meeting_id: str) -> Sequence[MemberRecord]:
+        lowered = []
+        for record in await self.roster(meeting_id):
+            if record.hand is not None:
+                done = await self.update(meeting_id, record.member_id, {"hand": False})
+                if done is not None:  # else it left meanwhile
+                    lowered.append(record)
+        return sorted(lowered, key=lambda r: r.hand or 0.0)
 
     async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]:
         ledger = self._keys.meeting(meeting_id, "ledger")
@@ -316,6 +341,46 @@ class RedisMemberStore:
             return [record for record, _ in pairs]
 
         return await call(work)
+
+    async def knock(self, knock: Knock) -> None:
+        lobby = self._keys.meeting(knock.meeting_id, "lobby")
+        value = dumps({"name": knock.name, "since": knock.since})
+        await call(lambda: self._link.client().hset(lobby, knock.member_id, value))
+
+    async def waiting(self, meeting_id: str) -> Sequence[Knock]:
+        key = self._keys.meeting(meeting_id, "lobby")
+        raw = await call(lambda: self._link.client().hgetall(key))
+        knocks = [_knock(meeting_id, member, value) for member, value in raw.items()]
+        return sorted(knocks, key=lambda k: (k.since, k.member_id))
+
+    async def take_knock(self, meeting_id: str, member_id: str) -> Knock | None:
+        lobby = self._keys.meeting(meeting_id, "lobby")
+        # one script: read and delete as one step, one slot (the meeting's) on a Redis Cluster
+        value = await call(lambda: self._take([lobby], [member_id]))
+        return None if value is None else _knock(meeting_id, member_id, value)
+
+    def _meeting_keys(self, meeting_id: str) -> list[str]:
+        # seq and chat are the chat log's, dropped when the meeting ends; named here so that a
+        # purge leaves nothing of the meeting behind whatever the order of events
+        return [self._keys.meeting(meeting_id, k)
+                for k in ("roster", "open", "ledger", "banned", "lobby", "seq", "chat")]
+
+    async def retire(self, meeting_id: str, *, keep: float) -> None:
+        """Redis forgets the meeting's keys by itself ``keep`` seconds from now (PEXPIRE), so
+        the purge happens even if no instance is running then."""
+        keys, ms = self._meeting_keys(meeting_id), max(1, int(keep * 1000))
+
+        def work() -> None:
+            pipe = self._link.client().pipeline(transaction=False)
+            for key in keys:
+                pipe.pexpire(key, ms)
+            pipe.execute()
+
+        await call(work)
+
+    async def purge(self, meeting_id: str) -> None:
+        keys = self._meeting_keys(meeting_id)
+        await call(lambda: self._link.client().delete(*keys))
 
     async def ready(self) -> bool:
         """True when Redis answers PING."""

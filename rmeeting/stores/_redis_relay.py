@@ -40,9 +40,9 @@ import trio
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from ._redis_link import RedisLink
 from ._redis_shards import ShardedPubSub
 from .base import BusEvent, StoreUnavailable
+from .redis_link import RedisLink
 
 __all__ = ["PubSubRelay"]
 

@@ -20,6 +20,7 @@ from ..events import (
     BusEvent,
     ChatPosted,
     ControlsChanged,
+    LobbyChanged,
     MeetingEnded,
     MeetingEvent,
     MemberJoined,
@@ -27,7 +28,14 @@ from ..events import (
     MemberUpdated,
     Role,
 )
-from ..records import AttendanceRecord, AuditEntry, MeetingMeta, MemberRecord
+from ..records import (
+    AttendanceRecord,
+    AuditEntry,
+    Knock,
+    MeetingMeta,
+    MemberRecord,
+    Tombstone,
+)
 
 __all__ = [
     "AttendanceRecord",
@@ -47,10 +55,12 @@ __all__ = [
     "RevisionConflict",
     "Role",
     "StoreUnavailable",
+    "Knock",
+    "Tombstone",
 ]
 
 #: the events are defined in rmeeting.events; these names are kept here for the stores' users
-_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated)
+_B = TypeVar("_B", ChatPosted, MemberJoined, MemberLeft, MemberUpdated, LobbyChanged)
 
 
 class MeetingNotFound(LookupError):
@@ -91,15 +101,45 @@ class MeetingStore(Protocol):
         what the store keeps in memory, so in cluster mode as of the last change its watch saw."""
         ...
 
-    async def end(self, meeting_id: str, *, reason: str) -> bool:
-        """Delete the meeting; True if it existed. Every instance learns MeetingEnded."""
+    async def end(self, meeting_id: str, *, reason: str, retention: float = 0.0) -> bool:
+        """Delete the meeting; True for exactly one caller if it existed, however many race
+        (instances, timers). Every instance learns MeetingEnded. With ``retention`` > 0 the same
+        atomic step leaves a :class:`Tombstone` (meta, reason, audit) for that many seconds."""
+        ...
+
+    async def tombstone(self, meeting_id: str) -> Tombstone | None:
+        """The ended meeting, while its retention lasts (else None)."""
+        ...
+
+    async def purge_due(self) -> Sequence[str]:
+        """Forget the tombstones whose retention passed; their ids (for the member store and
+        chat log to forget too). A store whose backend expires them itself may return them
+        late or not at all: the member store and chat log then expire on their own."""
+        ...
+
+    async def snapshot(self) -> Sequence[MeetingMeta]:
+        """The live meetings as this instance knows them now, without a round trip where the
+        store keeps them current (etcd's watch); for the lifecycle sweep."""
+        ...
+
+    async def put_ticket(self, ticket_hash: str, payload: Mapping[str, Any], ttl: float) -> None:
+        """Keep a WebSocket ticket (by the hash of its secret) for ``ttl`` seconds."""
+        ...
+
+    async def take_ticket(self, ticket_hash: str) -> Mapping[str, Any] | None:
+        """The ticket's payload, once: of racing callers (on any instance) one gets it."""
+        ...
+
+    async def update_meta(self, meeting_id: str, extra: Mapping[str, Any]) -> MeetingMeta:
+        """Merge ``extra`` into the meeting's ``meta.extra`` (its join policy); raises
+        MeetingNotFound."""
         ...
 
     async def controls(self, meeting_id: str) -> Controls:
         """The current flags; raises MeetingNotFound."""
         ...
 
-    async def snapshot(self, meeting_id: str) -> tuple[MeetingMeta, Controls] | None:
+    async def record_and_controls(self, meeting_id: str) -> tuple[MeetingMeta, Controls] | None:
         """The meeting's record and its current flags, read together in one round trip (what
         a join needs); None if there is no such meeting."""
         ...
@@ -117,6 +157,26 @@ class MeetingStore(Protocol):
         (else RevisionConflict). With ``ttl`` seconds, the changed flags return to their defaults
         when it runs out. Returns the controls after the change. Listeners learn of it through
         ``serve_events``, never from this call's caller."""
+        ...
+
+    async def set_member_controls(
+        self, meeting_id: str, member_id: str, changes: Mapping[str, bool | None], *, actor: str
+    ) -> Controls:
+        """Set (True/False) or unset (None) flags of one member (``MEMBER_FLAGS``), atomically;
+        audited as ``may`` values (the member's own, else the room's) per flag. Listeners learn
+        of it as a ``ControlsChanged`` with ``member_changed``."""
+        ...
+
+    async def set_host(self, meeting_id: str, member_id: str, *, actor: str) -> Controls:
+        """Make ``member_id`` the host (its ``cohost`` flag is dropped): from now on the host is
+        that member, and the host key alone no longer makes its bearer host. Audited."""
+        ...
+
+    async def record_audit(
+        self, meeting_id: str, flag: str, old: bool, new: bool, *, actor: str, member: str
+    ) -> None:
+        """Add a moderation entry that is no flag change (a mute, a lowered hand, an answer to
+        an ask to unmute). Raises MeetingNotFound."""
         ...
 
     async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
@@ -174,7 +234,14 @@ class MemberStore(Protocol):
     async def update(
         self, meeting_id: str, member_id: str, changes: Mapping[str, Any]
     ) -> MemberRecord | None:
-        """Change ``name``, ``camera`` or ``mic`` of a present member; None if it is not there."""
+        """Change ``name``, ``camera``, ``mic``, ``media_rev``, ``role``, ``ask_unmute`` or
+        ``hand`` of a present member; None if it is not there. ``hand``: True raises it (the
+        store stamps it with its clock; raising a raised hand keeps its place), False lowers it.
+        """
+        ...
+
+    async def lower_hands(self, meeting_id: str) -> Sequence[MemberRecord]:
+        """Lower every raised hand of the meeting; returns the members whose hand was up."""
         ...
 
     async def attendance(self, meeting_id: str) -> Sequence[AttendanceRecord]: ...
@@ -192,6 +259,28 @@ class MemberStore(Protocol):
 
     async def clear_meeting(self, meeting_id: str, *, reason: str) -> Sequence[MemberRecord]:
         """Everyone leaves (meeting ended); returns who was present. The ledger is kept."""
+        ...
+
+    async def knock(self, knock: Knock) -> None:
+        """Put ``knock`` in the meeting's lobby (every instance sees the same lobby)."""
+        ...
+
+    async def waiting(self, meeting_id: str) -> Sequence[Knock]:
+        """The lobby, oldest knock first."""
+        ...
+
+    async def take_knock(self, meeting_id: str, member_id: str) -> Knock | None:
+        """Take a knock out of the lobby (admitted, refused, or gone): exactly one of racing
+        callers, on any instance, gets it; the rest get None."""
+        ...
+
+    async def retire(self, meeting_id: str, *, keep: float) -> None:
+        """The meeting ended: its ledger and bans are forgotten ``keep`` seconds from now
+        (Redis expires the keys itself), or at :meth:`purge`, whichever comes first."""
+        ...
+
+    async def purge(self, meeting_id: str) -> None:
+        """Forget every trace of the meeting (roster, ledger, bans) now."""
         ...
 
     async def ready(self) -> bool: ...

@@ -11,10 +11,21 @@ Keys, under ``<prefix>/meetings/<meeting_id>/`` (fixed, see etcd/README.md):
                     same transaction as the flags: flag changes at a revision without it are
                     an operator's (etcdctl), deletes of leased flag keys are the timer's.
 ``audit/<...>``     one JSON record per flag change (see :meth:`EtcdMeetingStore.audit`).
+``members/<member_id>/<flag>``
+                    a member's own flag (``MEMBER_FLAGS``), parsed like the room's; deleted:
+                    the room's flag decides for the member again.
+``host``            the member id of the host after a hand-over (plain text).
 ==================  =========================================================================
 
 and ``<prefix>/meetings/<meeting_id>`` itself: the reason of an :meth:`end`, put in the same
 revision as the deletion so that every instance reports it, and removed right after.
+
+An ended meeting's tombstone is ``<prefix>/ended/<meeting_id>`` (JSON: the meta, ``ended_at``,
+``reason``, ``purge_at`` and the audit trail), put by the same transaction that deletes the
+meeting and attached to a lease of ``retention`` seconds, so etcd itself purges it. It lies
+outside ``<prefix>/meetings/``: the watch never sees it, so it can never pass for a live meeting.
+A meeting ended by deleting its prefix by hand gets a tombstone (without its audit, deleted with
+it) from the first instance whose watch sees the deletion.
 
 Revisions: ``Controls.revision`` is the etcd revision of the meeting's last change (the max
 ``mod_revision`` of its meta and flag keys, or, for a change made by deleting a key, the revision
@@ -38,31 +49,36 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import etcd3.etcdrpc as rpc
 import grpc  # type: ignore[import-untyped]
 import trio
 
-from ..controls import FLAGS, Controls, validate_changes
+from ..controls import FLAGS, Controls, validate_changes, validate_member_changes
 from ._etcd_cache import (
+    ENDED_IN_ETCD,
     AuditTask,
     Keys,
     MeetingCache,
     Read,
     flag_bytes,
     json_field,
+    json_object,
     meta_bytes,
     meta_from,
 )
 from .base import (
     AuditEntry,
     ControlsChanged,
+    MeetingEnded,
     MeetingEvent,
     MeetingMeta,
     MeetingNotFound,
     RevisionConflict,
     StoreUnavailable,
+    Tombstone,
 )
 from .etcd_client import (
     Change,
@@ -92,6 +108,8 @@ WATCH_BUFFER = 64
 #: audits of observed changes waiting to be written after their fan-out; full: the watch waits
 #: (the trail keeps every record; a burst of operator flips slows the watch, never loses one)
 AUDIT_BUFFER = 1024
+#: one audit write to make after the fan-out (a create-if-absent transaction)
+_AuditWrite = Callable[[], Awaitable[None]]
 #: The watch is re-opened after a failure with this backoff (seconds), doubling.
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 #: With several endpoints, a watch that has not started by then moves to the next endpoint.
@@ -119,7 +137,10 @@ class EtcdMeetingStore:
         timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
         audit_limit: int = 1000,
+        retention: float = 0.0,
     ) -> None:
+        #: seconds the tombstone of a meeting ended by hand (its prefix deleted) is kept
+        self.retention = retention
         self._conn = Connection(endpoints, timeout)
         self._audit_limit = audit_limit
         self._keys = Keys(prefix)
@@ -128,7 +149,7 @@ class EtcdMeetingStore:
         self._serving = False
         self._watch_ok = False
         #: while serving: where the audits of observed changes go, written by their own task
-        self._audits: trio.MemorySendChannel[tuple[AuditTask, str]] | None = None
+        self._audits: trio.MemorySendChannel[_AuditWrite] | None = None
         self._watch_rev = 0  # every change up to this revision has been handled
         self._backoff = BACKOFF_MIN
         self._waiting: trio.CancelScope | None = None
@@ -210,11 +231,9 @@ class EtcdMeetingStore:
         read = await self._read(meeting_id)
         if read.meta is None:
             raise MeetingNotFound(meeting_id)
-        return Controls(
-            self._cache.values(meeting_id, read), self._cache.revision(meeting_id, read)
-        )
+        return self._cache.controls_of_read(meeting_id, read)
 
-    async def snapshot(self, meeting_id: str) -> tuple[MeetingMeta, Controls] | None:
+    async def record_and_controls(self, meeting_id: str) -> tuple[MeetingMeta, Controls] | None:
         # the range of controls() covers the meta key too: one round trip for both
         try:
             read = await self._read(meeting_id)
@@ -222,9 +241,7 @@ class EtcdMeetingStore:
             return None
         if read.meta is None:
             return None
-        controls = Controls(
-            self._cache.values(meeting_id, read), self._cache.revision(meeting_id, read))
-        return meta_from(meeting_id, read.meta), controls
+        return meta_from(meeting_id, read.meta), self._cache.controls_of_read(meeting_id, read)
 
     async def audit(self, meeting_id: str) -> Sequence[AuditEntry]:
         """Every change, oldest first: API changes recorded in their own transaction, the
@@ -235,19 +252,62 @@ class EtcdMeetingStore:
         ])
         if not response.responses[0].response_range.kvs:
             raise MeetingNotFound(meeting_id)
-        entries = []
-        for kv in response.responses[1].response_range.kvs:
-            try:
-                data = json.loads(kv.value)
-                entries.append(AuditEntry(
-                    meeting_id, str(data["flag"]), bool(data["old"]), bool(data["new"]),
-                    int(data.get("revision") or kv.create_revision), str(data["actor"]),
-                    float(data["at"]),
-                ))
-            except (ValueError, TypeError, KeyError):
-                log.warning("meeting %s: unreadable audit record %r", meeting_id, kv.key)
-        entries.sort(key=lambda e: (e.revision, e.flag))
-        return entries
+        return _audit_entries(meeting_id, response.responses[1].response_range.kvs)
+
+    async def tombstone(self, meeting_id: str) -> Tombstone | None:
+        try:
+            key = self._keys.tombstone(meeting_id)
+        except MeetingNotFound:
+            return None
+        response = await self._conn.kv("Range", rpc.RangeRequest(key=key))
+        if not response.kvs:
+            return None
+        found = _tombstone_from(meeting_id, response.kvs[0].value)
+        # the lease may run out a moment late: the deadline is the tombstone's own
+        return found if found is not None and found.purge_at > self._clock() else None
+
+    async def purge_due(self) -> Sequence[str]:
+        # etcd deletes each tombstone with its lease, and the Redis keys expire by themselves
+        # (MemberStore.retire): nothing is left for a sweep to do, even with no instance running
+        return []
+
+    async def snapshot(self) -> Sequence[MeetingMeta]:
+        if self._serving and self._watch_ok:
+            return [state.meta for state in self._cache.meetings.values()]
+        return await self.list()
+
+    async def put_ticket(self, ticket_hash: str, payload: Mapping[str, Any], ttl: float) -> None:
+        lease = await self._conn.lease_grant(max(1, math.ceil(ttl)))
+        body = json.dumps({**payload, "until": self._clock() + ttl}).encode()
+        await self._conn.kv("Put", rpc.PutRequest(key=self._keys.tickets + ticket_hash.encode(),
+                                                  value=body, lease=lease))
+
+    async def take_ticket(self, ticket_hash: str) -> Mapping[str, Any] | None:
+        key = self._keys.tickets + ticket_hash.encode()
+        # read and delete in one transaction that only runs while the key exists: one taker
+        response = await self._conn.txn([compare(key, "version", ">", 0)],
+                                        [range_op(key), delete_op(key)])
+        if not response.succeeded:
+            return None
+        kvs = response.responses[0].response_range.kvs
+        payload = json_object(kvs[0].value) if kvs else {}
+        until = payload.pop("until", 0)
+        return payload if isinstance(until, int | float) and until > self._clock() else None
+
+    async def update_meta(self, meeting_id: str, extra: Mapping[str, Any]) -> MeetingMeta:
+        key = self._keys.meta(meeting_id)
+        for _ in range(TXN_ATTEMPTS):
+            response = await self._conn.kv("Range", rpc.RangeRequest(key=key))
+            if not response.kvs:
+                raise MeetingNotFound(meeting_id)
+            kv = response.kvs[0]
+            old = meta_from(meeting_id, kv.value)
+            meta = replace(old, extra={**old.extra, **extra})
+            done = await self._conn.txn([compare(key, "mod", "==", kv.mod_revision)],
+                                        [put_op(key, meta_bytes(meta, uuid.uuid4().hex))])
+            if done.succeeded:
+                return meta
+        raise StoreUnavailable(f"meta of meeting {meeting_id} keeps changing")
 
     async def ready(self) -> bool:
         """False while the watch is down (when serving) or etcd does not answer within 1 s."""
@@ -294,26 +354,75 @@ class EtcdMeetingStore:
             )
         raise StoreUnavailable(f"could not create meeting {meta.meeting_id}: prefix keeps changing")
 
-    async def end(self, meeting_id: str, *, reason: str) -> bool:
+    async def end(self, meeting_id: str, *, reason: str, retention: float = 0.0) -> bool:
+        """One compare-and-delete: of several instances (or timers) ending the same meeting,
+        exactly one transaction succeeds, and only its caller gets True. The tombstone is put in
+        that same transaction, from a read of the meeting that nothing changed since."""
         try:
             home = self._keys.home(meeting_id)
         except MeetingNotFound:
             return False
         # The reason rides along in the same revision, so every watcher reports it.
         marker, token = self._keys.end_marker(meeting_id), uuid.uuid4().hex
-        response = await self._conn.txn(
-            [compare(self._keys.meta(meeting_id), "version", ">", 0)],
-            [delete_op(home, prefix_end(home)),
-             put_op(marker, json.dumps({"reason": reason, "txn": token}).encode())],
-            [range_op(marker)],
-        )
-        ended = bool(response.succeeded) or _txn_of(response) == token
+        grave = self._keys.tombstone(meeting_id)
+        lease = await self._conn.lease_grant(max(1, math.ceil(retention))) if retention else 0
+        ended = False
+        for _ in range(TXN_ATTEMPTS):
+            read = await self._conn.kv("Range", rpc.RangeRequest(key=home,
+                                                                 range_end=prefix_end(home)))
+            meta_kv = [kv for kv in read.kvs if kv.key == self._keys.meta(meeting_id)]
+            ops = [delete_op(home, prefix_end(home)),
+                   put_op(marker, json.dumps({"reason": reason, "txn": token}).encode())]
+            if meta_kv and retention:
+                audit_root = self._keys.audit(meeting_id)
+                audit = _audit_entries(meeting_id, [kv for kv in read.kvs
+                                                    if kv.key.startswith(audit_root)])
+                now = self._clock()
+                ops.append(put_op(grave, _tombstone_bytes(Tombstone(
+                    meta_from(meeting_id, meta_kv[0].value), now, reason, now + retention, audit,
+                ), token), lease))
+            response = await self._conn.txn(
+                # it exists, and none of its keys changed since the read (so the audit is whole)
+                [compare(self._keys.meta(meeting_id), "version", ">", 0),
+                 compare(home, "mod", "<", read.header.revision + 1, range_end=prefix_end(home))],
+                ops, [range_op(marker), range_op(grave)],
+            )
+            ended = bool(response.succeeded) or _txn_of(response) == token or (
+                len(response.responses) > 1 and _txn_of(response, 1) == token)
+            if ended or not meta_kv:  # ours, or gone (another caller's end won)
+                break
+        else:
+            raise StoreUnavailable(f"could not end meeting {meeting_id}: it keeps changing")
+        if lease and not ended:
+            await self._revoke_quietly(lease)
         if ended:
             try:  # the marker has done its job once the deletion's revision is in the log
                 await self._conn.kv("DeleteRange", rpc.DeleteRangeRequest(key=marker))
             except StoreUnavailable:
                 log.warning("meeting %s: could not remove the end marker", meeting_id)
         return ended
+
+    async def _revoke_quietly(self, lease: int) -> None:
+        try:
+            await self._conn.lease_revoke(lease)
+        except (StoreUnavailable, grpc.RpcError):
+            pass  # it holds no key and runs out by itself
+
+    async def _tombstone_observed(self, meta: MeetingMeta, reason: str) -> None:
+        """A meeting ended by hand (its prefix deleted): the first watcher to see it leaves
+        the tombstone (created only if absent, so there is one); best effort like the audit."""
+        if self.retention <= 0:
+            return
+        grave, now = self._keys.tombstone(meta.meeting_id), self._clock()
+        try:
+            lease = await self._conn.lease_grant(max(1, math.ceil(self.retention)))
+            done = await self._conn.txn([compare(grave, "version", "==", 0)], [put_op(
+                grave, _tombstone_bytes(Tombstone(meta, now, reason, now + self.retention),
+                                        uuid.uuid4().hex), lease)])
+            if not done.succeeded:
+                await self._revoke_quietly(lease)
+        except (StoreUnavailable, grpc.RpcError) as exc:
+            log.warning("meeting %s: tombstone not written: %s", meta.meeting_id, exc)
 
     async def set_controls(
         self,
@@ -361,10 +470,107 @@ class EtcdMeetingStore:
             response = await self._conn.txn(compares, ops, [range_op(keys.actor(meeting_id))])
             if response.succeeded:
                 await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
-                return Controls(new, response.header.revision)
+                return replace(self._cache.controls_of_read(meeting_id, read), values=new,
+                               revision=response.header.revision)
             if _txn_of(response) == token:  # a retried call whose first attempt landed
-                return Controls(new, response.responses[0].response_range.kvs[0].mod_revision)
+                return replace(self._cache.controls_of_read(meeting_id, read), values=new,
+                               revision=response.responses[0].response_range.kvs[0].mod_revision)
         raise StoreUnavailable(f"controls of meeting {meeting_id} keep changing")
+
+    async def set_member_controls(
+        self, meeting_id: str, member_id: str, changes: Mapping[str, bool | None], *, actor: str
+    ) -> Controls:
+        valid = validate_member_changes(changes)
+        keys, token = self._keys, uuid.uuid4().hex
+        flag_keys = {f: keys.member_flag(meeting_id, member_id, f) for f in valid}
+        for _ in range(TXN_ATTEMPTS):
+            read = await self._read(meeting_id)
+            if read.meta is None:
+                raise MeetingNotFound(meeting_id)
+            before = self._cache.controls_of_read(meeting_id, read)
+            own = dict(before.members.get(member_id, {}))
+            for flag, value in valid.items():
+                if value is None:
+                    own.pop(flag, None)
+                else:
+                    own[flag] = value
+            after = replace(before, members={**before.members, member_id: own})
+            now = self._clock()
+            ops = [delete_op(flag_keys[f]) if v is None else put_op(flag_keys[f], flag_bytes(v))
+                   for f, v in valid.items()]
+            ops.append(self._actor_op(meeting_id, actor, token, now))
+            ops += [self._audit_op(meeting_id, f"{token}-{member_id}-{f}", {
+                "flag": f, "old": _may(before, member_id, f), "new": _may(after, member_id, f),
+                "actor": actor, "at": now, "member": member_id,
+            }) for f in valid if before.members.get(member_id, {}).get(f) != own.get(f)]
+            compares = [compare(keys.meta(meeting_id), "mod", "==", read.meta_mod)] + [
+                compare(flag_keys[f], "mod", "==", read.member_mods.get((member_id, f), 0))
+                for f in valid
+            ]
+            trail = keys.audit(meeting_id)
+            ops.append(range_op(trail, prefix_end(trail), count_only=True))
+            response = await self._conn.txn(compares, ops, [range_op(keys.actor(meeting_id))])
+            if response.succeeded:
+                await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
+                return replace(after, revision=response.header.revision)
+            if _txn_of(response) == token:
+                return replace(after,
+                               revision=response.responses[0].response_range.kvs[0].mod_revision)
+        raise StoreUnavailable(f"flags of member {member_id} keep changing")
+
+    async def set_host(self, meeting_id: str, member_id: str, *, actor: str) -> Controls:
+        keys, token = self._keys, uuid.uuid4().hex
+        cohost = keys.member_flag(meeting_id, member_id, "cohost")  # checks the member id
+        for _ in range(TXN_ATTEMPTS):
+            read = await self._read(meeting_id)
+            if read.meta is None:
+                raise MeetingNotFound(meeting_id)
+            before = self._cache.controls_of_read(meeting_id, read)
+            own = {f: v for f, v in before.members.get(member_id, {}).items() if f != "cohost"}
+            now = self._clock()
+            ops = [put_op(keys.host(meeting_id), member_id.encode()), delete_op(cohost),
+                   self._actor_op(meeting_id, actor, token, now),
+                   self._audit_op(meeting_id, f"{token}-host", {
+                       "flag": "host", "old": False, "new": True, "actor": actor, "at": now,
+                       "member": member_id})]
+            trail = keys.audit(meeting_id)
+            ops.append(range_op(trail, prefix_end(trail), count_only=True))
+            response = await self._conn.txn(
+                [compare(keys.meta(meeting_id), "mod", "==", read.meta_mod),
+                 compare(keys.host(meeting_id), "mod", "==", read.host_mod)],
+                ops, [range_op(keys.actor(meeting_id))])
+            after = replace(before, host=member_id, members={**before.members, member_id: own})
+            if response.succeeded:
+                await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
+                return replace(after, revision=response.header.revision)
+            if _txn_of(response) == token:
+                return replace(after,
+                               revision=response.responses[0].response_range.kvs[0].mod_revision)
+        raise StoreUnavailable(f"the host of meeting {meeting_id} keeps changing")
+
+    async def record_audit(
+        self, meeting_id: str, flag: str, old: bool, new: bool, *, actor: str, member: str
+    ) -> None:
+        trail = self._keys.audit(meeting_id)
+        response = await self._conn.txn(
+            [compare(self._keys.meta(meeting_id), "version", ">", 0)],
+            [self._audit_op(meeting_id, f"{uuid.uuid4().hex}-{flag}", {
+                "flag": flag, "old": old, "new": new, "actor": actor, "at": self._clock(),
+                "member": member}),
+             range_op(trail, prefix_end(trail), count_only=True)],
+        )
+        if not response.succeeded:
+            raise MeetingNotFound(meeting_id)
+        await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
+
+    def _actor_op(self, meeting_id: str, actor: str, token: str, now: float) -> Any:
+        """The actor key, in the same transaction as the change: the watchers name the actor."""
+        return put_op(self._keys.actor(meeting_id), json.dumps({
+            "actor": actor, "ttl": None, "expires_at": None, "txn": token, "at": now,
+        }).encode())
+
+    def _audit_op(self, meeting_id: str, name: str, record: dict[str, Any]) -> Any:
+        return put_op(self._keys.audit(meeting_id, name), json.dumps(record).encode())
 
     async def _unchanged_since(self, meeting_id: str, revision: int, now: Read) -> bool:
         """Exact compare-and-set: no meta or flag key changed (nor was deleted) after it."""
@@ -422,6 +628,31 @@ class EtcdMeetingStore:
             log.warning("meeting %s: audit of revision %d not written: %s",
                         meeting_id, revision, exc)
 
+    async def _audit_members_observed(self, event: ControlsChanged, revision: int) -> None:
+        """An operator's change of members' own flags (etcdctl), recorded once like a room
+        flag's: the key names the revision, the member and the flag."""
+        puts, keys = [], []
+        for member_id, flags in event.member_changed.items():
+            for flag, (old, new) in flags.items():
+                key = self._keys.audit(meeting_id := event.meeting_id,
+                                       f"{revision:020d}-{member_id}-{flag}")
+                keys.append(key)
+                puts.append(put_op(key, json.dumps({
+                    "flag": flag, "revision": revision, "actor": event.actor,
+                    "at": self._clock(), "member": member_id,
+                    "old": _may_value(event.controls, old, flag),
+                    "new": _may_value(event.controls, new, flag),
+                }).encode()))
+        if not puts:
+            return
+        try:
+            await self._conn.txn(
+                [compare(self._keys.meta(meeting_id), "version", ">", 0)]
+                + [compare(k, "version", "==", 0) for k in keys], puts)
+        except (StoreUnavailable, grpc.RpcError) as exc:
+            log.warning("meeting %s: audit of revision %d not written: %s",
+                        meeting_id, revision, exc)
+
     # --- events ---------------------------------------------------------------------------------
 
     async def serve_events(
@@ -442,7 +673,7 @@ class EtcdMeetingStore:
             raise RuntimeError("serve_events is already running on this store")
         self._serving, self._watch_ok = True, False
         unstarted: trio.TaskStatus[None] | None = task_status
-        audits, to_write = trio.open_memory_channel[tuple[AuditTask, str]](AUDIT_BUFFER)
+        audits, to_write = trio.open_memory_channel[_AuditWrite](AUDIT_BUFFER)
         try:
             async with trio.open_nursery() as nursery, audits:
                 nursery.start_soon(self._write_audits, to_write)
@@ -452,20 +683,18 @@ class EtcdMeetingStore:
             self._audits = None
             self._serving = self._watch_ok = False
 
-    async def _write_audits(
-        self, to_write: trio.MemoryReceiveChannel[tuple[AuditTask, str]]
-    ) -> None:
+    async def _write_audits(self, to_write: trio.MemoryReceiveChannel[_AuditWrite]) -> None:
         """The audit records of observed changes, written after their fan-out, so that an
         operator's flip reaches the members first (the record is best effort anyway)."""
         async with to_write:
-            async for task, actor in to_write:
-                await self._audit_observed(task, actor)
+            async for write in to_write:
+                await write()
 
-    async def _audit_later(self, task: AuditTask, actor: str) -> None:
+    async def _audit_later(self, write: _AuditWrite) -> None:
         if self._audits is None:
-            await self._audit_observed(task, actor)
+            await write()
         else:
-            await self._audits.send((task, actor))
+            await self._audits.send(write)
 
     async def _follow_until_closed(
         self, handler: Handler, unstarted: trio.TaskStatus[None] | None
@@ -538,14 +767,20 @@ class EtcdMeetingStore:
             groups.setdefault(revision, {}).setdefault(meeting_id, []).append(change)
         for revision, meetings in groups.items():
             for meeting_id, changes in meetings.items():
+                known = self._cache.meetings.get(meeting_id)
                 event, audit = self._cache.apply(meeting_id, revision, changes)
+                if isinstance(event, MeetingEnded) and event.reason == ENDED_IN_ETCD and known:
+                    await self._tombstone_observed(known.meta, event.reason)
                 if isinstance(event, ControlsChanged):
                     event = replace(event, received_at=received)
                 if event is not None:
                     await handler(event)  # the members first, then the record
                 if audit and isinstance(event, ControlsChanged):
-                    await self._audit_later((meeting_id, revision, dict(event.changed)),
-                                            event.actor)
+                    await self._audit_later(partial(
+                        self._audit_observed, (meeting_id, revision, dict(event.changed)),
+                        event.actor))
+                    await self._audit_later(partial(
+                        self._audit_members_observed, event, revision))
             self._watch_rev = revision
 
     async def _resync(self, handler: Handler | None) -> None:
@@ -561,6 +796,7 @@ class EtcdMeetingStore:
                 self._watch_ok = False
                 await trio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        known = {m: state.meta for m, state in self._cache.meetings.items()}
         events, audits = self._cache.replace(response.header.revision, response.kvs)
         self._watch_rev = response.header.revision
         if handler is None:
@@ -569,24 +805,82 @@ class EtcdMeetingStore:
         for event in events:
             if isinstance(event, ControlsChanged):
                 event = replace(event, received_at=received)
+            elif event.meeting_id in known:  # deleted while unwatched: by hand, or by an end
+                await self._tombstone_observed(known[event.meeting_id], event.reason)
             await handler(event)
         for task in audits:
-            await self._audit_later(task, "operator")
+            await self._audit_later(partial(self._audit_observed, task, "operator"))
 
 
-def _txn_of(response: Any) -> str | None:
+def _may(controls: Controls, member_id: str, flag: str) -> bool:
+    """What the audit records of a member flag: may it (``cohost``: is it one)?"""
+    return controls.is_cohost(member_id) if flag == "cohost" else controls.may(member_id, flag)
+
+
+def _may_value(controls: Controls, own: bool | None, flag: str) -> bool:
+    """A member flag's value as the audit records it: its own, else the room's."""
+    if own is not None:
+        return own
+    return False if flag == "cohost" else controls.values.get(flag, True)
+
+
+def _txn_of(response: Any, index: int = 0) -> str | None:
     """The ``txn`` token in the key read by a failed transaction's failure branch."""
-    kvs = response.responses[0].response_range.kvs if response.responses else []
+    kvs = response.responses[index].response_range.kvs if len(response.responses) > index else []
     return json_field(kvs[0].value, "txn") if kvs else None
+
+
+def _audit_entries(meeting_id: str, kvs: Sequence[Any]) -> list[AuditEntry]:
+    entries = []
+    for kv in kvs:
+        try:
+            data = json.loads(kv.value)
+            member = data.get("member")
+            entries.append(AuditEntry(
+                meeting_id, str(data["flag"]), bool(data["old"]), bool(data["new"]),
+                int(data.get("revision") or kv.create_revision), str(data["actor"]),
+                float(data["at"]), member if isinstance(member, str) else None,
+            ))
+        except (ValueError, TypeError, KeyError):
+            log.warning("meeting %s: unreadable audit record %r", meeting_id, kv.key)
+    entries.sort(key=lambda e: (e.revision, e.flag))
+    return entries
+
+
+def _tombstone_bytes(grave: Tombstone, token: str) -> bytes:
+    meta = grave.meta
+    return json.dumps({
+        "name": meta.name, "created_at": meta.created_at, "host_key_hash": meta.host_key_hash,
+        "extra": dict(meta.extra), "ended_at": grave.ended_at, "reason": grave.reason,
+        "purge_at": grave.purge_at, "txn": token,
+        "audit": [{"flag": e.flag, "old": e.old, "new": e.new, "revision": e.revision,
+                   "actor": e.actor, "at": e.at} for e in grave.audit],
+    }).encode()
+
+
+def _tombstone_from(meeting_id: str, raw: bytes) -> Tombstone | None:
+    try:
+        data = json.loads(raw)
+        meta = MeetingMeta(meeting_id, str(data["name"]), float(data["created_at"]),
+                           str(data["host_key_hash"]), dict(data.get("extra") or {}))
+        audit = [AuditEntry(meeting_id, str(e["flag"]), bool(e["old"]), bool(e["new"]),
+                            int(e["revision"]), str(e["actor"]), float(e["at"]))
+                 for e in data.get("audit") or ()]
+        return Tombstone(meta, float(data["ended_at"]), str(data["reason"]),
+                         float(data["purge_at"]), audit)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("meeting %s: unreadable tombstone (%s)", meeting_id, exc)
+        return None
 
 
 @asynccontextmanager
 async def open_etcd_meeting_store(
     endpoints: Sequence[str], *, prefix: str = "/rmeeting", timeout: float = 2.0,
-    audit_limit: int = 1000,
+    audit_limit: int = 1000, retention: float = 0.0,
 ) -> AsyncIterator[EtcdMeetingStore]:
     """An :class:`EtcdMeetingStore`, closed on exit."""
-    store = EtcdMeetingStore(endpoints, prefix=prefix, timeout=timeout, audit_limit=audit_limit)
+    store = EtcdMeetingStore(endpoints, prefix=prefix, timeout=timeout, audit_limit=audit_limit,
+                             retention=retention)
     try:
         yield store
     finally:

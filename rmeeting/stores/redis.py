@@ -17,7 +17,8 @@ so one meeting's keys share a Redis Cluster slot and its Lua scripts touch only 
 ``P:m:{M}:ledger``         list    attendance sessions in join order, never trimmed: JSON
                                    ``{"session": {...}}``; closing appends ``left_at``,
                                    ``reason`` and ``last`` (the record at leave time)
-``P:m:{M}:banned``         set     banned member ids
+``P:m:{M}:banned``         set     banned member ids (and ``sub:<user>``: a join token's user)
+``P:m:{M}:lobby``          hash    member id -> JSON ``{name, since}`` of who waits in the lobby
 ``P:m:{M}:seq``            string  the meeting's last chat seq (INCR)
 ``P:m:{M}:chat``           stream  the last ``history_limit`` chat events, entry id ``<seq>-0``,
                                    one field ``e`` = the event's JSON
@@ -30,12 +31,16 @@ so one meeting's keys share a Redis Cluster slot and its Lua scripts touch only 
 ``P:relay:<uuid>``         channel one relay's private wake-up channel
 =========================  ======  =============================================================
 
-On a Redis Cluster (detected from the server, see ``_redis_link``) the layout is the same: a
+On a Redis Cluster (detected from the server, see ``redis_link``) the layout is the same: a
 meeting's keys and channel share its slot, so each script and each ``MULTI`` touches one slot on
 one primary; ``P:c:{M}`` is a shard channel (``SPUBLISH``/``SSUBSCRIBE``, see ``_redis_shards``);
 ``P:i:<instance>`` lives wherever its own name hashes to, which is why a join writes it in a
 command of its own; and ``instances()`` scans every primary. The relay's ``P:relay:<uuid>`` is
 not used there (a local socket pair wakes its thread).
+
+When a meeting ends, every one of its ``P:m:{M}:*`` keys gets a TTL of the ``retention`` setting
+(``MemberStore.retire``): its ledger and bans stay readable that long, then Redis drops them by
+itself (issue #10, item 10), whether or not any instance is running.
 
 Everything that must survive a Redis restart (roster, ledger, bans, seq, history) lives in Redis,
 none of it only in instance memory, so with AOF on a restart loses nothing that was acknowledged.

@@ -133,8 +133,11 @@ def member_left(record: MemberRecord, reason: str, *, at: float | None = None) -
 
 
 def _member(record: MemberRecord) -> dict[str, Any]:
-    return {"id": record.member_id, "name": record.name, "role": record.role,
-            "joined_at": record.joined_at}
+    member = {"id": record.member_id, "name": record.name, "role": record.role,
+              "joined_at": record.joined_at}
+    if record.sub:  # the application's user id, from the member's join token
+        member["sub"] = record.sub
+    return member
 
 
 def controls_changed(event: ControlsChanged, *, at: float | None = None) -> WebhookEvent:

@@ -18,6 +18,15 @@ it. Every instance reads every stream with ``XREADGROUP``, so each entry goes to
 ``reclaim_after`` seconds is taken over with ``XAUTOCLAIM``: a sender killed with -9 mid-delivery
 leaves its entries pending, and another instance delivers them. A stream holds at most
 ``capacity`` entries; at that size the oldest is trimmed and counted (``dropped``).
+
+The ``redis`` setting means what it means to the stores (``rmeeting.stores.redis_link``): one
+URL, or Redis Cluster node URLs comma-separated, the kind detected from the server on the first
+call. On a cluster every key above is in the slot of ``{wh}``, so the scripts, ``XREADGROUP``,
+``XAUTOCLAIM`` and the ``XACK``+``XDEL`` transaction each run on that slot's primary, and the
+whole outbox lives on one shard. A failover of that primary is an outage like a Redis restart:
+calls raise ``StoreUnavailable`` (the sender holds its events and retries), and the client
+follows ``MOVED`` to the promoted replica, which has the streams, the consumer group and its
+pending entries (replicated), so claims resume where they were.
 """
 
 from __future__ import annotations
@@ -29,10 +38,9 @@ from typing import Any, TypeVar
 
 import redis
 import trio
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..stores.base import StoreUnavailable
+from ..stores.redis_link import RedisLink, is_unavailable
 from .events import WebhookEvent
 from .outbox import DEDUPE_SECONDS, Delivery
 
@@ -76,15 +84,16 @@ class RedisOutbox:
 
     def __init__(self, url: str, endpoints: Sequence[str], *, prefix: str = "rmeeting",
                  capacity: int = REDIS_CAPACITY, max_wait: float = 1.0) -> None:
-        self._client = connect(url, SOCKET_TIMEOUT)
-        # blocking reads wait up to max_wait on a connection of their own
-        self._reader = connect(url, SOCKET_TIMEOUT + max_wait)
+        # nothing is dialled yet: the first call finds out whether ``url`` is a cluster
+        self._link = RedisLink(url, SOCKET_TIMEOUT)
+        # blocking reads wait up to max_wait on connections of their own
+        self._reader = RedisLink(url, SOCKET_TIMEOUT + max_wait)
         self._max_wait = max_wait
         self._base = f"{prefix}:wh:{{wh}}"
         self._streams = {url: f"{self._base}:q:{_digest(url)}" for url in endpoints}
         self._capacity = capacity
-        self._enqueue = self._client.register_script(_ENQUEUE)
-        self._keep = self._client.register_script(_KEEP)
+        self._enqueue = self._link.script(_ENQUEUE)
+        self._keep = self._link.script(_KEEP)
         self._dropped = 0
         self._groups_ready = False
 
@@ -96,9 +105,10 @@ class RedisOutbox:
         return f"{self._base}:seen:{event_id}"
 
     def _ensure_groups(self) -> None:
+        client = self._link.client()
         for stream in self._streams.values():
             try:  # from 0: entries queued before any instance read the stream are delivered
-                self._client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                client.xgroup_create(stream, GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -109,7 +119,7 @@ class RedisOutbox:
                 self._seen(event.clears or event.id), *self._streams.values()]
         args: list[str | int] = [DEDUPE_SECONDS, event.to_json(), self._capacity,
                 "1" if event.clears else "0"]
-        return bool(await call(lambda: self._enqueue(keys=keys, args=args)))
+        return bool(await call(lambda: self._enqueue(keys, args)))
 
     async def claim(
         self, endpoint: str, consumer: str, *, count: int, reclaim_after: float, wait: float
@@ -133,14 +143,15 @@ class RedisOutbox:
     def _claim(self, endpoint: str, stream: str, consumer: str, count: int,
                reclaim_after: float, block: int) -> list[Delivery]:
         got: list[Delivery] = []
-        reclaimed: Any = self._client.xautoclaim(
+        reclaimed: Any = self._link.client().xautoclaim(
             stream, GROUP, consumer, min_idle_time=int(reclaim_after * 1000),
             start_id="0-0", count=count)
         for entry_id, fields in reclaimed[1]:
             got.extend(self._delivery(endpoint, stream, entry_id, fields, claims=2))
         if len(got) < count:
-            answer: Any = self._reader.xreadgroup(GROUP, consumer, {stream: ">"},
-                                             count=count - len(got), block=None if got else block)
+            answer: Any = self._reader.client().xreadgroup(
+                GROUP, consumer, {stream: ">"}, count=count - len(got),
+                block=None if got else block)
             for _name, entries in answer or []:
                 for entry_id, fields in entries:
                     got.extend(self._delivery(endpoint, stream, entry_id, fields, claims=1))
@@ -153,21 +164,22 @@ class RedisOutbox:
             event = WebhookEvent.from_json(fields[b"e"])
         except (ValueError, TypeError, KeyError):
             log.error("dropping an unreadable webhook outbox entry %s of %s", entry, stream)
-            self._client.xack(stream, GROUP, entry)
-            self._client.xdel(stream, entry)
+            self._link.client().xack(stream, GROUP, entry)
+            self._link.client().xdel(stream, entry)
             return []
         return [Delivery(endpoint, entry, event, claims)]
 
     async def keep(self, delivery: Delivery, consumer: str) -> bool:
         stream = self._streams[delivery.endpoint]
         args = [GROUP, consumer, delivery.entry]
-        return bool(await call(lambda: self._keep(keys=[stream], args=args)))
+        return bool(await call(lambda: self._keep([stream], args)))
 
     async def ack(self, delivery: Delivery) -> None:
         stream = self._streams[delivery.endpoint]
 
         def run() -> None:
-            with self._client.pipeline(transaction=True) as pipe:
+            # one slot: a MULTI on that slot's primary on a cluster too
+            with self._link.client().pipeline(transaction=True) as pipe:
                 pipe.xack(stream, GROUP, delivery.entry)
                 pipe.xdel(stream, delivery.entry)
                 pipe.execute()
@@ -176,7 +188,7 @@ class RedisOutbox:
 
     async def depth(self, endpoint: str) -> int:
         def run() -> tuple[int, int]:
-            with self._client.pipeline(transaction=False) as pipe:
+            with self._link.client().pipeline(transaction=False) as pipe:
                 pipe.xlen(self._streams[endpoint])
                 pipe.get(f"{self._base}:dropped")
                 length, dropped = pipe.execute()
@@ -186,7 +198,7 @@ class RedisOutbox:
         return length
 
     def close(self) -> None:
-        self._client.close()
+        self._link.close()
         self._reader.close()
 
 
@@ -198,18 +210,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-# The outbox keeps its own few lines of client plumbing (the stores' are theirs to change):
-# redis-py's sync client in worker threads, no retries inside redis-py (the sender retries, and
-# it must see an outage at once), failures as StoreUnavailable.
-
-
-def connect(url: str, timeout: float) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                socket_keepalive=True, retry=Retry(NoBackoff(), 0))
-
-
 async def call(fn: Callable[[], T]) -> T:
+    """redis-py's sync client in a worker thread (the link has no retries: the sender retries,
+    and it must see an outage at once); Redis being away, or a cluster failing over or not
+    covering the slot yet, as StoreUnavailable."""
     try:
         return await trio.to_thread.run_sync(fn)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError included
-        raise StoreUnavailable(f"redis: {exc}") from exc
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        raise

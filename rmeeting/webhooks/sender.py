@@ -172,6 +172,16 @@ class Webhooks:
     async def _serve_endpoint(self, http: httpx.AsyncClient, url: str) -> None:
         label = endpoint_label(url)
         busy: set[str] = set()
+        # Entries this sender acknowledged since the last claim's answer was handled. A claim
+        # under way while a delivery is acked may still return that entry: when our own claim
+        # went quiet for reclaim_after (keeps failed while the outbox was away), the claim can
+        # take it over just before the ack lands, and answer after the delivery left ``busy``.
+        # Such an entry is done: it is skipped, not sent twice. Cleared once each answer is
+        # handled (a claim begun after an ack cannot return that entry), so it holds at most
+        # the deliveries finished between two answers: <= IN_FLIGHT, since deliveries only
+        # start from an answer. Per sender: another sender's (a dead one's) entries are never
+        # in it, so they are taken over and delivered as before.
+        acked: set[str] = set()
         room = trio.Semaphore(IN_FLIGHT)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_depth, url, label)
@@ -189,13 +199,14 @@ class Webhooks:
                     continue
                 started = 0
                 for delivery in batch:
-                    if delivery.entry in busy:
-                        continue  # our own, reclaimed while we still work on it
+                    if delivery.entry in busy or delivery.entry in acked:
+                        continue  # our own, reclaimed while we still work on it or just acked
                     if started:
                         await room.acquire()
                     started += 1
                     busy.add(delivery.entry)
-                    nursery.start_soon(self._deliver, http, delivery, label, busy, room)
+                    nursery.start_soon(self._deliver, http, delivery, label, busy, acked, room)
+                acked.clear()
                 if not started:
                     room.release()
 
@@ -209,33 +220,34 @@ class Webhooks:
             await trio.sleep(1.0)
 
     async def _deliver(self, http: httpx.AsyncClient, delivery: Delivery, label: str,
-                       busy: set[str], room: trio.Semaphore) -> None:
+                       busy: set[str], acked: set[str], room: trio.Semaphore) -> None:
         try:
-            await self._attempts(http, delivery, label)
+            if await self._attempts(http, delivery, label):
+                acked.add(delivery.entry)
         finally:
             busy.discard(delivery.entry)
             room.release()
 
-    async def _attempts(self, http: httpx.AsyncClient, delivery: Delivery, label: str) -> None:
+    async def _attempts(self, http: httpx.AsyncClient, delivery: Delivery, label: str) -> bool:
+        """Deliver (or give up); True if it was then acknowledged in the outbox."""
         event, policy = delivery.event, self.policy
         body = event.body()
         for attempt in range(1, policy.max_attempts + 1):
             if attempt > 1:
                 self.stats.retries += 1
                 if not await self._wait_keeping(delivery, policy.delay(attempt - 1)):
-                    return  # another sender took it over: it delivers it
+                    return False  # another sender took it over: it delivers it
             problem = await self._post(http, delivery, body)
             if problem is None:
                 self.stats.delivered += 1
-                await self._ack(delivery)
-                return
+                return await self._ack(delivery)
             self.stats.failed_attempts += 1
             log.warning("webhook %s (%s) to %s failed (attempt %d): %s", event.id, event.type,
                         label, attempt, problem)
         self.stats.gave_up += 1
         log.error("webhook %s (%s) to %s given up after %d attempts", event.id, event.type,
                   label, policy.max_attempts)
-        await self._ack(delivery)
+        return await self._ack(delivery)
 
     async def _post(self, http: httpx.AsyncClient, delivery: Delivery, body: str) -> str | None:
         """One attempt: None if the endpoint took it (2xx), else what went wrong."""
@@ -275,16 +287,18 @@ class Webhooks:
             _log_outbox_error("keeping a claim", exc)  # meanwhile, the receiver dedupes
             return True
 
-    async def _ack(self, delivery: Delivery) -> None:
+    async def _ack(self, delivery: Delivery) -> bool:
+        """True once acknowledged; False if the outbox stayed away (it stays queued)."""
         for failures in range(1, 100):
             try:
                 await self.outbox.ack(delivery)
-                return
+                return True
             except Exception as exc:  # noqa: BLE001 - retried; worst case a second delivery
                 _log_outbox_error("acknowledging", exc)
                 await trio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
         log.error("webhook %s: could not acknowledge; it may be delivered again",
                   delivery.event.id)
+        return False
 
 
 def _log_outbox_error(doing: str, exc: Exception) -> None:

@@ -14,6 +14,7 @@ from ..events import (
     ChatPosted,
     ControlsChanged,
     HubEvent,
+    LobbyChanged,
     MeetingEnded,
     MemberJoined,
     MemberLeft,
@@ -83,6 +84,8 @@ def encode_event(event: HubEvent) -> bytes | None:
             return dumps({"notice": NOTICE_LEFT, "name": event.name})
         case MemberUpdated():
             return None  # the seed never announced renames or camera/mic changes
+        case LobbyChanged():
+            return None  # the seed has no lobby: a seed host admits nobody (docs/protocol.md)
         case Notice():
             code = event.code
             return dumps({"notice": SERVER_NOTICES.get(code, event.message), "code": code})

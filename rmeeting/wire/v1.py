@@ -15,17 +15,19 @@ from ..events import (
     ChatPosted,
     ControlsChanged,
     HubEvent,
+    LobbyChanged,
     MeetingEnded,
     MemberJoined,
     MemberLeft,
     MemberUpdated,
     Notice,
 )
-from ..records import MeetingMeta, MemberRecord
+from ..records import Knock, MeetingMeta, MemberRecord
 from ..transport.websocket import text_frame
 from ._json import dumps
 
-__all__ = ["ENCODER", "V1Encoder", "ack", "chat", "encode_event", "error", "message", "welcome"]
+__all__ = ["ENCODER", "V1Encoder", "ack", "chat", "encode_event", "error", "member", "message",
+           "welcome"]
 
 
 def message(type_: str, **fields: Any) -> bytes:
@@ -70,18 +72,21 @@ def welcome(
     missed: Iterable[ChatPosted] | None = None,
     gap: bool = False,
     resumed: bool = False,
+    lobby: Iterable[Knock] | None = None,
 ) -> bytes:
     """The first frame a member gets: the meeting as it stands, and its own identity.
 
     ``recent`` on a plain join; ``missed`` (and ``gap``) when the client said what it last saw."""
     out: dict[str, Any] = {
         "type": "welcome",
-        "you": you.public(),
+        "you": member(you, controls),
         "token": token,
         "meeting": {"id": meta.meeting_id, "name": meta.name, "created_at": meta.created_at},
         "controls": controls.as_dict(),
         "revision": controls.revision,
         "roster": [],  # spliced in below, each member's JSON made once (_member_json)
+        "member_controls": member_controls(controls),
+        "host": controls.host,
         "last_seq": last_seq,
         "resumed": resumed,
     }
@@ -90,6 +95,9 @@ def welcome(
     if missed is not None:
         out["missed"] = [chat(e) for e in missed]
         out["gap"] = gap
+    if lobby is not None:  # hosts and co-hosts: who waits to be let in
+        out["lobby"] = [{"id": k.member_id, "name": k.name, "since": k.since} for k in lobby]
+    out["meeting"]["join_policy"] = meta.extra.get("join_policy", "open")
     # `"roster":[]` occurs once: inside a JSON string every quote is escaped (\")
     members = b",".join(_member_json(r) for r in roster)
     return dumps(out).replace(b'"roster":[]', b'"roster":[' + members + b"]", 1)
@@ -97,9 +105,22 @@ def welcome(
 
 @functools.lru_cache(maxsize=16384)
 def _member_json(record: MemberRecord) -> bytes:
-    """A member as a welcome's roster shows it, encoded once per record: a join storm into a
-    meeting of N builds N welcomes of up to N members each."""
+    """:func:`member` encoded once per record (it depends on the record alone; the roster is
+    already as moderation shows it): a join storm into a meeting of N builds N welcomes of up
+    to N members each."""
     return dumps(record.public())
+
+
+def member(record: MemberRecord, controls: Controls) -> dict[str, Any]:
+    """A roster entry (``record`` as :func:`rmeeting.moderation.view` shows it)."""
+    return record.public()
+
+
+def member_controls(controls: Controls) -> dict[str, dict[str, bool]]:
+    """Members' own flags, by member id (``cohost`` shows as the member's role instead)."""
+    out = {m: {f: v for f, v in flags.items() if f != "cohost"}
+           for m, flags in controls.members.items()}
+    return {m: flags for m, flags in out.items() if flags}
 
 
 def encode_event(event: HubEvent) -> bytes | None:
@@ -107,28 +128,44 @@ def encode_event(event: HubEvent) -> bytes | None:
     match event:
         case ChatPosted():
             return dumps(chat(event))
-        case MemberJoined():
-            return dumps({"type": "member_joined", "member": _member(event), "ts": event.ts})
+        case MemberJoined():  # a new presence: no hand up, no ask
+            joined = {**_member(event), "hand": None, "ask_unmute": False}
+            return dumps({"type": "member_joined", "member": joined, "ts": event.ts})
         case MemberUpdated():
-            return dumps({"type": "member_updated", "member": _member(event), "ts": event.ts,
-                          "changes": dict(event.changes)})
+            updated: dict[str, Any] = {"type": "member_updated", "member": _member(event),
+                                       "ts": event.ts, "changes": dict(event.changes)}
+            if event.by is not None:
+                updated["by"] = event.by
+            return dumps(updated)
         case MemberLeft():
             member = {"id": event.member_id, "name": event.name, "role": event.role,
                       "joined_at": event.joined_at}
             return dumps({"type": "member_left", "member": member, "ts": event.ts,
                           "reason": str(event.reason)})
+        case LobbyChanged():  # the hub sends it to hosts and co-hosts only
+            return dumps({"type": "lobby", "state": event.state,
+                          "member": {"id": event.member_id, "name": event.name},
+                          "ts": event.ts})
         case Notice():  # from this instance, not a member
             return dumps({"type": "notice", "code": event.code, "message": event.message,
                           "ts": event.ts})
         case ControlsChanged():
-            return dumps({
+            # a device flag in ``changed`` switched off means every member's device is off;
+            # ``members``/``host``: members' own flags and the host after a hand-over
+            out: dict[str, Any] = {
                 "type": "controls",
                 "controls": event.controls.as_dict(),
                 "revision": event.controls.revision,
                 "changed": {flag: new for flag, (_old, new) in event.changed.items()},
                 "by": event.actor,
                 "expires_at": event.expires_at,
-            })
+            }
+            if event.member_changed:
+                out["members"] = {m: {f: new for f, (_old, new) in flags.items()}
+                                  for m, flags in event.member_changed.items()}
+            if event.host_changed is not None:
+                out["host"] = event.host_changed[1]
+            return dumps(out)
         case MeetingEnded():
             return dumps({"type": "meeting_ended", "reason": event.reason})
         case _:

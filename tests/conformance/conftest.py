@@ -17,13 +17,8 @@ from rmeeting.stores.etcd import open_etcd_meeting_store
 from rmeeting.stores.memory import MemoryChatLog, MemoryMeetingStore, MemoryMemberStore
 from rmeeting.stores.redis import RedisChatLog, RedisMemberStore
 
-from ..etcd_server import EtcdServer, etcd_server  # noqa: F401  (the fixture, for etcd)
-from ..redis_server import (  # noqa: F401  (the fixtures, for Redis and Redis Cluster)
-    RedisClusterServer,
-    RedisServer,
-    redis_cluster,
-    redis_server,
-)
+from ..etcd_server import EtcdServer
+from ..redis_server import RedisClusterServer, RedisServer
 
 # the real servers' params carry their tier's marker (tests/_tiers.py)
 MEETING_STORES = ["memory", pytest.param("etcd", marks=pytest.mark.etcd)]

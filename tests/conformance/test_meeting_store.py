@@ -65,20 +65,20 @@ async def test_create_get_list_and_defaults(meeting_store: Any) -> None:
         await meeting_store.controls("no-such-meeting")
 
 
-async def test_snapshot_reads_the_record_and_the_flags_together(meeting_store: Any) -> None:
+async def test_record_and_controls_are_read_together(meeting_store: Any) -> None:
     meta = _meta("all-hands")
     created = await meeting_store.create(meta, {"chat": False})
-    snap = await meeting_store.snapshot(meta.meeting_id)
+    snap = await meeting_store.record_and_controls(meta.meeting_id)
     assert snap is not None
     got, controls = snap
     assert got.name == "all-hands" and got.host_key_hash == meta.host_key_hash
     assert controls == created and not controls["chat"]
     changed = await meeting_store.set_controls(meta.meeting_id, {"locked": True}, actor="t")
-    snap = await meeting_store.snapshot(meta.meeting_id)
+    snap = await meeting_store.record_and_controls(meta.meeting_id)
     assert snap is not None and snap[1] == changed and snap[1]["locked"]
-    assert await meeting_store.snapshot("no-such-meeting") is None
+    assert await meeting_store.record_and_controls("no-such-meeting") is None
     await meeting_store.end(meta.meeting_id, reason="done")
-    assert await meeting_store.snapshot(meta.meeting_id) is None
+    assert await meeting_store.record_and_controls(meta.meeting_id) is None
 
 
 async def test_set_controls_bumps_revision_and_notifies(meeting_store: Any) -> None:
@@ -254,3 +254,81 @@ async def test_later_change_cancels_timer(
             await trio.sleep(3)
             assert (await meeting_store.controls(meta.meeting_id))["mic"] is False
             nursery.cancel_scope.cancel()
+
+
+# --- ends, tombstones and tickets (issue #12) --------------------------------------------------
+
+
+async def test_racing_ends_have_one_winner_and_leave_one_tombstone(meeting_store: Any) -> None:
+    meta = _meta("lifecycle")
+    await meeting_store.create(meta, {})
+    await meeting_store.set_controls(meta.meeting_id, {"camera": False}, actor="h1")
+    results: dict[str, bool] = {}
+
+    async def end(reason: str) -> None:
+        results[reason] = await meeting_store.end(meta.meeting_id, reason=reason, retention=60)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(end, f"reason {i}")
+    winners = [reason for reason, won in results.items() if won]
+    assert len(results) == 6 and len(winners) == 1
+    grave = await meeting_store.tombstone(meta.meeting_id)
+    assert grave is not None and grave.reason == winners[0]
+    assert grave.meta.name == "lifecycle" and grave.meta.host_key_hash == meta.host_key_hash
+    assert [(e.flag, e.old, e.new, e.actor) for e in grave.audit] == [
+        ("camera", True, False, "h1")]
+    assert time.time() - 5 < grave.ended_at <= time.time() < grave.purge_at
+    # a tombstone is not a meeting
+    assert await meeting_store.get(meta.meeting_id) is None
+    assert meta.meeting_id not in {m.meeting_id for m in await meeting_store.list()}
+    assert meta.meeting_id not in {m.meeting_id for m in await meeting_store.snapshot()}
+    assert await meeting_store.end(meta.meeting_id, reason="again", retention=60) is False
+
+
+async def test_tombstone_lasts_the_retention_only(meeting_store: Any) -> None:
+    kept, unkept = _meta(), _meta()
+    for meta in (kept, unkept):
+        await meeting_store.create(meta, {})
+    assert await meeting_store.end(kept.meeting_id, reason="r", retention=1.5)
+    assert await meeting_store.end(unkept.meeting_id, reason="r") is True
+    assert await meeting_store.tombstone(unkept.meeting_id) is None  # no retention, no tombstone
+    assert await meeting_store.tombstone(kept.meeting_id) is not None
+    with trio.fail_after(10):
+        while await meeting_store.tombstone(kept.meeting_id) is not None:
+            await trio.sleep(0.1)
+    due = await meeting_store.purge_due()
+    # memory hands the ids over to be purged; etcd's lease purges the tombstone by itself
+    assert kept.meeting_id in due or not due
+    assert await meeting_store.tombstone(kept.meeting_id) is None
+
+
+async def test_tickets_are_single_use_and_short_lived(meeting_store: Any) -> None:
+    await meeting_store.put_ticket("h1", {"meeting_id": "m", "host": True}, 30)
+    taken: list[Any] = []
+
+    async def take() -> None:
+        taken.append(await meeting_store.take_ticket("h1"))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(take)
+        assert [t for t in taken if t is not None] == [{"meeting_id": "m", "host": True}]
+        assert await meeting_store.take_ticket("never-issued") is None
+        await meeting_store.put_ticket("h2", {"meeting_id": "m"}, 0.5)
+        await trio.sleep(0.7)
+        assert await meeting_store.take_ticket("h2") is None
+
+
+async def test_update_meta_merges_extra(meeting_store: Any) -> None:
+    meta = _meta()
+    await meeting_store.create(meta, {})
+    updated = await meeting_store.update_meta(meta.meeting_id, {"join_policy": "lobby"})
+    assert updated.extra == {"join_policy": "lobby"} and updated.name == meta.name
+    got = await meeting_store.get(meta.meeting_id)
+    assert got is not None and got.extra == {"join_policy": "lobby"}
+    assert (await meeting_store.controls(meta.meeting_id))["camera"] is True
+    with pytest.raises(MeetingNotFound):
+        await meeting_store.update_meta("no-such-meeting", {"join_policy": "open"})

@@ -178,3 +178,48 @@ async def test_instances_names_those_with_present_members(member_store: Any) -> 
     await member_store.leave(meeting, a.member_id, reason="closed")
     assert a.instance_id not in await member_store.instances()
     assert b.instance_id in await member_store.instances()
+
+
+async def test_retire_keeps_then_purge_forgets_everything(member_store: Any) -> None:
+    meeting, other = uuid.uuid4().hex, uuid.uuid4().hex
+    a, b = _member(meeting, "ann", sub="app-user-1"), _member(other, "bob")
+    await member_store.join(a, max_members=10)
+    await member_store.join(b, max_members=10)
+    await member_store.ban(meeting, "m1")
+    await member_store.clear_meeting(meeting, reason="meeting ended")
+    await member_store.retire(meeting, keep=60)
+    # readable while retained (the attendance of an ended meeting), the sub carried along
+    sessions = await member_store.attendance(meeting)
+    assert [(s.name, s.sub, s.reason) for s in sessions] == [
+        ("ann", "app-user-1", "meeting ended")]
+    assert await member_store.is_banned(meeting, "m1") is True
+    await member_store.purge(meeting)
+    assert await member_store.attendance(meeting) == []
+    assert await member_store.is_banned(meeting, "m1") is False
+    assert await member_store.roster(meeting) == []
+    # nothing of another meeting goes with it
+    assert [m.member_id for m in await member_store.roster(other)] == [b.member_id]
+
+
+async def test_the_lobby_hands_each_knock_out_once(member_store: Any) -> None:
+    from rmeeting.stores.base import Knock
+
+    meeting = uuid.uuid4().hex
+    now = time.time()
+    knocks = [Knock(meeting, f"k{i}", f"guest {i}", now + i) for i in range(3)]
+    for knock in reversed(knocks):
+        await member_store.knock(knock)
+    assert await member_store.waiting(meeting) == knocks  # oldest first
+    taken: list[Any] = []
+
+    async def take() -> None:
+        taken.append(await member_store.take_knock(meeting, "k1"))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(take)
+    assert [t for t in taken if t is not None] == [knocks[1]]
+    assert await member_store.waiting(meeting) == [knocks[0], knocks[2]]
+    await member_store.purge(meeting)
+    assert await member_store.waiting(meeting) == []

@@ -1,6 +1,7 @@
 """The webhook outbox's conformance suite, run on the memory and the Redis implementation
-(a real redis-server): dedupe by id, one queue per endpoint, claim / keep / ack, the take-over of
-a dead consumer's claims, and the bounded queue's overflow policy."""
+(a real redis-server, and a real Redis Cluster of 3 primaries with replicas): dedupe by id, one
+queue per endpoint, claim / keep / ack, the take-over of a dead consumer's claims, and the
+bounded queue's overflow policy."""
 
 from __future__ import annotations
 
@@ -14,20 +15,24 @@ from rmeeting.webhooks.memory import MemoryOutbox
 from rmeeting.webhooks.outbox import Outbox
 from rmeeting.webhooks.redis import RedisOutbox
 
-from ..redis_server import RedisServer, redis_server  # noqa: F401  (the session fixture)
+# the fixtures redis_server and redis_cluster: conftest.py's (one of each for the session)
+from ..redis_server import RedisClusterServer, RedisServer
 
 A, B = "http://127.0.0.1:1/a", "http://127.0.0.1:1/b"
+REDIS_KINDS = [pytest.param("redis", marks=pytest.mark.redis),
+               pytest.param("redis-cluster", marks=pytest.mark.redis)]
 
 
 def make_outbox(kind: str, request: pytest.FixtureRequest, capacity: int) -> Outbox:
     if kind == "memory":
         return MemoryOutbox([A, B], capacity=capacity)
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: RedisServer | RedisClusterServer = request.getfixturevalue(
+        "redis_cluster" if kind == "redis-cluster" else "redis_server")
     server.flushall()
     return RedisOutbox(server.url, [A, B], capacity=capacity, max_wait=0.2)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=["memory", *REDIS_KINDS])
 async def outbox(request: pytest.FixtureRequest) -> AsyncIterator[Outbox]:
     box = make_outbox(request.param, request, capacity=100)
     yield box
@@ -102,7 +107,7 @@ async def test_a_created_event_clears_the_mark_of_the_end_it_names(outbox: Outbo
         assert await outbox.enqueue(ended) is True  # so it can end again
 
 
-@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("kind", ["memory", *REDIS_KINDS])
 async def test_a_full_queue_drops_its_oldest_and_counts_it(
     kind: str, request: pytest.FixtureRequest
 ) -> None:

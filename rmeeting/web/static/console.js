@@ -2,7 +2,7 @@
 //
 //   /               start page: create a meeting (you become its host) or join one by link
 //   /m/<id>         a meeting; a host link adds #host_key=… (a fragment never reaches the server's
-//                   logs; the page hands it to the WebSocket as the host_key query parameter)
+//                   logs; the page presents it in the WebSocket's first frame, never in a URL)
 //
 // One WebSocket per page. After a drop it reconnects by itself (backoff with jitter) with its
 // token and the last chat seq it saw: the welcome then carries what was missed (`missed`, `gap`),
@@ -29,19 +29,43 @@ const BACKOFF = [0.25, 0.5, 1, 2, 4, 8, 15];  // seconds before reconnect attemp
 const PING_EVERY = 25000;  // ms; a pong must come within PONG_WITHIN or the link is dead
 const PONG_WITHIN = 10000;
 // close codes after which reconnecting cannot help (docs/protocol.md, "Close codes")
-const FINAL = new Set([4000, 4001, 4003, 4009, 4400, 4401, 4403, 4404, 4423, 4429]);
+const FINAL = new Set([4000, 4001, 4003, 4009, 4400, 4401, 4403, 4404, 4410, 4423, 4429, 4430]);
 
 const $ = (id) => document.getElementById(id);
 
 const S = {
-  meetingId: '', hostKey: '', name: '', token: '',
+  meetingId: '', hostKey: '', name: '', token: '', lobby: new Map(),
   me: null, meeting: null, roster: new Map(), names: new Map(),
   controls: { ...DEFAULTS }, revision: 0, who: {}, expires: {}, pendingFlags: new Set(),
   lastSeq: 0, seen: new Set(), haveChat: false, unconfirmed: [],
   ws: null, welcomed: false, joinedOnce: false, attempt: 0, retryAt: 0, retryTimer: 0,
   refusal: null, endReason: '', leaving: false, clockOffset: 0,
   nextId: 0, pending: new Map(), pingTimer: 0, pongTimer: 0, hostLink: '',
+  memberControls: {},  // members' own flags: id -> {camera, mic, rename, chat} (docs: Moderation)
 };
+
+// --- moderation (docs/protocol.md, Moderation) ----------------------------------------------
+
+const moderator = () => Boolean(S.me) && (S.me.role === 'host' || S.me.role === 'cohost');
+const isHost = () => Boolean(S.me) && S.me.role === 'host';
+
+function may(id, flag) {  // the member's own flag if it has one, else the room's
+  const own = (S.memberControls[id] || {})[flag];
+  return own === undefined || own === null ? Boolean(S.controls[flag]) : own;
+}
+
+function setMember(id, changes) {  // a roster entry (and S.me) with these fields changed
+  const m = S.roster.get(id);
+  if (m) S.roster.set(id, { ...m, ...changes });
+  if (S.me && S.me.id === id) S.me = { ...S.me, ...changes };
+}
+
+function moderate(frame, what) {
+  say('roster-error', '');
+  send(frame, (reply) => {
+    if (reply.type === 'error') say('roster-error', `Could not ${what}: ${reply.message}`);
+  });
+}
 
 // --- small helpers --------------------------------------------------------------------------
 
@@ -57,7 +81,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function show(section) {
-  for (const id of ['landing', 'lobby', 'room', 'over']) $(id).hidden = id !== section;
+  for (const id of ['landing', 'lobby', 'waiting', 'room', 'over']) $(id).hidden = id !== section;
 }
 
 function say(id, text) { $(id).textContent = text || ''; }
@@ -161,6 +185,11 @@ async function meetingPage(id) {
   try {
     const meeting = await apiJson(`/v1/meetings/${encodeURIComponent(id)}`);
     say('meeting-title', meeting.name);
+    if (meeting.ended) {
+      document.title = `${meeting.name} · rmeeting`;
+      ended(meeting.ended_reason, meeting.ended_at);
+      return;
+    }
     document.title = `${meeting.name} · rmeeting`;
     say('lobby-title', `Join “${meeting.name}”`);
     const n = meeting.members;
@@ -186,16 +215,18 @@ async function meetingPage(id) {
 function connect() {
   clearTimeout(S.retryTimer);
   S.retryTimer = 0;
-  const query = new URLSearchParams();
-  if (S.token) query.set('token', S.token); else query.set('name', S.name);
-  if (S.hostKey) query.set('host_key', S.hostKey);
-  if (S.haveChat) query.set('last_seq', String(S.lastSeq));
+  // the secrets (host key, reconnect token) go in the first frame: a URL is logged by proxies
+  const hello = { type: 'auth' };
+  if (S.token) hello.token = S.token; else hello.name = S.name;
+  if (S.hostKey) hello.host_key = S.hostKey;
+  if (S.haveChat) hello.last_seq = S.lastSeq;
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const path = `/v1/meetings/${encodeURIComponent(S.meetingId)}/ws`;
-  const ws = new WebSocket(`${scheme}//${location.host}${path}?${query}`);
+  const ws = new WebSocket(`${scheme}//${location.host}${path}?auth=frame`);
   S.ws = ws;
   S.welcomed = false;
   S.refusal = null;
+  ws.onopen = () => ws.send(JSON.stringify(hello));
   ws.onmessage = (event) => { if (S.ws === ws) onFrame(JSON.parse(event.data)); };
   ws.onclose = (event) => { if (S.ws === ws) closed(event.code); };
   status(S.joinedOnce ? 'Reconnecting…' : 'Connecting…', 'busy');
@@ -235,8 +266,11 @@ function closed(code) {
   S.pendingFlags.clear();
   if (S.leaving) return;
   const refusal = S.refusal ? S.refusal.message : '';
-  if (code === 4000) return over('The meeting has ended', S.endReason ? `Reason: ${S.endReason}.` : '');
+  if (code === 4000 || code === 4410) {
+    return ended(S.endReason, null);
+  }
   if (code === 4003) return over('You were removed', 'The host removed you from this meeting.');
+  if (code === 4430) return over('Not let in', 'The host did not let you into this meeting.');
   if (code === 4009) {
     return over('Opened somewhere else',
       'You joined this meeting again from another tab or device, so this page stopped.', true);
@@ -263,6 +297,33 @@ function closed(code) {
   S.retryAt = Date.now() + delay;
   S.retryTimer = setTimeout(connect, delay);
   tick();
+}
+
+const REASONS = {  // why a meeting ended, for people
+  empty: 'nobody was in it for a while',
+  max_duration: 'it reached its maximum duration',
+};
+
+// the end of a meeting; its host also sees who attended (the tombstone keeps it readable)
+function ended(reason, when) {
+  const why = reason ? `Reason: ${REASONS[reason] || reason}.` : '';
+  const at = when ? `Ended at ${new Date(when).toLocaleString()}. ` : '';
+  over('The meeting has ended', at + why);
+  if (S.hostKey) showAttendance();
+}
+
+async function showAttendance() {
+  try {
+    const path = `/v1/meetings/${encodeURIComponent(S.meetingId)}/attendance`;
+    const rows = (await apiJson(path, { headers: hostHeaders() })).sessions;
+    const time = (iso) => (iso ? new Date(iso).toLocaleTimeString() : '—');
+    $('over-sessions').replaceChildren(...rows.map((r) => el('tr', {},
+      el('td', {}, r.name), el('td', {}, r.role), el('td', {}, time(r.joined_at)),
+      el('td', {}, time(r.left_at)), el('td', {}, (r.duration_s / 60).toFixed(1)))));
+    $('over-attendance').hidden = false;
+  } catch (err) {
+    say('over-text', `${$('over-text').textContent} The attendance could not be read: ${err.message}.`);
+  }
 }
 
 function over(title, text, rejoin = false) {
@@ -310,12 +371,50 @@ function onFrame(msg) {
     case 'member_updated': return memberUpdated(msg);
     case 'controls': return controlsChanged(msg);
     case 'meeting_ended': S.endReason = msg.reason; return undefined;
+    case 'waiting': return waitingRoom(msg);
+    case 'lobby': return lobbyChanged(msg);
     case 'error':
       if (!S.welcomed) S.refusal = msg;  // a refused join: the close follows
       else say('chat-error', msg.message);
       return undefined;
     default: return undefined;
   }
+}
+
+// a knock on a meeting with a waiting room: the server lets us in (a welcome follows) or not
+function waitingRoom(msg) {
+  show('waiting');
+  say('waiting-text', `You are “${msg.name}”. ${msg.message}.`);
+  status('Waiting to be let in…', 'busy');
+}
+
+// the host's list of who waits: knocks come and go (admitted, refused, gone)
+function lobbyChanged(msg) {
+  if (msg.state === 'waiting') S.lobby.set(msg.member.id, msg.member);
+  else S.lobby.delete(msg.member.id);
+  renderLobby();
+}
+
+function decide(type, target) {
+  say('lobby-card-error', '');
+  send({ type, ...target }, (reply) => {
+    if (reply.type === 'error') say('lobby-card-error', reply.message);
+  });
+}
+
+function renderLobby() {
+  const moderator = S.me && (S.me.role === 'host' || S.me.role === 'cohost');
+  const people = [...S.lobby.values()];
+  $('lobby-card').hidden = !moderator || (!people.length && S.meeting?.join_policy !== 'lobby');
+  $('lobby-list').replaceChildren(...people.map((k) => el('li', { 'data-knock': k.id },
+    el('span', { class: 'name' }, k.name),
+    el('button', { type: 'button', class: 'small primary', 'aria-label': `Admit ${k.name}`,
+      onclick: () => decide('admit', { member_id: k.id }) }, 'Admit'),
+    el('button', { type: 'button', class: 'small danger', 'aria-label': `Refuse ${k.name}`,
+      onclick: () => decide('refuse', { member_id: k.id }) }, 'Refuse'))));
+  say('lobby-count', `(${people.length})`);
+  $('admit-all').disabled = !people.length;
+  $('refuse-all').disabled = !people.length;
 }
 
 function welcome(w) {
@@ -329,7 +428,9 @@ function welcome(w) {
   S.me = w.you;
   S.meeting = w.meeting;
   S.roster = new Map(w.roster.map((m) => [m.id, m]));
+  S.lobby = new Map((w.lobby || []).map((k) => [k.id, k]));
   for (const m of w.roster) S.names.set(m.id, m.name);
+  S.memberControls = w.member_controls || {};
   if (w.revision > S.revision) {
     for (const flag of FLAGS) {  // changed while we were away: by whom, we cannot know
       if (resumedView && w.controls[flag] !== S.controls[flag]) {
@@ -361,8 +462,7 @@ function welcome(w) {
   const host = S.me.role === 'host';
   $('room').dataset.host = String(host);
   $('host-tools').hidden = !host;
-  $('duration-row').hidden = !host;
-  say('controls-note', host ? '' : 'Only the host can change these.');
+  renderRole();
   say('meeting-title', S.meeting.name);
   document.title = `${S.meeting.name} · rmeeting`;
   const page = `${location.origin}/m/${encodeURIComponent(S.meetingId)}`;
@@ -438,10 +538,18 @@ function memberLeft(msg) {
 
 function memberUpdated(msg) {
   const before = S.roster.get(msg.member.id);
-  S.roster.set(msg.member.id, msg.member);
+  const extra = {};  // hands and asks come in `changes`; the record keeps the rest
+  for (const key of ['hand', 'ask_unmute']) if (msg.changes && key in msg.changes) extra[key] = msg.changes[key];
+  S.roster.set(msg.member.id, { ...(before || {}), ...msg.member, ...extra });
   S.names.set(msg.member.id, msg.member.name);
-  if (msg.member.id === S.me.id) S.me = msg.member;
+  if (msg.member.id === S.me.id) S.me = { ...S.me, ...msg.member, ...extra };
   if (msg.changes && 'name' in msg.changes && before) note(`${before.name} is now ${msg.member.name}.`);
+  if (msg.by && msg.member.id === S.me.id) {
+    const who = byWhom(msg.by);
+    if (msg.changes.mic === false) note(`${who[0].toUpperCase()}${who.slice(1)} muted you.`, 'controls');
+    if (msg.changes.camera === false) note(`${who[0].toUpperCase()}${who.slice(1)} turned your camera off.`, 'controls');
+    if ('hand' in msg.changes) note(`${who[0].toUpperCase()}${who.slice(1)} lowered your hand.`, 'controls');
+  }
   renderRoster();
   renderMe();
 }
@@ -458,6 +566,7 @@ function controlsChanged(ev) {
   if (ev.revision < S.revision) return;  // older than what the page shows
   const fresh = ev.revision > S.revision;
   if (fresh) { S.controls = { ...ev.controls }; S.revision = ev.revision; }
+  if (fresh) applyModeration(ev);
   for (const [flag, value] of Object.entries(ev.changed || {})) {
     S.who[flag] = { by: ev.by, at: serverNow(), revision: ev.revision };
     if (ev.expires_at) S.expires[flag] = ev.expires_at; else delete S.expires[flag];
@@ -470,6 +579,41 @@ function controlsChanged(ev) {
   }
   renderControls();
   renderMe();
+}
+
+// a room switch off turns every device off; members' own flags, roles and the host come here too
+function applyModeration(ev) {
+  for (const device of ['camera', 'mic']) {
+    if ((ev.changed || {})[device] === false) for (const id of S.roster.keys()) setMember(id, { [device]: false });
+  }
+  for (const [id, flags] of Object.entries(ev.members || {})) {
+    const own = { ...(S.memberControls[id] || {}) };
+    for (const [flag, value] of Object.entries(flags)) {
+      if (flag === 'cohost') {
+        const m = S.roster.get(id);
+        if (m && m.role !== 'host') setMember(id, { role: value ? 'cohost' : 'member' });
+        if (S.me && id === S.me.id) note(value ? 'You are now a co-host.' : 'You are no longer a co-host.', 'controls');
+        continue;
+      }
+      if (value === null) delete own[flag]; else own[flag] = value;
+      if ((flag === 'camera' || flag === 'mic') && value === false) setMember(id, { [flag]: false });
+    }
+    S.memberControls[id] = own;
+  }
+  if (ev.host) {
+    for (const [id, m] of S.roster) if (m.role === 'host' && id !== ev.host) setMember(id, { role: 'member' });
+    setMember(ev.host, { role: 'host' });
+    note(ev.host === (S.me && S.me.id) ? 'You are now the host.' : `${S.names.get(ev.host) || 'A member'} is now the host.`, 'controls');
+  }
+  renderRole();
+  renderRoster();
+}
+
+function renderRole() {  // what this member may do, after a welcome or a role change
+  if (!S.me) return;
+  $('duration-row').hidden = !moderator();
+  $('host-tools').hidden = !isHost();
+  say('controls-note', moderator() ? '' : 'Only the host can change these.');
 }
 
 async function loadAudit() {  // the host may read who changed each flag last
@@ -490,40 +634,92 @@ async function loadAudit() {  // the host may read who changed each flag last
 
 // --- rendering ------------------------------------------------------------------------------
 
-function renderAll() { renderMe(); renderRoster(); renderControls(); }
+function renderAll() { renderMe(); renderRoster(); renderControls(); renderLobby(); }
 
 function renderMe() {
   if (!S.me) return;
   say('me-name', S.me.name);
-  say('me-role', S.me.role === 'host' ? 'host' : '');
-  $('me-role').hidden = S.me.role !== 'host';
+  say('me-role', S.me.role === 'host' ? 'host' : S.me.role === 'cohost' ? 'co-host' : '');
+  $('me-role').hidden = S.me.role === 'member';
+  $('hand-toggle').setAttribute('aria-pressed', String(Boolean(S.me.hand)));
+  $('hand-toggle').textContent = S.me.hand ? 'Lower hand' : 'Raise hand';
+  const blocked = !may(S.me.id, 'mic');  // may not unmute: it may ask
+  $('ask-unmute').hidden = !blocked;
+  $('ask-unmute').textContent = S.me.ask_unmute ? 'Asked to unmute…' : 'Ask to unmute';
+  $('ask-unmute').disabled = Boolean(S.me.ask_unmute);
   const toggles = [['camera', $('camera-toggle'), 'Camera'], ['mic', $('mic-toggle'), 'Mic']];
   for (const [flag, button, label] of toggles) {
     const on = Boolean(S.me[flag]);
     button.setAttribute('aria-pressed', String(on));
     button.textContent = `${label} ${on ? 'on' : 'off'}`;
-    button.dataset.forbidden = String(!S.controls[flag]);
-    button.title = S.controls[flag] ? '' : `The host has switched ${LABELS[flag][0].toLowerCase()} off`;
+    button.dataset.forbidden = String(!may(S.me.id, flag));
+    button.title = may(S.me.id, flag) ? '' : `The host does not allow your ${flag === 'mic' ? 'microphone' : flag} now`;
   }
   if (document.activeElement !== $('rename-input')) $('rename-input').value = S.me.name;
 }
 
 function renderRoster() {
   const list = $('roster');
+  const rank = { host: 0, cohost: 1, member: 2 };
   const people = [...S.roster.values()].sort((a, b) =>
-    (a.role === 'host' ? 0 : 1) - (b.role === 'host' ? 0 : 1) || a.joined_at - b.joined_at);
-  const host = S.me && S.me.role === 'host';
+    (rank[a.role] ?? 2) - (rank[b.role] ?? 2) || a.joined_at - b.joined_at);
   list.replaceChildren(...people.map((m) => {
     const isMe = S.me && m.id === S.me.id;
+    const menu = memberMenu(m, isMe);
     return el('li', { 'data-member': m.id },
       el('span', { class: 'name' }, m.name, isMe ? el('span', { class: 'muted' }, ' (you)') : null),
       m.role === 'host' ? el('span', { class: 'badge' }, 'host') : null,
+      m.role === 'cohost' ? el('span', { class: 'badge' }, 'co-host') : null,
+      m.hand ? el('span', { class: 'badge hand', title: 'hand raised' }, '✋') : null,
+      m.ask_unmute ? el('span', { class: 'badge ask' }, 'asks to unmute') : null,
       device('camera', 'cam', m.camera), device('microphone', 'mic', m.mic),
-      host && !isMe ? el('button', {
+      menu,
+      menu ? el('button', {
         type: 'button', class: 'small danger', 'aria-label': `Remove ${m.name}`, onclick: () => kick(m),
       }, 'Remove') : null);
   }));
   say('people-count', `(${people.length})`);
+  const hands = people.filter((m) => m.hand).sort((a, b) => a.hand - b.hand);
+  $('hands').replaceChildren(...hands.map((m) => el('li', { 'data-member': m.id }, m.name)));
+  $('hands-card').hidden = !hands.length;
+  $('lower-all').hidden = !moderator();
+}
+
+// the host's (and co-hosts') menu on one member
+function memberMenu(m, isMe) {
+  if (!moderator() || isMe || m.role === 'host' || (m.role === 'cohost' && !isHost())) return null;
+  const own = S.memberControls[m.id] || {};
+  const item = (label, action, frame) => el('button', {
+    type: 'button', class: 'small', role: 'menuitem', onclick: () => moderate(frame, action),
+  }, label);
+  const block = (flag, label) => (own[flag] === false
+    ? item(`Allow ${label}`, `allow ${label}`, { type: 'member_controls', member_id: m.id, controls: { [flag]: null } })
+    : item(`Block ${label}`, `block ${label}`, { type: 'member_controls', member_id: m.id, controls: { [flag]: false } }));
+  const items = [
+    item('Mute', 'mute', { type: 'turn_off', member_id: m.id, device: 'mic' }),
+    item('Camera off', 'turn the camera off', { type: 'turn_off', member_id: m.id, device: 'camera' }),
+    block('mic', 'unmuting'), block('camera', 'camera'), block('chat', 'chat'), block('rename', 'renaming'),
+  ];
+  if (m.ask_unmute) {
+    items.push(item('Allow to unmute', 'allow', { type: 'answer_unmute', member_id: m.id, allow: true }),
+      item('Deny unmute', 'deny', { type: 'answer_unmute', member_id: m.id, allow: false }));
+  }
+  if (m.hand) items.push(item('Lower hand', 'lower the hand', { type: 'lower_hand', member_id: m.id }));
+  if (isHost()) {
+    items.push(m.role === 'cohost'
+      ? item('Demote to member', 'demote', { type: 'set_role', member_id: m.id, role: 'member' })
+      : item('Make co-host', 'promote', { type: 'set_role', member_id: m.id, role: 'cohost' }));
+    items.push(el('button', {
+      type: 'button', class: 'small', role: 'menuitem', onclick: () => {
+        if (confirm(`Make ${m.name} the host? You will no longer be the host.`)) {
+          moderate({ type: 'hand_over', member_id: m.id }, 'hand over');
+        }
+      },
+    }, 'Make host'));
+  }
+  return el('details', { class: 'member-menu' },
+    el('summary', { 'aria-label': `Actions for ${m.name}` }, '⋯'),
+    el('div', { class: 'menu', role: 'menu' }, ...items));
 }
 
 function device(what, short, on) {
@@ -549,7 +745,7 @@ function renderControls() {
           el('span', { class: 'state' }), el('span', { class: 'who' }), el('span', { class: 'timer' }))));
     }
   }
-  const host = S.me && S.me.role === 'host';
+  const host = moderator();
   for (const flag of FLAGS) {
     const item = list.querySelector(`[data-flag="${flag}"]`);
     const input = item.querySelector('input');
@@ -676,6 +872,19 @@ function wire() {
     if (S.welcomed) input.value = '';
   });
   $('camera-toggle').addEventListener('click', () => toggleMedia('camera'));
+  $('hand-toggle').addEventListener('click', () => {
+    say('media-error', '');
+    send({ type: S.me.hand ? 'lower_hand' : 'raise_hand' }, (reply) => {
+      if (reply.type === 'error') say('media-error', `Refused: ${reply.message}`);
+    });
+  });
+  $('ask-unmute').addEventListener('click', () => {
+    say('media-error', '');
+    send({ type: 'ask_unmute' }, (reply) => {
+      if (reply.type === 'error') say('media-error', `Refused: ${reply.message}`);
+    });
+  });
+  $('lower-all').addEventListener('click', () => moderate({ type: 'lower_hands' }, 'lower the hands'));
   $('mic-toggle').addEventListener('click', () => toggleMedia('mic'));
   $('rename-form').addEventListener('submit', (event) => {
     event.preventDefault();
@@ -686,6 +895,8 @@ function wire() {
     });
   });
   $('download-attendance').addEventListener('click', downloadAttendance);
+  $('admit-all').addEventListener('click', () => decide('admit', { all: true }));
+  $('refuse-all').addEventListener('click', () => decide('refuse', { all: true }));
   $('end-meeting').addEventListener('click', () => {
     if (!confirm('End the meeting for everyone?')) return;
     send({ type: 'end' }, (reply) => {

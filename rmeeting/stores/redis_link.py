@@ -12,6 +12,9 @@ as ``StoreUnavailable`` at once, and a retried script is not idempotent (a publi
 twice). A pooled connection that died while idle is still replaced on checkout, and the cluster
 client follows ``MOVED`` and ``ASK`` redirections (those are no retries: the command did not run)
 and reloads the slot map after a node error, so the call after a failover goes to the new primary.
+
+Public (not ``_redis_``): the Redis stores and the webhook outbox (``rmeeting.webhooks.redis``)
+both connect through it, so one ``redis`` setting means the same server(s) to both.
 """
 
 from __future__ import annotations
