@@ -41,7 +41,6 @@ from ..closes import Close
 __all__ = [
     "BadFrame",
     "WebSocket",
-    "close_frame",
     "text_frame",
     "text_payload",
 ]
@@ -67,11 +66,6 @@ def text_payload(frame: bytes) -> bytes:
     """The payload of a frame made by :func:`text_frame` (its inverse)."""
     n = frame[1]
     return frame[2:] if n < 126 else frame[4:] if n == 126 else frame[10:]
-
-
-def close_frame(code: int, reason: str = "") -> bytes:
-    body = struct.pack("!H", code) + reason.encode("utf-8")[:123]
-    return bytes((0x88, len(body))) + body
 
 
 @dataclass(frozen=True)
