@@ -415,16 +415,20 @@ def scan_logs(paths: Sequence[str]) -> list[str]:
             found.append(f"{path}: unreadable: {exc}")
             continue
         for line in lines:
-            level = ""
+            level, text = "", line[:300]
             if line.startswith("{"):
                 try:
-                    level = str(json.loads(line).get("level", ""))
+                    record = json.loads(line)
                 except ValueError:
-                    pass
+                    record = {}
+                level = str(record.get("level", ""))
+                # the message, and the exception's last lines (where it was raised, and what)
+                tail = str(record.get("exc", "")).strip().splitlines()[-3:]
+                text = " | ".join([f"{record.get('logger')}: {record.get('msg')}", *tail])[:600]
             else:
                 level = line.split(" ", 1)[0]
             if level in ("error", "critical") or line.startswith("Traceback"):
-                found.append(f"{Path(path).name}: {line[:300]}")
+                found.append(f"{Path(path).name}: {text}")
     return found
 
 
