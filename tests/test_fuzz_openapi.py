@@ -11,10 +11,12 @@ Hypothesis profile (``HYPOTHESIS_PROFILE``, see tests/fuzz_support.py).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import schemathesis
+from requests.structures import CaseInsensitiveDict
 from schemathesis import Case
 from schemathesis.checks import (
     content_type_conformance,
@@ -52,18 +54,20 @@ def test_the_served_document_is_the_one_tested(api_server: ThreadedServer) -> No
 
 
 @schema.parametrize()
-def test_generated_requests(case: Case, api_server: ThreadedServer) -> None:
+def test_generated_requests(case: Case[Any], api_server: ThreadedServer) -> None:
     case.call_and_validate(base_url=api_server.url, checks=CHECKS, timeout=REQUEST_TIMEOUT)
     assert api_server.errors.take() == []
 
 
 @schema.parametrize()
-def test_generated_requests_on_a_real_meeting(case: Case, api_server: ThreadedServer) -> None:
+def test_generated_requests_on_a_real_meeting(case: Case[Any], api_server: ThreadedServer) -> None:
     """The same, on a meeting that exists, as its host (a fresh meeting per case: a DELETE or
     a lock must not spoil the next one)."""
     if case.path_parameters is not None and "meeting_id" in case.path_parameters:
         meeting, host_key = seed_meeting(api_server.url)
         case.path_parameters["meeting_id"] = meeting
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {host_key}"}
+        if case.headers is None:
+            case.headers = CaseInsensitiveDict()
+        case.headers["Authorization"] = f"Bearer {host_key}"
     case.call_and_validate(base_url=api_server.url, checks=CHECKS, timeout=REQUEST_TIMEOUT)
     assert api_server.errors.take() == []

@@ -136,8 +136,8 @@ def _check_v1_answers(frame: str | bytes, got: list[dict[str, Any]]) -> None:
 
 async def _fuzz_v1(url: str, meeting: str, frames: list[str | bytes], host_key: str | None
                    ) -> None:
-    query = {"name": "fuzz"} if host_key is None else {"name": "fuzz-host", "host_key": host_key}
-    async with open_v1(url, meeting, **query) as client:
+    name = "fuzz" if host_key is None else "fuzz-host"
+    async with open_v1(url, meeting, name=name, host_key=host_key) as client:
         for n, frame in enumerate(frames):
             _check_v1_answers(frame, await _exchange(client, frame, n))
 
