@@ -192,8 +192,8 @@ async def test_paths_queries_and_headers(
     if authorization is not None:
         value = "Bearer " + host if authorization == KEY else "Bearer " + authorization
         raw = value.encode("utf-8", "surrogatepass")
-        # what HTTP/1.1 cannot carry at all (line breaks, NUL, edge blanks) a client cannot send
-        raw = raw.replace(b"\r", b"").replace(b"\n", b"").replace(b"\x00", b"").strip()
+        # what HTTP/1.1 cannot carry (control characters, edge blanks) a client cannot send
+        raw = bytes(b for b in raw if b >= 0x20 and b != 0x7F or b == 0x09).strip()
         if raw:
             headers["Authorization"] = raw
     with trio.fail_after(60):
