@@ -1,6 +1,6 @@
 """What the property-based tests share: hostile values, a server in a thread, and the checks.
 
-Profiles (``HYPOTHESIS_PROFILE``): ``ci`` (the default: a few dozen examples per property, so the
+Profiles (``HYPOTHESIS_PROFILE``): ``ci`` (the default: 10 examples per property, so the
 suite stays fast), ``long`` (thousands per property, for a run by hand, see docs/security.md).
 
 The server runs once per module, in-process, in a thread with its own Trio run: Hypothesis runs
@@ -33,7 +33,7 @@ from rmeeting.server import RunningServer, serve_rmeeting
 from .clients import open_seed, open_v1, recv_until
 
 __all__ = [
-    "ErrorLog", "Raw", "ThreadedServer", "assert_clear_error", "assert_joinable",
+    "FUZZ", "ErrorLog", "Raw", "ThreadedServer", "assert_clear_error", "assert_joinable",
     "documented_v1_error_codes", "encode", "hostile_json", "hostile_text", "raw_url_part",
 ]
 
@@ -43,9 +43,11 @@ _COMMON = {
                               HealthCheck.function_scoped_fixture],
     "print_blob": True,
 }
-settings.register_profile("ci", max_examples=25, **_COMMON)  # type: ignore[arg-type]
+settings.register_profile("ci", max_examples=10, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile("long", max_examples=2000, **_COMMON)  # type: ignore[arg-type]
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+#: the fuzz tests' settings, as a decorator (not loaded globally: the unit tests' own
+#: Hypothesis settings stay theirs)
+FUZZ = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 # --- hostile values --------------------------------------------------------------------------

@@ -382,6 +382,8 @@ async def test_kill_the_etcd_leader_under_load() -> None:
 
 async def test_restart_redis_under_load() -> None:
     with LocalCluster(2) as cluster:
+        assert isinstance(cluster.redis, RedisServer)  # one plain Redis, restarted in place
+        redis = cluster.redis
         one, two = cluster.instances
         mid, key = await _meeting(one.url)
         ledger, stop = Ledger(), trio.Event()
@@ -400,9 +402,9 @@ async def test_restart_redis_under_load() -> None:
                     nursery.start_soon(_sender, s2, "s2", ledger, stop)
                     nursery.start_soon(_flipper, host, ledger, stop)
                     await trio.sleep(2)
-                    await trio.to_thread.run_sync(cluster.redis.kill)
+                    await trio.to_thread.run_sync(redis.kill)
                     await trio.sleep(2)  # the load goes on against a Redis that is gone
-                    await trio.to_thread.run_sync(cluster.redis.restart)
+                    await trio.to_thread.run_sync(redis.restart)
                     await _wait_ready([one.url, two.url])
                     acked_at_restart = len(ledger.acked)
                     with trio.fail_after(20):  # chat is acked again

@@ -22,6 +22,7 @@ from rmeeting.controls import FLAGS
 
 from .conftest import make_config
 from .fuzz_support import (
+    FUZZ,
     ThreadedServer,
     assert_clear_error,
     assert_joinable,
@@ -126,6 +127,7 @@ async def _created_is_joinable(url: str, route: str, response: httpx.Response) -
         await assert_joinable(url, body["id"], body["host_key"])
 
 
+@FUZZ
 @given(data=st.data(), route=st.sampled_from(sorted(BODY_ROUTES)),
        content_type=st.sampled_from(["application/json", "text/plain", None]),
        as_host=st.booleans())
@@ -174,6 +176,7 @@ def _part(text: str) -> str:
     return raw_url_part(text)[:6000]
 
 
+@FUZZ
 @given(route=st.sampled_from(PATH_ROUTES), segment=hostile_text,
        query=st.lists(st.tuples(_QUERY_KEYS, hostile_text | st.sampled_from([KEY, MEETING])),
                       max_size=4),

@@ -28,7 +28,7 @@ from schemathesis.checks import (
 from rmeeting.api.openapi import openapi_document
 
 from .conftest import make_config
-from .fuzz_support import ThreadedServer, seed_meeting
+from .fuzz_support import FUZZ, ThreadedServer, seed_meeting
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -54,12 +54,14 @@ def test_the_served_document_is_the_one_tested(api_server: ThreadedServer) -> No
 
 
 @schema.parametrize()
+@FUZZ
 def test_generated_requests(case: Case[Any], api_server: ThreadedServer) -> None:
     case.call_and_validate(base_url=api_server.url, checks=CHECKS, timeout=REQUEST_TIMEOUT)
     assert api_server.errors.take() == []
 
 
 @schema.parametrize()
+@FUZZ
 def test_generated_requests_on_a_real_meeting(case: Case[Any], api_server: ThreadedServer) -> None:
     """The same, on a meeting that exists, as its host (a fresh meeting per case: a DELETE or
     a lock must not spoil the next one)."""

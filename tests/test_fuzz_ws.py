@@ -29,6 +29,7 @@ from rmeeting.wire.seed import CONTROL_PREFIX, NOTICE_JOINED
 from .clients import V1, masked_frame, open_raw_ws, open_seed, open_v1, raw_close_code, recv_json
 from .conftest import make_config
 from .fuzz_support import (
+    FUZZ,
     ThreadedServer,
     assert_clear_error,
     assert_joinable,
@@ -142,6 +143,7 @@ async def _fuzz_v1(url: str, meeting: str, frames: list[str | bytes], host_key: 
             _check_v1_answers(frame, await _exchange(client, frame, n))
 
 
+@FUZZ
 @given(frames=st.lists(v1_frames(V1_TYPES), min_size=1, max_size=6))
 async def test_v1_member_frames(
     fuzz_server: ThreadedServer, meeting: tuple[str, str], frames: list[str | bytes]
@@ -153,6 +155,7 @@ async def test_v1_member_frames(
     assert fuzz_server.errors.take() == []
 
 
+@FUZZ
 @given(frames=st.lists(v1_frames([t for t in V1_TYPES if t != "end"]), min_size=1, max_size=6))
 async def test_v1_host_frames(
     fuzz_server: ThreadedServer, meeting: tuple[str, str], frames: list[str | bytes]
@@ -241,6 +244,7 @@ async def _fuzz_seed(url: str, meeting: str, frames: list[tuple[str, str | bytes
                 assert len(errors) <= 1 and not echoes, (frame[:300], got)
 
 
+@FUZZ
 @given(frames=st.lists(seed_frames(), min_size=1, max_size=6), as_host=st.booleans())
 async def test_seed_frames(
     fuzz_server: ThreadedServer, meeting: tuple[str, str],
@@ -255,6 +259,7 @@ async def test_seed_frames(
 
 # --- where the protocol says to close ----------------------------------------------------------
 
+@FUZZ
 @given(chars=st.integers(22000, 40000), char=st.sampled_from(["界", "é", "😀"]),
        protocol=st.sampled_from(["seed", "v1"]))
 async def test_frames_over_the_byte_limit_close_1009(
