@@ -298,7 +298,9 @@ class EtcdTrio:
     def leader(self) -> int | None:
         """The index of the leader (by ``etcdctl endpoint status``), if there is one."""
         for entry in self.status():
-            if entry["Status"]["leader"] == entry["Status"]["header"]["member_id"]:
+            status = entry["Status"]
+            # no leader (an election): etcdctl leaves the field out
+            if status.get("leader") and status["leader"] == status["header"]["member_id"]:
                 return self.endpoints.index(entry["Endpoint"])
         return None
 
