@@ -56,8 +56,9 @@ class SoakOptions:
     sample: float = 5.0
     #: RSS/fds growth is measured from the end of the warm-up
     warmup: float = 10.0
-    #: seconds the stayers keep reading after the last chat was sent
-    drain: float = 5.0
+    #: seconds the stayers may keep reading after the last chat was sent, for what is still on
+    #: its way (they stop as soon as they have every acknowledged chat and flip)
+    drain: float = 30.0
     pids: tuple[int, ...] = ()
     logs: tuple[str, ...] = ()
 
@@ -111,6 +112,19 @@ class _Run:
 
     def url(self) -> str:
         return next(self._next_url)
+
+    def all_delivered(self) -> bool:
+        """Every stayer has every acknowledged chat and the last acknowledged flip."""
+        for m in self.meetings:
+            for name, seen in m.seen.items():
+                if not m.acked <= seen:
+                    return False
+                if name in m.camera_seen:
+                    if m.last_flip[0] and m.camera_seen[name] != m.last_flip[1]:
+                        return False
+                elif m.revision_seen.get(name, 0) < m.last_flip[0]:
+                    return False
+        return True
 
     def stayer_in(self) -> None:
         self.stayers_in += 1
@@ -333,7 +347,12 @@ async def run_soak(opts: SoakOptions) -> dict[str, Any]:
                     members.start_soon(run.churn, m, slot)
             await trio.sleep(opts.duration)
             run.stop_sending.set()
-            await trio.sleep(opts.drain)
+            await trio.sleep(0.5)  # the churners' last acks
+            with trio.move_on_after(opts.drain):  # polled: deliveries are counted, not events
+                for _ in itertools.count():
+                    if run.all_delivered():
+                        break
+                    await trio.sleep(0.2)
             run.stop_reading.set()
         await trio.sleep(min(opts.sample, 2.0))  # one more sample after the members left
         nursery.cancel_scope.cancel()
