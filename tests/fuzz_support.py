@@ -222,15 +222,15 @@ def documented_v1_error_codes() -> frozenset[str]:
 async def assert_joinable(url: str, meeting: str, host_key: str) -> None:
     """The meeting still works for everyone: a fresh v1 member and a fresh seed member get
     their welcome, and the host's reads (the meeting, attendance JSON and CSV, the seed's
-    Export) answer 200 with bodies that parse."""
+    Export of who is present now) answer 200 with bodies that parse."""
     with trio.fail_after(20):
         async with open_v1(url, meeting, name="fresh") as fresh:
             assert fresh.welcome["meeting"]["id"] == meeting
             assert fresh.me["name"] == "fresh"
-        async with open_seed(url, meeting, "fresh-seed") as ws:
-            await recv_until(ws, lambda m: "user_uid" in m)
         auth = {"Authorization": f"Bearer {host_key}"}
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with open_seed(url, meeting, "fresh-seed") as ws, \
+                httpx.AsyncClient(base_url=url, timeout=10) as client:
+            await recv_until(ws, lambda m: "user_uid" in m)
             meeting_path = f"/v1/meetings/{meeting}"
             got = await client.get(meeting_path)
             assert got.status_code == 200, got.text
@@ -243,7 +243,7 @@ async def assert_joinable(url: str, meeting: str, host_key: str) -> None:
             export = await client.get(
                 "/Export?" + urlencode({"userUid": host_key, "meetingUid": meeting}))
             assert export.status_code == 200, export.text
-            assert "fresh-seed" in export.json()["attendee"]
+            assert "fresh-seed" in export.json()["attendee"], export.text
 
 
 async def unlock(url: str, meeting: str, host_key: str) -> None:
