@@ -3,7 +3,9 @@
 Scenarios: ``fanout`` (N members, one sender, M messages: latency, deliveries/s, lost, duplicated,
 out of order), ``join`` (joins per second), ``idle`` (server memory per idle member), ``flip`` (a
 control change until the last member is told: from the host's connection, the v1 API or a put
-straight into etcd). Against one server (``--url``, ``--spawn``) or several instances
+straight into etcd), ``soak`` (members joining and leaving, chat and flips for ``--duration``
+seconds: lost messages, errors in the logs, RSS and fds of every server process over time;
+:mod:`.soak`). Against one server (``--url``, ``--spawn``) or several instances
 (``--urls``, or ``--cluster K``: a local cluster started for the run). See docs/benchmarks.md for
 the measured numbers.
 
@@ -30,14 +32,16 @@ if TYPE_CHECKING:
 __all__ = ["add_arguments", "main", "run_from_args"]
 
 #: per-scenario defaults for the options that differ
-_DEFAULT_MEMBERS = {"fanout": 100, "join": 1000, "idle": 1000, "flip": 100}
-_DEFAULT_ROOM = {"fanout": 0, "join": 0, "idle": 100, "flip": 0}
+_DEFAULT_MEMBERS = {"fanout": 100, "join": 1000, "idle": 1000, "flip": 100, "soak": 10}
+_DEFAULT_ROOM = {"fanout": 0, "join": 0, "idle": 100, "flip": 0, "soak": 0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenario", choices=("fanout", "join", "idle", "flip"),
+    parser.add_argument("scenario", choices=("fanout", "join", "idle", "flip", "soak"),
                         help="fanout: one sender to N members; join: joins per second; idle: "
-                        "server memory per idle member; flip: a control change to N members")
+                        "server memory per idle member; flip: a control change to N members; "
+                        "soak: joins, leaves, chat and flips for --duration seconds, watching "
+                        "for lost messages, errors and growing RSS/fds")
     where = parser.add_argument_group(
         "the server (exactly one of --url, --urls, --spawn, --cluster)")
     where.add_argument("--url", help="the server to load, http://HOST:PORT")
@@ -96,6 +100,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="cap on the whole run in seconds (default 45)")
     load.add_argument("--drain", type=float, default=3.0,
                       help="fanout: give up after this many seconds without a delivery (3)")
+    soak = parser.add_argument_group("soak (-n is the members per meeting, default 10)")
+    soak.add_argument("--meetings", type=int, default=4, help="soak: meetings (default 4)")
+    soak.add_argument("--sample", type=float, default=5.0,
+                      help="soak: seconds between two samples of RSS and fds (default 5)")
+    soak.add_argument("--warmup", type=float,
+                      help="soak: growth is measured from this second on (default: a fifth of "
+                      "--duration, at most 60)")
+    soak.add_argument("--server-log", metavar="PATH[,PATH...]",
+                      help="soak with --url/--urls: the servers' logs to scan for errors")
     out = parser.add_argument_group("the results")
     out.add_argument("--json", metavar="PATH", help="write the results as JSON")
     out.add_argument("--png", metavar="PATH",
@@ -163,6 +176,10 @@ def run_from_args(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if problem is not None:
         print(f"rmeeting bench: {problem}", file=sys.stderr)
         return 2
+    if args.scenario == "soak":
+        from .soak_cli import run_soak_from_args
+
+        return run_soak_from_args(args, argv, _pids(args.server_pid))
     opts = _options(args)
     numbers = (opts.members, args.messages, args.size, args.concurrency, args.procs, args.flips)
     if min(numbers) < 1 or args.duration <= 0 or args.rate < 0 or opts.room_size < 0:
