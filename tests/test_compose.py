@@ -276,3 +276,34 @@ def test_yaml_fallback_parser_agrees(compose: dict[str, Any]) -> None:
     done = subprocess.run([binary, "-f", str(COMPOSE), "config"], capture_output=True,
                           timeout=60, cwd=ROOT, check=True)
     assert _parse_yaml_with_compose_python(done.stdout.decode(), binary) == compose
+
+
+#: nginx variables that hold the query string, where credentials travel (docs/security.md)
+_QUERY_VARIABLES = re.compile(r"\$(request|request_uri|args|query_string|arg_\w+)\b")
+
+
+def _http_block(conf: str) -> str:
+    match = re.search(r"^http\s*\{(.*)^\}", conf, re.M | re.S)
+    assert match, conf
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", ["compose.conf", "the launcher's"])
+def test_no_nginx_config_logs_the_query_string(name: str) -> None:
+    """nginx's default access log writes the request line, query string and all: host keys,
+    tokens, userUids, access tokens and tickets would end up in it. Every config sets its own
+    access log (off, or a format of its own), and no format or log names a query variable."""
+    conf = COMPOSE_NGINX.read_text() if name == "compose.conf" else Nginx(ROOT).config([1111])
+    rules = LOCATIONS.read_text()
+    http = _http_block(conf)
+    logs = re.findall(r"^\s*access_log\s+([^;]*);", http, re.M)
+    assert logs, f"{name} keeps nginx's default access log (the whole request line)"
+    formats = dict(re.findall(r"^\s*log_format\s+(\w+)\s+(.*?);", http, re.M | re.S))
+    for log in logs:
+        words = log.split()
+        assert words == ["off"] or (len(words) >= 2 and words[1] in formats), (
+            f"{name}: access_log {log} uses nginx's default format")
+    for text in [*formats.values(), *logs]:
+        assert not _QUERY_VARIABLES.search(text), text
+    assert "access_log" not in rules and "log_format" not in rules
+    assert not _QUERY_VARIABLES.search(rules)

@@ -129,6 +129,40 @@ async def test_v1_hostile_frames_get_errors_and_the_connection_stays(
                 assert host.welcome["type"] == "welcome"
 
 
+async def test_a_frame_refused_whole_names_its_id_when_that_is_safe(
+    server: RunningServer, api: Api
+) -> None:
+    """A pipelining client learns which of its frames the decoder refused (issue #10): the
+    error echoes the frame's id when the id itself is a clean short string or an integer and
+    the frame is nested within bounds; otherwise the error has no id, never a hostile one."""
+    mid, _ = await _create(api)
+    named = [
+        (f'{{"type": "chat", "text": "hi {SURROGATE}", "id": "c1"}}', "c1"),
+        (f'{{"id": 7, "type": "rename", "name": "x{SURROGATE}"}}', 7),
+        ('{"type": "chat", "id": "n1", "text": "x", "n": ' + HUGE + "}", "n1"),
+        ('{"type": "chat", "id": "f1", "text": 1e999}', "f1"),
+    ]
+    nameless = [
+        f'{{"type": "chat", "text": "x", "id": "{SURROGATE}"}}',  # the id is what is hostile
+        '{"type": "ping", "id": ' + HUGE + "}",
+        '{"type": "chat", "id": "d1", "text": ' + DEEP + "}",  # too deep to read at all
+        '{"type": "chat", "id": "' + "i" * 200 + f'", "text": "{SURROGATE}"}}',  # id too long
+        f'[{{"id": "a1"}}, "{SURROGATE}"]',  # not an object
+    ]
+    with trio.fail_after(20):
+        async with open_v1(server.url, mid, name="ann") as ann:
+            for raw in [raw for raw, _ in named] + nameless:  # pipelined: no wait between
+                await ann.ws.send_message(raw)
+            for raw, expected in named:
+                reply = await ann.recv_type("error")
+                assert reply["code"] == "bad_request", (raw[:50], reply)
+                assert reply.get("id") == expected, (raw[:50], reply)
+            for raw in nameless:
+                reply = await ann.recv_type("error")
+                assert reply["code"] == "bad_request" and "id" not in reply, (raw[:50], reply)
+            await _still_up(ann)
+
+
 async def test_a_stored_bad_string_cannot_break_welcome_or_exports(
     server: RunningServer, api: Api
 ) -> None:

@@ -30,7 +30,7 @@ from ..service import Denied, Joined, MeetingService, RateLimiter
 from ..stores.base import RevisionConflict, StoreUnavailable
 from ..transport.frontdoor import Handshake
 from ..transport.websocket import BadFrame, WebSocket, text_frame
-from ..wire import BadInput, decode, v1
+from ..wire import BadInput, decode, readable_id, v1
 from .seed import DENIED_CLOSE_CODES, leave_reason
 
 __all__ = ["v1_session"]
@@ -262,7 +262,7 @@ async def _wait_in_lobby(
                         raise Denied("in_lobby", "you are in the waiting room: wait to be let in")
                     except Denied as denied:
                         ws.send_text_nowait(v1.error(denied.code, denied.message,
-                                                     reply_to=frame.get("id")))
+                                                     reply_to=_reply_to(frame, denied)))
                 nursery.cancel_scope.cancel()  # the knocker went away
 
             nursery.start_soon(decision)
@@ -583,6 +583,21 @@ HANDLERS: Mapping[str, Handler] = {
 }
 
 
+class _Refused(Denied):
+    """A frame the decoder refused whole; ``reply_to`` is its id where that could be read."""
+
+    def __init__(self, code: str, message: str, reply_to: str | int | None) -> None:
+        super().__init__(code, message)
+        self.reply_to = reply_to
+
+
+def _reply_to(frame: dict[str, Any], exc: Exception) -> Any:
+    """The id an error answers: the decoded frame's, else what the decoder could read."""
+    if frame:
+        return frame.get("id")
+    return exc.reply_to if isinstance(exc, _Refused) else None
+
+
 def _decode(message: str | BadFrame) -> dict[str, Any]:
     """A JSON object whose ``id``, if any, can be echoed."""
     if isinstance(message, BadFrame):
@@ -590,7 +605,9 @@ def _decode(message: str | BadFrame) -> dict[str, Any]:
     try:
         frame = decode(message)
     except BadInput as exc:
-        raise Denied(exc.code, exc.message) from exc
+        # a pipelining client must learn which of its requests this was
+        raise _Refused(exc.code, exc.message,
+                       readable_id(message, max_chars=MAX_ID_CHARS)) from exc
     if not isinstance(frame, dict):
         raise Denied("bad_request", "a frame must be a JSON object")
     reply_to = frame.get("id")
@@ -619,7 +636,7 @@ async def _serve_frames(service: MeetingService, ws: WebSocket, joined: Joined) 
             frame = _decode(message)
             fields = await _handler(frame)(session, frame)
         except Denied as denied:
-            reply = v1.error(denied.code, denied.message, reply_to=frame.get("id"))
+            reply = v1.error(denied.code, denied.message, reply_to=_reply_to(frame, denied))
         except RevisionConflict as exc:
             reply = v1.error("revision_conflict", str(exc), reply_to=frame.get("id"),
                              revision=exc.current)

@@ -56,7 +56,7 @@ import etcd3.etcdrpc as rpc
 import grpc  # type: ignore[import-untyped]
 import trio
 
-from ..controls import FLAGS, Controls, validate_changes, validate_member_changes
+from ..controls import DEFAULTS, FLAGS, Controls, validate_changes, validate_member_changes
 from ._etcd_cache import (
     ENDED_IN_ETCD,
     AuditTask,
@@ -447,6 +447,12 @@ class EtcdMeetingStore:
                 meeting_id, expected_revision, read
             ):
                 raise RevisionConflict(expected_revision, self._cache.revision(meeting_id, read))
+            if (ttl is None and expected_revision is None
+                    and all(_holds(read, f, v) for f, v in changes.items())):
+                # nothing changes: a write would make a revision that no event reports (the
+                # watcher sees no change) and the ack's would differ from the last one told.
+                # A compare-and-set still writes: of concurrent ones exactly one wins
+                return self._cache.controls_of_read(meeting_id, read)
             old = self._cache.values(meeting_id, read)
             new = {**old, **changes}
             now = self._clock()
@@ -822,6 +828,17 @@ def _may_value(controls: Controls, own: bool | None, flag: str) -> bool:
     if own is not None:
         return own
     return False if flag == "cohost" else controls.values.get(flag, True)
+
+
+def _holds(read: Read, flag: str, value: bool) -> bool:
+    """Whether ``flag`` already holds ``value`` for good in ``read``: its key says exactly that,
+    with no lease (a timed value is taken off its timer by a plain change), or it has no key
+    and the default is that value. An unreadable key does not hold: the write repairs it."""
+    stored = read.flags.get(flag)
+    if stored is None:
+        return DEFAULTS[flag] == value
+    raw, _, lease = stored
+    return lease == 0 and raw == flag_bytes(value)
 
 
 def _txn_of(response: Any, index: int = 0) -> str | None:

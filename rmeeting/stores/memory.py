@@ -172,6 +172,10 @@ class MemoryMeetingStore:
         current = self._controls(meeting_id)
         if expected_revision is not None and expected_revision != current.revision:
             raise RevisionConflict(expected_revision, current.revision)
+        if ttl is None and expected_revision is None and all(
+            current[f] == v and (meeting_id, f) not in self._timers for f, v in changes.items()
+        ):
+            return current  # nothing changes: no revision that no event would carry
         await self._apply(meeting_id, changes, actor, ttl)
         return self._controls(meeting_id)
 

@@ -23,14 +23,16 @@ only heads that arrive in pieces), and a deadline on the whole body (408: Hyperc
 ``read_timeout`` bounds each read, not a trickle). The splice cuts off a client that takes no
 response bytes for ``read_timeout`` (Hypercorn itself has no write timeout).
 
-A response sent before the request's body was read to its end (a 413) makes Hypercorn close the
-connection; the splice then closes the client's side gracefully: it stops sending, and reads and
+A response sent before the app read the request's body to its end (a 413, a 401) says
+``Connection: close`` (:func:`_closing`), and Hypercorn closes the connection after it; the
+splice then closes the client's side gracefully: it stops sending, and reads and
 discards what the client still sends for up to :data:`LINGER` seconds, so the client can read
 that response instead of losing it to a reset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -187,7 +189,11 @@ async def _pump_request(
         await _copy(downstream, upstream)
         upstream.shutdown(socket.SHUT_WR)  # the client is done sending; Hypercorn answers
     except OSError:
-        upstream.close()  # a reset client: Hypercorn sees the close, and the splice ends
+        # a reset client, or Hypercorn gone: Hypercorn sees the end, and the splice's read of
+        # its side ends too. Not close(): the other task is reading that socket, and a socket
+        # closed under it raises ClosedResourceError instead of ending its read
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_RDWR)
 
 
 class _FrontDoorApp:
@@ -262,7 +268,20 @@ class _BodyDeadline:
             return  # the 408 went out instead of whatever the app says now
         if message["type"] == "http.response.start":
             self._app_responded = True
+            if not self._body_done:
+                message = _closing(message)
         await _send_shielded_end(self._send, message)
+
+
+def _closing(start: Message) -> Message:
+    """``start`` with ``Connection: close``: the response of a request whose body was not read.
+
+    Hypercorn keeps such a connection only if the body happens to arrive before the response
+    ends, and otherwise closes it without a word, so a keep-alive client would send its next
+    request into a closed socket (issue #10). Said in the response, the close is announced."""
+    headers = [(name, value) for name, value in start.get("headers", [])
+               if name.lower() != b"connection"]
+    return {**start, "headers": [*headers, (b"connection", b"close")]}
 
 
 async def _send_shielded_end(send: Send, message: Message) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ._decode import BadInput, decode
+from ._decode import BadInput, decode, readable_id
 from ._json import dumps
 from .seed import SeedEncoder
 from .v1 import V1Encoder
 
-__all__ = ["BadInput", "decode", "dumps", "encoders"]
+__all__ = ["BadInput", "decode", "dumps", "encoders", "readable_id"]
 
 
 def encoders() -> dict[str, SeedEncoder | V1Encoder]:

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "MAX_NUMBER_CHARS", "BadInput", "decode", "encodable"]
+__all__ = ["MAX_DEPTH", "MAX_NUMBER_CHARS", "BadInput", "decode", "encodable", "readable_id"]
 
 #: deepest nesting of arrays/objects accepted; rmeeting's own messages need 3
 MAX_DEPTH = 32
@@ -114,3 +114,36 @@ def decode(raw: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         raise BadInput("bad_json", f"malformed JSON: {exc}") from exc
     _check_strings(value)
     return value
+
+
+_TOO_LONG = object()  # a number literal readable_id() did not turn into a number
+
+
+def readable_id(
+    raw: str | bytes, *, max_chars: int, max_depth: int = MAX_DEPTH
+) -> str | int | None:
+    """The top-level ``"id"`` of an object :func:`decode` refused as a whole (a lone surrogate
+    or a long number elsewhere in it), so that the refusal can name the request it answers; or
+    None unless that is safe: nesting within ``max_depth`` (no deep parse), valid UTF-8, and the
+    id itself a string of at most ``max_chars`` that is encodable, or an integer literal of at
+    most :data:`MAX_NUMBER_CHARS` characters."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not _depth_ok(raw, max_depth):
+        return None
+    try:
+        value = json.loads(
+            raw, parse_int=lambda s: int(s) if len(s) <= MAX_NUMBER_CHARS else _TOO_LONG,
+            parse_float=lambda s: None, parse_constant=lambda s: None,
+        )
+    except (ValueError, RecursionError):
+        return None
+    found = value.get("id") if isinstance(value, dict) else None
+    if isinstance(found, str) and len(found) <= max_chars and encodable(found):
+        return found
+    if isinstance(found, int) and not isinstance(found, bool):
+        return found
+    return None

@@ -332,3 +332,31 @@ async def test_update_meta_merges_extra(meeting_store: Any) -> None:
     assert (await meeting_store.controls(meta.meeting_id))["camera"] is True
     with pytest.raises(MeetingNotFound):
         await meeting_store.update_meta("no-such-meeting", {"join_policy": "open"})
+
+
+async def test_a_change_that_changes_nothing_keeps_the_revision(meeting_store: Any) -> None:
+    """A no-op change (flags set to the values they have, no timer) writes nothing: it answers
+    with the revision a read of the controls carries, and the last event told, so the ack and
+    the PATCH's ETag name a revision a GET and an event carry (the etcd store once returned
+    etcd's global revision of a write that no event reported, issue #10)."""
+    meta = _meta()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            events = await _serving(nursery, meeting_store)
+            await meeting_store.create(meta, {"mic": False})
+            changed = await meeting_store.set_controls(meta.meeting_id, {"mic": True}, actor="h")
+            told = await events.wait_for(lambda e: isinstance(e, ControlsChanged)
+                                         and e.meeting_id == meta.meeting_id)
+            assert isinstance(told, ControlsChanged)
+            assert told.controls.revision == changed.revision
+            for change in ({"mic": True}, {"mic": True, "camera": DEFAULTS["camera"]}):
+                same = await meeting_store.set_controls(meta.meeting_id, change, actor="h")
+                read = await meeting_store.controls(meta.meeting_id)
+                assert same.revision == read.revision == changed.revision
+                assert same.as_dict() == read.as_dict() == {**DEFAULTS, "mic": True}
+            # a change that does change something is still told, with the revision it returns
+            later = await meeting_store.set_controls(meta.meeting_id, {"mic": False}, actor="h")
+            assert later.revision > changed.revision
+            await events.wait_for(lambda e: isinstance(e, ControlsChanged)
+                                  and e.controls.revision == later.revision)
+            nursery.cancel_scope.cancel()
