@@ -458,29 +458,19 @@ class EtcdMeetingStore:
             now = self._clock()
             ops = [put_op(keys.flag(meeting_id, f), flag_bytes(v), lease)
                    for f, v in changes.items()]
-            # "at" lets every instance time the change from its write to its fan-out
-            ops.append(put_op(keys.actor(meeting_id), json.dumps({
-                "actor": actor, "ttl": ttl, "expires_at": now + ttl if ttl is not None else None,
-                "txn": token, "at": now,
-            }).encode()))
-            ops += [put_op(keys.audit(meeting_id, f"{token}-{f}"), json.dumps({
+            ops.append(self._actor_op(meeting_id, actor, token, now, ttl=ttl))
+            ops += [self._audit_op(meeting_id, f"{token}-{f}", {
                 "flag": f, "old": old[f], "new": new[f], "actor": actor, "at": now,
-            }).encode()) for f in FLAGS if old[f] != new[f]]
+            }) for f in FLAGS if old[f] != new[f]]
             # Nothing of the meeting changed since the read, so the old values above are true.
             compares = [compare(keys.meta(meeting_id), "mod", "==", read.meta_mod)] + [
                 compare(keys.flag(meeting_id, f), "mod", "==", read.mods.get(f, 0))
                 for f in FLAGS
             ]
-            trail = keys.audit(meeting_id)
-            ops.append(range_op(trail, prefix_end(trail), count_only=True))
-            response = await self._conn.txn(compares, ops, [range_op(keys.actor(meeting_id))])
-            if response.succeeded:
-                await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
+            revision = await self._commit_audited(meeting_id, compares, ops, token)
+            if revision is not None:
                 return replace(self._cache.controls_of_read(meeting_id, read), values=new,
-                               revision=response.header.revision)
-            if _txn_of(response) == token:  # a retried call whose first attempt landed
-                return replace(self._cache.controls_of_read(meeting_id, read), values=new,
-                               revision=response.responses[0].response_range.kvs[0].mod_revision)
+                               revision=revision)
         raise StoreUnavailable(f"controls of meeting {meeting_id} keep changing")
 
     async def set_member_controls(
@@ -513,15 +503,9 @@ class EtcdMeetingStore:
                 compare(flag_keys[f], "mod", "==", read.member_mods.get((member_id, f), 0))
                 for f in valid
             ]
-            trail = keys.audit(meeting_id)
-            ops.append(range_op(trail, prefix_end(trail), count_only=True))
-            response = await self._conn.txn(compares, ops, [range_op(keys.actor(meeting_id))])
-            if response.succeeded:
-                await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
-                return replace(after, revision=response.header.revision)
-            if _txn_of(response) == token:
-                return replace(after,
-                               revision=response.responses[0].response_range.kvs[0].mod_revision)
+            revision = await self._commit_audited(meeting_id, compares, ops, token)
+            if revision is not None:
+                return replace(after, revision=revision)
         raise StoreUnavailable(f"flags of member {member_id} keep changing")
 
     async def set_host(self, meeting_id: str, member_id: str, *, actor: str) -> Controls:
@@ -569,11 +553,32 @@ class EtcdMeetingStore:
             raise MeetingNotFound(meeting_id)
         await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
 
-    def _actor_op(self, meeting_id: str, actor: str, token: str, now: float) -> Any:
-        """The actor key, in the same transaction as the change: the watchers name the actor."""
+    def _actor_op(self, meeting_id: str, actor: str, token: str, now: float, *,
+                  ttl: float | None = None) -> Any:
+        """The actor key, in the same transaction as the change: the watchers name the actor.
+        "at" lets every instance time the change from its write to its fan-out."""
         return put_op(self._keys.actor(meeting_id), json.dumps({
-            "actor": actor, "ttl": None, "expires_at": None, "txn": token, "at": now,
+            "actor": actor, "ttl": ttl, "expires_at": now + ttl if ttl is not None else None,
+            "txn": token, "at": now,
         }).encode())
+
+    async def _commit_audited(
+        self, meeting_id: str, compares: Sequence[Any], ops: Sequence[Any], token: str
+    ) -> int | None:
+        """Run a change's transaction (its ops include the actor key and audit records) and
+        keep the audit trail bounded. The revision of the change, or None if a compare failed
+        (the caller reads again and retries); a retried call whose first attempt landed gets
+        that attempt's revision."""
+        trail = self._keys.audit(meeting_id)
+        ops = [*ops, range_op(trail, prefix_end(trail), count_only=True)]
+        response = await self._conn.txn(compares, ops,
+                                        [range_op(self._keys.actor(meeting_id))])
+        if response.succeeded:
+            await self._trim_audit(meeting_id, response.responses[-1].response_range.count)
+            return int(response.header.revision)
+        if _txn_of(response) == token:
+            return int(response.responses[0].response_range.kvs[0].mod_revision)
+        return None
 
     def _audit_op(self, meeting_id: str, name: str, record: dict[str, Any]) -> Any:
         return put_op(self._keys.audit(meeting_id, name), json.dumps(record).encode())
