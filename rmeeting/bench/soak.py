@@ -409,19 +409,23 @@ def _flatness(samples: list[dict[str, float]], warmup: float) -> list[dict[str, 
             "rss_kib_max": max(s.get("rss_kib", 0) for s in mine),
             "fds_after_warmup": first.get("fds"), "fds_end": last.get("fds"),
             "fds_max": max(s.get("fds", 0) for s in mine),
+            "threads_max": max(s.get("threads", 0) for s in mine),
         })
     return out
 
 
 def process_stats(pid: int) -> dict[str, float]:
-    """RSS (KiB) and open file descriptors of a process, from /proc; {} once it is gone."""
+    """RSS (KiB), open file descriptors and threads of a process, from /proc; {} once it is
+    gone. Threads, because a process that keeps making new ones keeps growing its heap."""
     try:
         with open(f"/proc/{pid}/status", encoding="utf-8") as status:
-            rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        rss = int(fields["VmRSS"].split()[0])
+        threads = int(fields["Threads"])
         fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, StopIteration, ValueError):
+    except (OSError, KeyError, ValueError):
         return {}
-    return {"rss_kib": rss, "fds": fds}
+    return {"rss_kib": rss, "fds": fds, "threads": threads}
 
 
 def scan_logs(paths: Sequence[str]) -> list[str]:
@@ -472,7 +476,7 @@ def format_soak(result: dict[str, Any]) -> str:
             f"  pid {p['pid']}: RSS {_mib(p['rss_kib_after_warmup'])} after warm-up -> "
             f"{_mib(p['rss_kib_end'])} at the end (max {_mib(p['rss_kib_max'])}); fds "
             f"{p['fds_after_warmup']} -> {p['fds_end']} (max {p['fds_max']}); "
-            f"{p['samples']} samples")
+            f"threads max {p['threads_max']}; {p['samples']} samples")
     lines.append("  verdict: " + ("OK" if ok else "FAILED"))
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import redis
 import trio
+from trio.lowlevel import RunVar
 
 from .base import StoreUnavailable
 from .redis_link import Client, RedisLink, is_unavailable
@@ -28,10 +29,27 @@ def connect(url: str, timeout: float) -> RedisLink:
     return RedisLink(url, timeout)
 
 
-async def call(fn: Callable[[], T]) -> T:
-    """Run one store call's blocking Redis work in a worker thread."""
+#: Worker threads for store calls, per Trio run. Few and reused: with Trio's default (40 shared
+#: by everything) a burst of calls makes new threads, which exit after 10 s idle, and each new
+#: thread grows the allocator's heap a little (docs/benchmarks.md#soak). Store calls never
+#: block in Redis (no BLPOP/XREAD BLOCK here), so a small pool only queues them briefly.
+STORE_THREADS = 16
+_store_threads: RunVar[trio.CapacityLimiter] = RunVar("rmeeting_redis_store_threads")
+
+
+def _limiter() -> trio.CapacityLimiter:
     try:
-        return await trio.to_thread.run_sync(fn)
+        return _store_threads.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(STORE_THREADS)
+        _store_threads.set(limiter)
+        return limiter
+
+
+async def call(fn: Callable[[], T]) -> T:
+    """Run one store call's blocking Redis work in a worker thread (at most STORE_THREADS)."""
+    try:
+        return await trio.to_thread.run_sync(fn, limiter=_limiter())
     except Exception as exc:
         # a refused, timed-out or still-loading Redis; a cluster failing over or not covering
         # the slot yet: all "try again later", none a bug
@@ -42,7 +60,7 @@ async def call(fn: Callable[[], T]) -> T:
 
 async def ping(link: RedisLink) -> bool:
     try:
-        return await trio.to_thread.run_sync(link.ping)
+        return await trio.to_thread.run_sync(link.ping, limiter=_limiter())
     except Exception as exc:
         if is_unavailable(exc) or isinstance(exc, redis.RedisError):
             return False
