@@ -41,8 +41,7 @@ async def test_waiting_frames_share_a_send_and_arrive_whole_in_order() -> None:
     part = ""
     try:
         with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ws.run)
+            async with trio.open_nursery() as nursery, ws.connected():
                 await trio.testing.wait_all_tasks_blocked()
                 assert not ws._writing  # nothing to write: no writer task
                 for frame in frames:  # the client reads nothing yet: the outbox fills

@@ -78,8 +78,7 @@ async def test_a_half_sent_frame_is_finished_before_the_close_frame() -> None:
     frame = text_frame(b"a" * FRAME_PAYLOAD)
     try:
         with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ws.run)
+            async with ws.connected():
                 await trio.lowlevel.checkpoint()
                 queued_partial = False
                 while ws.send_frame_nowait(frame):
@@ -156,14 +155,12 @@ async def test_what_a_client_sent_before_it_vanished_still_reaches_the_session()
     ws = WebSocket(server_sock, Connection(ConnectionType.SERVER), max_message=65536,
                    max_buffer=60_000, ping_interval=60, ping_timeout=60)
     client = Connection(ConnectionType.CLIENT)
-    count = 24  # more than the 16 the reader may queue: it is blocked on the rest
+    count = 24
     client_sock.send(b"".join(client.send(TextMessage(data=f"m{i}")) for i in range(count)))
     got: list[str] = []
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ws.run)
-            while ws._incoming.statistics().current_buffer_used < 16:  # the reader is blocked
-                await trio.sleep(0.01)
+        async with ws.connected():
+            got.append(str(await ws.receive()))  # one read: every message is in hand now
             client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                    struct.pack("ii", 1, 0))
             client_sock.close()  # a reset

@@ -11,7 +11,6 @@ import logging
 import uuid
 from typing import Any
 
-import trio
 from quart import Blueprint, request
 
 from .. import auth
@@ -155,8 +154,7 @@ async def seed_session(service: MeetingService, hs: Handshake) -> None:
     given = hs.query.get("userUid") or ""
     user_uid = given if auth.strong_user_uid(given) else str(uuid.uuid4())
     ws = hs.accept()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ws.run)
+    async with ws.connected():
         try:
             # the manager is recognised by its userUid on the record the join reads
             joined = await service.join(

@@ -107,8 +107,7 @@ def _refuse(ws: WebSocket, code: str, message: str) -> None:
 async def v1_session(service: MeetingService, hs: Handshake) -> None:
     """One v1 client, from the upgrade to its leave."""
     ws = hs.accept()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ws.run)
+    async with ws.connected():
         try:
             await _session(service, hs, ws)
         except Exception:  # a bug must cost this member its connection, not the front door

@@ -71,6 +71,8 @@ class Handshake:
     params: dict[str, str] = field(default_factory=dict)
     #: the client's address (host, port) as the front door accepted it
     client: tuple[str, int] = ("", 0)
+    #: where the WebSocket's writer runs when frames wait (shared by all connections)
+    _writers: trio.Nursery | None = None
 
     def accept(self) -> WebSocket:
         accept = base64.b64encode(hashlib.sha1(self._key.encode() + _WS_GUID).digest())
@@ -87,6 +89,7 @@ class Handshake:
             ping_interval=limits.ping_interval,
             ping_timeout=limits.ping_timeout,
             initial=self._rest,  # frames that came with the handshake
+            writers=self._writers,
         )
 
     def reject(self, status: int, body: bytes, content_type: str = "application/json") -> None:
@@ -141,7 +144,7 @@ class FrontDoor:
                 def on_connection(conn: socket.socket, client: tuple[str, int]) -> None:
                     refused = self.caps.acquire(client[0])
                     if refused is None:
-                        nursery.start_soon(self._handle, conn, client)
+                        nursery.start_soon(self._handle, conn, client, nursery)
                     else:
                         nursery.start_soon(_refuse, conn, refused)
 
@@ -149,7 +152,9 @@ class FrontDoor:
         finally:
             listener.close()
 
-    async def _handle(self, conn: socket.socket, client: tuple[str, int]) -> None:
+    async def _handle(
+        self, conn: socket.socket, client: tuple[str, int], writers: trio.Nursery
+    ) -> None:
         try:
             read = await _read_head(conn, self._door)
             if read is None:
@@ -166,9 +171,11 @@ class FrontDoor:
                 return
             assert head is not None
             handshake = _handshake(head, conn, buf[end:], self._limits, found[1], client)
+            del buf, head  # not kept for the connection's life
             if handshake is None:
                 await _linger(conn)
                 return
+            handshake._writers = writers
             await found[0](handshake)
         except OSError:
             pass

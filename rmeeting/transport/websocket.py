@@ -7,6 +7,12 @@ to the kernel when nothing is queued, and otherwise appends to this connection's
 writer task drains as the socket becomes writable (the task exists only while there is something
 to write, and sends whatever is waiting in one ``send``).
 
+Memory per member is what bounds a server of idle members (docs/benchmarks.md, "idle"), so a
+connection costs one task, the session's own: it reads its messages itself
+(:meth:`WebSocket.receive`, with the keep-alive as a deadline on that wait), the writer task is
+started in a nursery shared by all connections and only while frames wait, and no event or
+channel exists until something waits on it.
+
 Backpressure policy: the outbox holds at most ``max_buffer`` bytes. A member whose outbox would
 grow past that is not read by its client; it is closed with code 4008 ("slow consumer") and the
 broadcast goes on for everyone else. Nothing ever waits on a slow member.
@@ -22,6 +28,8 @@ import math
 import socket
 import struct
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
@@ -76,7 +84,15 @@ class BadFrame:
 
 
 class WebSocket:
-    """An accepted WebSocket. ``run`` drives it; ``messages`` yields what the client says."""
+    """An accepted WebSocket, driven by the task that holds it::
+
+        async with ws.connected():
+            async for message in ws.messages():
+                ...
+
+    ``connected`` closes the connection on the way out (a close frame, bounded in time);
+    ``messages`` (or :meth:`receive`) reads in the calling task. Frames to the member are
+    written without waiting (:meth:`send_frame_nowait`), from any task."""
 
     def __init__(
         self,
@@ -88,6 +104,8 @@ class WebSocket:
         ping_interval: float,
         ping_timeout: float,
         initial: bytes = b"",
+        writers: trio.Nursery | None = None,
+        close_timeout: float = 2.0,
     ) -> None:
         self._sock = sock
         self._ws = ws
@@ -95,25 +113,37 @@ class WebSocket:
         self._max_buffer = max_buffer
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
+        self._close_timeout = close_timeout
         self._outbox: deque[bytes] = deque()
         self._outbox_bytes = 0
-        #: the connection's nursery while ``run`` drives it; the writer task is started in it
-        #: only while the outbox has something to write (most members, most of the time, have
-        #: nothing queued: their frames go straight to the kernel)
-        self._nursery: trio.Nursery | None = None
+        #: where the writer task runs while the outbox has something to write (most members,
+        #: most of the time, have nothing queued: their frames go straight to the kernel); None
+        #: until ``connected`` is entered, if not given (then its own nursery)
+        self._writers = writers
         self._writing = False
         #: the outbox's first entry is the rest of a frame whose start is already sent
         self._head_partial = False
-        self._flushed = trio.Event()
-        self._flushed.set()
+        #: made by whoever waits for the outbox to empty (the close), set by the writer
+        self._drained: trio.Event | None = None
         self._closing = False
         self._aborted = False
-        self._closing_event = trio.Event()
-        self._reader_done = trio.Event()
-        #: bytes read with the handshake, before any frame was parsed
-        self._initial = initial
+        self._socket_closed = False
+        #: no more messages will be read (the peer closed, the socket died, or time ran out)
+        self._ended = False
+        #: a message was refused (too big): the session gets no more, and what still comes
+        #: is read and dropped until the peer's close frame
+        self._refused = False
+        #: once closing, reading (for the peer's close frame) stops at this time
+        self._close_deadline = math.inf
+        #: the reader's current wait, so that a close started elsewhere can shorten it
+        self._wait: trio.CancelScope | None = None
+        #: bytes read but not yet given to wsproto (those that came with the handshake)
+        self._unparsed = initial
+        #: messages parsed and not yet returned; a message being assembled, and its size
+        self._ready: list[str | BadFrame] = []
+        self._parts: list[str] = []
+        self._size = 0
         self.timed_out = False
-        self._incoming_send, self._incoming = trio.open_memory_channel[str | BadFrame](16)
         self._last_heard = trio.current_time()
         self._next_ping = self._last_heard + ping_interval
         #: the code this side closed with (None while open, or if the peer closed first)
@@ -162,13 +192,13 @@ class WebSocket:
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
         self.frames_sent += 1
-        self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
         self._start_writer()
 
     def _start_writer(self) -> None:
-        if not self._writing and self._nursery is not None:
+        if self._outbox and not self._writing and self._writers is not None \
+                and not self._socket_closed:
             self._writing = True
-            self._nursery.start_soon(self._write_loop)
+            self._writers.start_soon(self._write_loop)
 
     def send_text_nowait(self, payload: bytes) -> bool:
         return self.send_frame_nowait(text_frame(payload))
@@ -181,7 +211,7 @@ class WebSocket:
         if self._closing:
             return
         self._closing = True
-        self._closing_event.set()
+        self._set_close_deadline()
         self.close_code, self.close_reason = code, reason
         if code == Close.SLOW_CONSUMER:
             # whatever this member has not read is lost to it anyway; free it now, except the
@@ -199,37 +229,49 @@ class WebSocket:
         if data:
             self._outbox.append(data)
             self._outbox_bytes += len(data)
-        self._flushed = trio.Event() if self._flushed.is_set() else self._flushed
         self._start_writer()
 
     def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None:
         self._start_close(code, reason)
 
+    def _set_close_deadline(self) -> None:
+        """Closing: the peer has ``close_timeout`` to answer; a reader waiting longer is woken."""
+        self._close_deadline = min(self._close_deadline,
+                                   trio.current_time() + self._close_timeout)
+        if self._wait is not None:
+            self._wait.deadline = min(self._wait.deadline, self._close_deadline)
+
     def _abort(self) -> None:
-        """The socket is dead: nothing more goes out. The reader is left to end by itself (its
-        next read fails or sees the end; ``run`` bounds the wait), so that the messages the
-        client sent before it went, already read, still reach the session."""
+        """The socket is dead: nothing more goes out. The reader goes on until its next read
+        fails or sees the end (bounded by the close deadline), so that the messages the client
+        sent before it went, already read, still reach the session."""
         self._aborted = True
         self._closing = True
-        self._closing_event.set()
+        self._set_close_deadline()
         self._outbox.clear()
         self._outbox_bytes = 0
-        self._flushed.set()
+        if self._drained is not None:
+            self._drained.set()
 
     async def _write_loop(self) -> None:
         """Drain the outbox as the socket takes it, then end (started again by the next frame
-        that has to wait: :meth:`_start_writer`)."""
+        that has to wait: :meth:`_start_writer`). It runs in a nursery shared by every
+        connection, so nothing may escape it."""
         try:
             await self._drain_outbox()
+        except trio.ClosedResourceError:
+            self._abort()  # the connection closed its socket while this waited
+        except Exception:  # a bug costs this connection, never the shared nursery
+            log.exception("WebSocket writer failed")
+            self._abort()
         finally:
             self._writing = False
+            if self._drained is not None and (self._aborted or not self._outbox):
+                self._drained.set()
 
     async def _drain_outbox(self) -> None:
         outbox = self._outbox
-        while True:
-            if not outbox:
-                self._flushed.set()
-                return
+        while outbox and not self._socket_closed:
             if len(outbox) > 1 and len(outbox[0]) < SEND_CHUNK:
                 # frames already waiting go out in one send (a send costs about the same for
                 # one frame or many); whole frames stay whole, so a half-sent head stays the
@@ -253,76 +295,123 @@ class WebSocket:
                 continue
             self._outbox_bytes -= sent
             if sent == len(chunk):
-                self._outbox.popleft()
+                outbox.popleft()
                 self._head_partial = False
             else:
-                self._outbox[0] = chunk[sent:]
+                outbox[0] = chunk[sent:]
                 self._head_partial = True
 
     # --- reading ------------------------------------------------------------------------
 
-    def messages(self) -> trio.MemoryReceiveChannel[str | BadFrame]:
-        """Text messages in order (and BadFrame notes); ``async for`` ends when it closes.
+    def messages(self) -> WebSocket:
+        """``async for message in ws.messages()``: text messages in order (and BadFrame notes),
+        read in the calling task, until the connection is over."""
+        return self
 
-        A channel rather than an async generator, so a session that stops early leaves no
-        half-run generator behind."""
-        return self._incoming
+    def __aiter__(self) -> WebSocket:
+        return self
 
-    async def _read_loop(self, initial: bytes) -> None:
-        parts: list[str] = []
-        size = 0
-        async with self._incoming_send:
-            data = initial
-            while True:
-                if data:
-                    self._ws.receive_data(data)
-                    self._last_heard = trio.current_time()
-                # always drained, even without new data: wsproto may hold events from the
-                # bytes that came with the handshake
-                for event in self._ws.events():
-                    if isinstance(event, TextMessage):
-                        # the limit counts bytes as they came (UTF-8), not characters
-                        chunk = event.data
-                        size += len(chunk) if chunk.isascii() else len(chunk.encode())
-                        if size > self._max_message:
-                            self._start_close(Close.TOO_BIG, "message too big")
-                            return
-                        parts.append(chunk)
-                        if event.message_finished:
-                            text, parts, size = "".join(parts), [], 0
-                            await self._incoming_send.send(text or BadFrame("empty"))
-                    elif isinstance(event, BytesMessage):
-                        # never kept, but bounded like text: a huge one is not read to its end
-                        size += len(event.data)
-                        if size > self._max_message:
-                            self._start_close(Close.TOO_BIG, "message too big")
-                            return
-                        if event.message_finished:
-                            size = 0
-                            await self._incoming_send.send(BadFrame("binary"))
-                    elif not self._control(event):
-                        return
-                if self._ws.state is ConnectionState.CLOSED or self._aborted:
-                    return
-                # the keep-alive is a deadline on this wait, not a task of its own
-                with trio.move_on_at(self._next_ping):
-                    await trio.lowlevel.wait_readable(self._sock)
-                if trio.current_time() >= self._next_ping:
-                    self._keepalive()
-                    data = b""  # nothing new was read (the socket is read on the next turn)
+    async def __anext__(self) -> str | BadFrame:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> str | BadFrame:
+        """The next message; ``trio.EndOfChannel`` once no more will come. Pings are answered
+        and the keep-alive kept while waiting; call it from one task at a time."""
+        while True:
+            if self._ready:
+                return self._ready.pop(0)
+            if self._ended or self._refused:
+                raise trio.EndOfChannel
+            await self._read_more()
+
+    async def _read_more(self) -> None:
+        """Parse what was read; if that made no message, wait for more and read it."""
+        if self._unparsed:
+            data, self._unparsed = self._unparsed, b""
+            self._ws.receive_data(data)
+            self._last_heard = trio.current_time()
+        # always drained, even without new data: wsproto may hold events from the bytes
+        # that came with the handshake
+        self._parse_events()
+        if self._ready or self._ended:
+            return
+        if self._ws.state is ConnectionState.CLOSED:
+            self._ended = True
+            return
+        await self._wait_and_read()
+
+    def _parse_events(self) -> None:
+        for event in self._ws.events():
+            if self._ended:
+                continue  # the connection is over: the rest is not looked at
+            if self._refused and isinstance(event, TextMessage | BytesMessage):
+                continue  # the rest of a refused message, and what follows it: dropped
+            if isinstance(event, TextMessage):
+                # the limit counts bytes as they came (UTF-8), not characters
+                chunk = event.data
+                self._size += len(chunk) if chunk.isascii() else len(chunk.encode())
+                if self._size > self._max_message:
+                    self._too_big()
                     continue
-                try:
-                    data = self._sock.recv(RECV_CHUNK)
-                except BlockingIOError:
-                    data = b""
+                self._parts.append(chunk)
+                if event.message_finished:
+                    text = "".join(self._parts)
+                    self._parts, self._size = [], 0
+                    self._ready.append(text or BadFrame("empty"))
+            elif isinstance(event, BytesMessage):
+                # never kept, but bounded like text: a huge one is not read to its end
+                self._size += len(event.data)
+                if self._size > self._max_message:
+                    self._too_big()
                     continue
-                except OSError:
-                    self._abort()
-                    return
-                if not data:
-                    self._ws.receive_data(None)
-                    self._abort()
-                    return
+                if event.message_finished:
+                    self._size = 0
+                    self._ready.append(BadFrame("binary"))
+            elif not self._control(event):
+                self._ended = True
+
+    def _too_big(self) -> None:
+        self._start_close(Close.TOO_BIG, "message too big")
+        self._parts, self._size = [], 0
+        self._refused = True
+
+    async def _wait_and_read(self) -> None:
+        """Wait for bytes (until the next ping is due, or the close deadline), read them."""
+        with trio.CancelScope(deadline=min(self._next_ping, self._close_deadline)) as wait:
+            self._wait = wait
+            try:
+                await trio.lowlevel.wait_readable(self._sock)
+            except trio.ClosedResourceError:
+                self._ended = True
+                return
+            finally:
+                self._wait = None
+        now = trio.current_time()
+        if now >= self._close_deadline:
+            self._ended = True  # the peer did not answer the close in time
+            return
+        if wait.cancelled_caught:
+            if now >= self._next_ping:
+                self._keepalive()
+            return  # nothing new was read (the socket is read on the next turn)
+        try:
+            data = self._sock.recv(RECV_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._abort()
+            self._ended = True
+            return
+        if not data:
+            self._ws.receive_data(None)
+            self._abort()
+            self._ended = True
+            return
+        self._ws.receive_data(data)
+        self._last_heard = now
 
     def _control(self, event: Event) -> bool:
         """Handle a control event; False when the connection is over."""
@@ -332,7 +421,7 @@ class WebSocket:
             self.peer_close_code = event.code
             if not self._closing:
                 self._closing = True
-                self._closing_event.set()
+                self._set_close_deadline()
                 try:
                     self._put(self._ws.send(event.response()))
                 except LocalProtocolError:
@@ -357,38 +446,53 @@ class WebSocket:
             return
         self._put(self._ws.send(Ping(b"k")))
 
-    async def _read_then_close(self) -> None:
+    # --- the connection's life ------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connected(self) -> AsyncIterator[WebSocket]:
+        """Hold the connection open for the block; on the way out, close it: a normal close
+        unless one was started, then ``close_timeout`` for the close frame to go out and the
+        peer's to come back (messages read meanwhile are dropped), then the socket is closed.
+        Cancelled: the socket is closed at once."""
         try:
-            await self._read_loop(self._initial)
+            if self._writers is None:
+                async with trio.open_nursery() as nursery:
+                    self._writers = nursery
+                    self._start_writer()  # frames queued before: they go now
+                    try:
+                        yield self
+                        await self._finish()
+                    finally:
+                        nursery.cancel_scope.cancel()
+            else:
+                yield self
+                await self._finish()
         finally:
-            self._reader_done.set()
-            if not self._closing:
-                self._start_close(Close.NORMAL, "")
+            self._close_socket()
 
-    async def run(self, initial: bytes = b"", *, close_timeout: float = 2.0) -> None:
-        """Drive the connection until it closes; the socket is closed on return.
+    async def _finish(self) -> None:
+        if not self._closing:
+            self._start_close(Close.NORMAL, "")
+        with trio.move_on_at(self._close_deadline):
+            if self._outbox and not self._aborted:
+                self._drained = self._drained or trio.Event()
+                self._start_writer()
+                await self._drained.wait()
+            while not self._ended:  # until the peer's close frame; messages are dropped
+                self._ready.clear()
+                await self._read_more()
 
-        Closing is bounded: once either side starts it, the close frame gets ``close_timeout``
-        seconds to go out and the peer as long to answer, then the socket is closed anyway."""
-        self._initial = initial or self._initial
+    def _close_socket(self) -> None:
+        self._closing = True
+        self._socket_closed = True
+        self._ended = True
+        self._outbox.clear()
+        self._outbox_bytes = 0
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self._outbox:  # queued before run started
-                    self._start_writer()
-                nursery.start_soon(self._read_then_close)
-                await self._closing_event.wait()
-                with trio.move_on_after(close_timeout):
-                    await self._flushed.wait()
-                    await self._reader_done.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            self._nursery = None
-            self._closing = True
-            self._closing_event.set()
-            self._incoming_send.close()
-            try:
-                self._sock.close()
-            except OSError:  # pragma: no cover - close of a dead socket
-                pass
-
+            trio.lowlevel.notify_closing(self._sock)  # wakes a writer waiting on it
+        except (OSError, ValueError):  # pragma: no cover - a socket already closed
+            pass
+        try:
+            self._sock.close()
+        except OSError:  # pragma: no cover - close of a dead socket
+            pass
