@@ -22,7 +22,9 @@ MEMBERS = 12
 def _tasks_and_nurseries() -> tuple[int, int]:
     """Every task in this Trio run, and every nursery, from the root down."""
     tasks = nurseries = 0
-    todo = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    todo = [root]
     while todo:
         task = todo.pop()
         tasks += 1
