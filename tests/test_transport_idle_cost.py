@@ -14,7 +14,7 @@ import trio.testing
 
 from rmeeting.server import RunningServer
 
-from .clients import Api, open_raw_ws
+from .clients import Api, masked_frame, open_raw_ws
 
 MEMBERS = 12
 
@@ -61,3 +61,33 @@ async def test_an_idle_member_costs_one_task_and_no_nursery(
                 await stream.aclose()
     assert tasks - tasks_before == MEMBERS
     assert nurseries - nurseries_before == 0
+
+
+async def test_the_chat_of_one_read_reaches_each_member_in_one_write(
+    server: RunningServer, api: Api
+) -> None:
+    """A sender's frames that arrive together are handed on together: the session queues them
+    all before the hub runs (no yield per message while the queue has room), so each other
+    member gets them in one ``send``, not one per message."""
+    mid = str((await api.create_seed_meeting(meeting_name="burst"))["meetingUid"])
+    count = 40
+    with trio.fail_after(20):
+        listener = await open_raw_ws(
+            server.url, "/AddMeeting?" + urlencode({"username": "ear", "meetingUid": mid}))
+        sender = await open_raw_ws(
+            server.url, "/AddMeeting?" + urlencode({"username": "mouth", "meetingUid": mid}))
+        try:
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            before = server.hub.statistics()["coalesced_frames"]
+            await sender.send_all(b"".join(
+                masked_frame(1, f"burst {i}".encode()) for i in range(count)))
+            seen = b""
+            while seen.count(b"burst ") < count:
+                seen += await listener.receive_some(65536)
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            coalesced = server.hub.statistics()["coalesced_frames"] - before
+        finally:
+            await sender.aclose()
+            await listener.aclose()
+    # both members (the sender hears its own echo) get all `count` in one send each
+    assert coalesced >= 2 * (count - 1), coalesced

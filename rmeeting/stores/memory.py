@@ -466,6 +466,7 @@ class MemoryChatLog:
         self._send, self._receive = trio.open_memory_channel[BusEvent](EVENT_BUFFER)
 
     async def publish(self, event: _B) -> _B:
+        await trio.lowlevel.checkpoint_if_cancelled()  # before the seq is taken, never after
         meeting_id = event.meeting_id
         seq = 0
         if isinstance(event, ChatPosted):
@@ -477,7 +478,14 @@ class MemoryChatLog:
             history.append(event)
         if self._subscribed.get(meeting_id):
             # No checkpoint between taking the seq and queueing: queue order is seq order.
-            await self._send.send(event)
+            # With room in the queue, no yield at all: a session handing on the many chat
+            # messages of one read queues them all before the bus runs, and the hub writes
+            # them to each member in one send (a full queue waits; its waiters are FIFO, so
+            # the order holds then too).
+            try:
+                self._send.send_nowait(event)
+            except trio.WouldBlock:
+                await self._send.send(event)
         return event
 
     async def history(self, meeting_id: str, after_seq: int, limit: int) -> History:
