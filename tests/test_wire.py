@@ -7,6 +7,7 @@ how an event is built."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -23,6 +24,7 @@ from rmeeting.events import (
     MemberUpdated,
     Notice,
 )
+from rmeeting.records import MeetingMeta, MemberRecord
 from rmeeting.wire import seed, v1
 from rmeeting.wire._json import dumps
 
@@ -181,3 +183,39 @@ def test_v1_replies_echo_the_id_only_when_given() -> None:
 def test_json_is_compact_utf8() -> None:
     assert dumps({"a": [1, 2.5, None, True], "b": "é"}) == \
         b'{"a":[1,2.5,null,true],"b":"\xc3\xa9"}'
+
+
+# --- the v1 welcome's roster entries, encoded once per member while it stays -----------------
+
+
+def _record(meeting_id: str, member_id: str, name: str) -> MemberRecord:
+    return MemberRecord(meeting_id, member_id, name, "member", "i1", 1.0, "h")
+
+
+def _welcome_roster(meeting_id: str, roster: list[MemberRecord]) -> list[dict[str, Any]]:
+    frame = v1.welcome(you=roster[-1], token="t", meta=MeetingMeta(meeting_id, "m", 1.0, "h"),
+                       controls=Controls(), roster=roster, last_seq=0, recent=None)
+    got: list[dict[str, Any]] = json.loads(frame)["roster"]
+    return got
+
+
+def test_welcome_roster_is_current_and_the_cache_keeps_no_one_who_left() -> None:
+    """A meeting with churn (the soak's: members come and go all day) must not grow what the
+    encoder keeps: only the current roster of each recent meeting is cached."""
+    meeting_id = "churn-" + str(id(object()))
+    stayers = [_record(meeting_id, f"s{i}", f"stayer {i}") for i in range(3)]
+    for i in range(200):
+        roster = [*stayers, _record(meeting_id, f"c{i}", f"churner {i}")]
+        got = _welcome_roster(meeting_id, roster)
+        assert got == [r.public() for r in roster]
+        assert len(v1._rosters[meeting_id]) == 4
+    # a renamed member is a new record: its entry is made again, not served stale
+    renamed = [*stayers[:2], dataclasses.replace(stayers[2], name="new name")]
+    assert _welcome_roster(meeting_id, renamed)[2]["name"] == "new name"
+
+
+def test_the_cache_keeps_the_rosters_of_a_bounded_number_of_meetings() -> None:
+    for i in range(v1.ROSTER_MEETINGS + 50):
+        meeting_id = f"many-{i}"
+        _welcome_roster(meeting_id, [_record(meeting_id, "a", "a")])
+    assert len(v1._rosters) == v1.ROSTER_MEETINGS

@@ -6,7 +6,7 @@ here; what only one member receives (welcome, errors, acks) too.
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, assert_never
 
@@ -84,7 +84,7 @@ def welcome(
         "meeting": {"id": meta.meeting_id, "name": meta.name, "created_at": meta.created_at},
         "controls": controls.as_dict(),
         "revision": controls.revision,
-        "roster": [],  # spliced in below, each member's JSON made once (_member_json)
+        "roster": [],  # spliced in below, each member's JSON made once (_roster_json)
         "member_controls": member_controls(controls),
         "host": controls.host,
         "last_seq": last_seq,
@@ -99,16 +99,37 @@ def welcome(
         out["lobby"] = [{"id": k.member_id, "name": k.name, "since": k.since} for k in lobby]
     out["meeting"]["join_policy"] = meta.extra.get("join_policy", "open")
     # `"roster":[]` occurs once: inside a JSON string every quote is escaped (\")
-    members = b",".join(_member_json(r) for r in roster)
+    members = _roster_json(meta.meeting_id, roster)
     return dumps(out).replace(b'"roster":[]', b'"roster":[' + members + b"]", 1)
 
 
-@functools.lru_cache(maxsize=16384)
-def _member_json(record: MemberRecord) -> bytes:
-    """:func:`member` encoded once per record (it depends on the record alone; the roster is
-    already as moderation shows it): a join storm into a meeting of N builds N welcomes of up
-    to N members each."""
-    return dumps(record.public())
+#: meetings whose members' roster entries are kept encoded (the most recently welcomed ones)
+ROSTER_MEETINGS = 256
+#: by meeting, by member: the record and its roster entry's JSON
+_rosters: OrderedDict[str, dict[str, tuple[MemberRecord, bytes]]] = OrderedDict()
+
+
+def _roster_json(meeting_id: str, roster: Iterable[MemberRecord]) -> bytes:
+    """The roster's entries (:func:`member`), each encoded once while its member is in the
+    meeting: a join storm into a meeting of N builds N welcomes of up to N members each.
+
+    A welcome's roster is the whole meeting, so whoever is not in it any more is dropped here:
+    what is kept is the current roster of the last :data:`ROSTER_MEETINGS` meetings that
+    welcomed someone, never the members who left (a meeting with churn does not grow it; a
+    cache by record did, by every member ever seen, up to its bound: docs/benchmarks.md#soak)."""
+    kept = _rosters.pop(meeting_id, None) or {}
+    fresh: dict[str, tuple[MemberRecord, bytes]] = {}
+    parts = []
+    for record in roster:
+        hit = kept.get(record.member_id)
+        if hit is None or (hit[0] is not record and hit[0] != record):
+            hit = (record, dumps(record.public()))
+        fresh[record.member_id] = hit
+        parts.append(hit[1])
+    _rosters[meeting_id] = fresh
+    if len(_rosters) > ROSTER_MEETINGS:
+        _rosters.popitem(last=False)
+    return b",".join(parts)
 
 
 def member(record: MemberRecord, controls: Controls) -> dict[str, Any]:
