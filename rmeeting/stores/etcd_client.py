@@ -73,6 +73,16 @@ REQUIRE_LEADER = (("hasleader", "true"),)
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def _retryable(exc: grpc.RpcError) -> bool:
+    """"No etcd right now": unavailable, out of time, or etcd's own request context timing
+    out, which etcd 3.4 passes on as UNKNOWN "context deadline exceeded" (seen when its leader
+    is killed under load: tests/test_chaos_faults.py)."""
+    code = exc.code()
+    if code in _RETRYABLE:
+        return True
+    return code == grpc.StatusCode.UNKNOWN and "deadline exceeded" in (exc.details() or "")
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The range end that covers every key starting with ``prefix``."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
@@ -203,7 +213,7 @@ class Connection:
                 else:
                     response = await _unary(fn, request, attempt)
             except grpc.RpcError as exc:
-                if exc.code() not in _RETRYABLE:
+                if not _retryable(exc):
                     raise
                 last = exc
                 if len(self._clients) > 1:
