@@ -11,7 +11,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import TextMessage
 
-from rmeeting.transport.websocket import WebSocket, text_frame
+from rmeeting.transport.websocket import _NO_FRAMES, WebSocket, text_frame
 
 from .test_transport_slow_consumer import _tcp_pair
 
@@ -70,6 +70,7 @@ async def test_waiting_frames_share_a_send_and_arrive_whole_in_order() -> None:
                 assert counting.sends - before < queued / 2
                 assert ws.statistics()["queued_frames"] == 0, ws.statistics()
                 assert not ws._writing
+                assert ws._outbox is _NO_FRAMES  # a drained outbox's memory goes back
                 nursery.cancel_scope.cancel()
     finally:
         client_sock.close()

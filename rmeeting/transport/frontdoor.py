@@ -171,7 +171,7 @@ class FrontDoor:
                 return
             assert head is not None
             handshake = _handshake(head, conn, buf[end:], self._limits, found[1], client)
-            del buf, head  # not kept for the connection's life
+            del read, buf, head  # not kept for the connection's life
             if handshake is None:
                 await _linger(conn)
                 return

@@ -83,6 +83,11 @@ class BadFrame:
     kind: str
 
 
+#: the outbox of every connection that has nothing waiting (most): a deque costs ~600 bytes
+#: even empty; it is never appended to (``WebSocket._append`` makes a connection its own)
+_NO_FRAMES: deque[bytes] = deque()
+
+
 class WebSocket:
     """An accepted WebSocket, driven by the task that holds it::
 
@@ -93,6 +98,41 @@ class WebSocket:
     ``connected`` closes the connection on the way out (a close frame, bounded in time);
     ``messages`` (or :meth:`receive`) reads in the calling task. Frames to the member are
     written without waiting (:meth:`send_frame_nowait`), from any task."""
+
+    #: many thousands of these live at once: no per-instance dict
+    __slots__ = (
+        "_sock",
+        "_ws",
+        "_max_message",
+        "_max_buffer",
+        "_ping_interval",
+        "_ping_timeout",
+        "_close_timeout",
+        "_outbox",
+        "_outbox_bytes",
+        "_writers",
+        "_writing",
+        "_head_partial",
+        "_drained",
+        "_closing",
+        "_aborted",
+        "_socket_closed",
+        "_ended",
+        "_refused",
+        "_close_deadline",
+        "_wait",
+        "_unparsed",
+        "_ready",
+        "_parts",
+        "_size",
+        "timed_out",
+        "_last_heard",
+        "_next_ping",
+        "close_code",
+        "close_reason",
+        "peer_close_code",
+        "frames_sent",
+    )
 
     def __init__(
         self,
@@ -114,7 +154,8 @@ class WebSocket:
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._close_timeout = close_timeout
-        self._outbox: deque[bytes] = deque()
+        #: frames waiting for the socket; most of the time none, and the shared empty one
+        self._outbox: deque[bytes] = _NO_FRAMES
         self._outbox_bytes = 0
         #: where the writer task runs while the outbox has something to write (most members,
         #: most of the time, have nothing queued: their frames go straight to the kernel); None
@@ -189,10 +230,16 @@ class WebSocket:
         return True
 
     def _queue(self, frame: bytes) -> None:
-        self._outbox.append(frame)
-        self._outbox_bytes += len(frame)
+        self._append(frame)
         self.frames_sent += 1
         self._start_writer()
+
+    def _append(self, data: bytes) -> None:
+        """Every append to the outbox goes here: the shared empty one is never written."""
+        if self._outbox is _NO_FRAMES:
+            self._outbox = deque()
+        self._outbox.append(data)
+        self._outbox_bytes += len(data)
 
     def _start_writer(self) -> None:
         if self._outbox and not self._writing and self._writers is not None \
@@ -217,18 +264,15 @@ class WebSocket:
             # whatever this member has not read is lost to it anyway; free it now, except the
             # rest of a frame already half sent: the close frame may only follow whole frames
             kept = self._outbox[0] if self._outbox and self._head_partial else None
-            self._outbox.clear()
-            self._outbox_bytes = 0
+            self._outbox, self._outbox_bytes = _NO_FRAMES, 0
             if kept is not None:
-                self._outbox.append(kept)
-                self._outbox_bytes = len(kept)
+                self._append(kept)
         try:
             data = self._ws.send(CloseConnection(code=code, reason=reason))
         except LocalProtocolError:
             data = b""  # the peer closed first; our answer is already out
         if data:
-            self._outbox.append(data)
-            self._outbox_bytes += len(data)
+            self._append(data)
         self._start_writer()
 
     def close_nowait(self, code: int = Close.NORMAL, reason: str = "") -> None:
@@ -248,8 +292,7 @@ class WebSocket:
         self._aborted = True
         self._closing = True
         self._set_close_deadline()
-        self._outbox.clear()
-        self._outbox_bytes = 0
+        self._outbox, self._outbox_bytes = _NO_FRAMES, 0
         if self._drained is not None:
             self._drained.set()
 
@@ -270,8 +313,8 @@ class WebSocket:
                 self._drained.set()
 
     async def _drain_outbox(self) -> None:
-        outbox = self._outbox
-        while outbox and not self._socket_closed:
+        while (outbox := self._outbox) and not self._socket_closed:
+            # (read again each turn: a close may have put a new outbox in place meanwhile)
             if len(outbox) > 1 and len(outbox[0]) < SEND_CHUNK:
                 # frames already waiting go out in one send (a send costs about the same for
                 # one frame or many); whole frames stay whole, so a half-sent head stays the
@@ -300,6 +343,8 @@ class WebSocket:
             else:
                 outbox[0] = chunk[sent:]
                 self._head_partial = True
+        if not self._outbox:
+            self._outbox = _NO_FRAMES  # its block of 64 slots goes back
 
     # --- reading ------------------------------------------------------------------------
 
@@ -486,8 +531,7 @@ class WebSocket:
         self._closing = True
         self._socket_closed = True
         self._ended = True
-        self._outbox.clear()
-        self._outbox_bytes = 0
+        self._outbox, self._outbox_bytes = _NO_FRAMES, 0
         try:
             trio.lowlevel.notify_closing(self._sock)  # wakes a writer waiting on it
         except (OSError, ValueError):  # pragma: no cover - a socket already closed
