@@ -48,12 +48,14 @@ def role_of(member_id: str, joined_as: Role, controls: Controls) -> Role:
 def view(record: MemberRecord, controls: Controls) -> MemberRecord:
     """The member as everyone should see it under ``controls``."""
     m = record.member_id
-    return replace(
-        record,
-        role=role_of(m, record.role, controls),
-        camera=controls.device_on(m, "camera", record.camera, record.media_rev),
-        mic=controls.device_on(m, "mic", record.mic, record.media_rev),
-    )
+    role = role_of(m, record.role, controls)
+    camera = controls.device_on(m, "camera", record.camera, record.media_rev)
+    mic = controls.device_on(m, "mic", record.mic, record.media_rev)
+    if role == record.role and camera == record.camera and mic == record.mic:
+        # the common case, and the same object: a v1 welcome views the whole roster, so a
+        # join storm into a meeting of N makes ~N²/2 of these (docs/benchmarks.md)
+        return record
+    return replace(record, role=role, camera=camera, mic=mic)
 
 
 def view_event(event: _E, controls: Controls) -> _E:

@@ -59,6 +59,8 @@ def test_view_of_a_record_and_of_an_event() -> None:
     assert shown.changes == {"mic": False, "name": "ann"} and not shown.mic and shown.camera
     joined = MemberJoined.of(record)
     assert view_event(joined, Controls()) is joined  # nothing to change: the same event
+    # nor a new record: a v1 welcome views the whole roster, N²/2 of these in a join storm
+    assert view(record, Controls()) is record
 
 
 async def test_the_hub_shows_devices_as_the_latest_controls_say() -> None:
