@@ -248,6 +248,8 @@ def test_v1_and_socketio_frames_are_recognised() -> None:
     cases: list[tuple[Any, list[bytes], int]] = [
         (V1(), [b'{"type":"welcome","you":{}}', v1_chat,
                 b'{"type":"member_joined","member":{}}',
+                b'{"type":"members_changed","events":[{"type":"member_joined"},'
+                b'{"type":"member_left"},{"type":"member_joined"}]}',
                 b'{"type":"controls","controls":{},"revision":3}',
                 b'{"type":"ack","of":"chat","seq":7}'], 3),
         (SocketIO(), [b'0{"sid":"x","pingInterval":25000}', b'40{"sid":"y"}', io_chat, b"2"], 4),
@@ -261,7 +263,7 @@ def test_v1_and_socketio_frames_are_recognised() -> None:
             assert list(member.seqs) == [seq] and list(member.lat) == [1]
             assert member.t_joined and not member.errors
             if protocol.name == "v1":
-                assert poller.controls == 1 and poller.join_notices == 1
+                assert poller.controls == 1 and poller.join_notices == 1 + 2
             else:  # the Engine.IO ping is answered with a pong, "3"
                 pong = theirs.recv(64)
                 assert pong[0] == 0x81 and pong[1] == 0x81 and pong[6] ^ pong[2] == ord("3")

@@ -430,7 +430,9 @@ class Poller:
     ) -> None:
         for prefix, kind in self._kinds:
             if buf.startswith(prefix, start):
-                if kind == "welcome":
+                if kind == "joined":  # the commonest: first
+                    self.join_notices += 1
+                elif kind == "welcome":
                     if not member.t_joined:
                         member.t_joined = now
                         member.joined.set()
@@ -439,7 +441,7 @@ class Poller:
                     self.controls += 1
                     if self.on_control is not None:
                         self.on_control()
-                elif kind == "joined":  # one, or several in a v1 members_changed
+                elif kind == "joined_many":  # a v1 members_changed: joins (and leaves)
                     self.join_notices += max(1, buf.count(b'"member_joined"', start, end))
                 elif kind == "ping":
                     member.write_nowait(member.frame(OP_TEXT, self._pong))

@@ -8,8 +8,9 @@ The bench's members never decode JSON on the hot path. An adapter gives the clie
   are the bench's sequence number and send time; a frame it matches is one delivery;
 - ``kinds``: payload prefixes of the few other frames the bench cares about (``welcome``: the
   join is confirmed; ``control``: a control change reached the member; ``joined``: another
-  member's join notice, counted only; ``ping``: answered at once with ``pong``; ``error``), tried
-  in order on frames that are not chat;
+  member's join notice, counted only; ``joined_many``: a frame of several, whose joins are
+  counted; ``ping``: answered at once with ``pong``; ``error``), tried in order on frames that
+  are not chat (the commonest first);
 - ``hello``: what a member sends right after the handshake (nothing for rmeeting's protocols);
 - ``create_request`` / ``control``: how a meeting is made and how its host flips a control from
   its own connection.
@@ -91,9 +92,10 @@ class Seed:
     controls: bool = True
     chat_re: re.Pattern[bytes] = re.compile(rb'\{"notice":"#b(\d+)\.(\d+)\.')
     kinds: tuple[tuple[bytes, str], ...] = (
+        # the commonest first: a join storm into a meeting of N is ~N²/2 join notices
+        ('{"notice":"有成员加入会议室"'.encode(), "joined"),
         (b'{"is_mute":', "welcome"),  # the room state a member receives after joining
         ('{"notice":"会议室状态发送变更"'.encode(), "control"),
-        ('{"notice":"有成员加入会议室"'.encode(), "joined"),
         (b'{"error":', "error"),
     )
 
@@ -138,10 +140,10 @@ class V1:
     chat_re: re.Pattern[bytes] = re.compile(
         rb'\{"type":"chat",[^{]*\{[^}]*\},"text":"#b(\d+)\.(\d+)\.')
     kinds: tuple[tuple[bytes, str], ...] = (
+        (b'{"type":"members_changed"', "joined_many"),  # several joins/leaves in one frame
+        (b'{"type":"member_joined"', "joined"),
         (b'{"type":"welcome"', "welcome"),
         (b'{"type":"controls"', "control"),
-        (b'{"type":"member_joined"', "joined"),
-        (b'{"type":"members_changed"', "joined"),  # several joins/leaves in one frame
         (b'{"type":"error"', "error"),
     )
 
