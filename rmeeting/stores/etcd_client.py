@@ -1,16 +1,14 @@
 """The etcd wire, for :mod:`rmeeting.stores.etcd` and the cluster's liveness: bounded KV calls and
 one watch stream.
 
-The ``etcd3`` client is synchronous (grpc). A unary call (every KV call, lease grant and revoke)
-is started as a grpc future and awaited without a thread: grpc's own completion thread wakes the
-Trio task, with a deadline and a small bounded retry. The lease keep-alive (a stream) runs in a
-worker thread, at most two at once; the watch runs in a thread of its own on the raw grpc Watch
-stub. Nothing here knows about meetings.
+The ``etcd3`` client is synchronous (grpc), so every call runs in a worker thread with a
+deadline and a small bounded retry, at most :data:`CALL_THREADS` at once (Trio's default
+would let a burst make up to 40, each exiting after 10 s idle); the watch runs in a thread of
+its own on the raw grpc Watch stub. Nothing here knows about meetings.
 
-Why not a worker thread per call: an instance under load then churns threads (Trio lets an idle
-worker exit after 10 s, and makes a new one for the next burst, up to 40), and each new thread's
-allocations land in a new glibc arena: the 30-minute soak's RSS grew by that, with no object
-growing (docs/benchmarks.md#soak).
+Not a grpc future awaited without a thread: tried, and a 1-instance soak showed the coroutine
+chains of every task that had made such a call kept alive after they finished, by a reference
+the garbage collector cannot see (docs/benchmarks.md#soak); with the calls in threads, none.
 """
 
 from __future__ import annotations
@@ -71,6 +69,9 @@ GRPC_OPTIONS = [
 REQUIRE_LEADER = (("hasleader", "true"),)
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+#: etcd calls in flight at once, per connection (each holds a worker thread while it waits)
+CALL_THREADS = 8
 
 
 def _retryable(exc: grpc.RpcError) -> bool:
@@ -145,8 +146,7 @@ class Connection:
             for host, port in map(_parse_endpoint, endpoints)
         ]
         self._current = 0
-        #: The keep-alive streams still need a thread each: few, and reused.
-        self._stream_threads = trio.CapacityLimiter(2)
+        self._threads = trio.CapacityLimiter(CALL_THREADS)
 
     @property
     def channel(self) -> Any:
@@ -204,14 +204,12 @@ class Connection:
             # With several endpoints, leave time for another one after a dead one.
             attempt = remaining if len(self._clients) == 1 else max(remaining / 2, 0.05)
             fn = getattr(getattr(self._clients[self._current], stub), method)
+            once = partial(_first_answer, fn) if stream else fn
             try:
-                if stream:
-                    response = await trio.to_thread.run_sync(
-                        partial(_first_answer, fn, request, timeout=attempt),
-                        abandon_on_cancel=True, limiter=self._stream_threads,
-                    )
-                else:
-                    response = await _unary(fn, request, attempt)
+                response = await trio.to_thread.run_sync(
+                    partial(once, request, timeout=attempt), abandon_on_cancel=True,
+                    limiter=self._threads,
+                )
             except grpc.RpcError as exc:
                 if not _retryable(exc):
                     raise
@@ -224,26 +222,6 @@ class Connection:
             return response
         detail = last.details() if last is not None else "no time left"
         raise StoreUnavailable(f"etcd did not answer {method} within {budget}s: {detail}")
-
-
-async def _unary(fn: Any, request: Any, timeout: float) -> Any:
-    """One unary call without a worker thread: start it as a grpc future, sleep until grpc's
-    completion callback (on grpc's own thread) wakes this task. Cancelled: the call is too."""
-    future = fn.future(request, timeout=timeout)
-    done = trio.Event()
-    token = trio.lowlevel.current_trio_token()
-
-    def wake(_: Any) -> None:
-        with contextlib.suppress(trio.RunFinishedError):  # the run has ended: nobody waits
-            token.run_sync_soon(done.set)
-
-    future.add_done_callback(wake)
-    try:
-        await done.wait()
-    finally:
-        if not future.done():
-            future.cancel()
-    return future.result()  # raises the call's grpc.RpcError
 
 
 def _first_answer(fn: Any, request: Any, *, timeout: float) -> Any:
