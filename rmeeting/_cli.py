@@ -15,6 +15,10 @@ from .config import Config, ConfigError, load_config
 
 __all__ = ["main"]
 
+#: ``gc.set_threshold`` for ``rmeeting serve``: rare young collections, CPython's own rule for
+#: full ones (see ``_serve``)
+GC_THRESHOLDS = (100_000, 50, 10)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -144,9 +148,13 @@ def _serve(args: argparse.Namespace) -> int:
             running = await nursery.start(server)
             # Start-up objects live for the whole run: keep them out of every collection.
             # With many members the allocation rate is high and the default thresholds run
-            # full collections that stall fan-out for 50-150 ms (docs/benchmarks.md).
+            # full collections that stall fan-out for 50-150 ms (docs/benchmarks.md). The
+            # third threshold stays CPython's 10, so that a full collection still comes once
+            # the long-lived objects grew by a quarter (CPython's own rule): at 1000 it never
+            # came, and the cycles each HTTP connection leaves in Hypercorn piled up (the
+            # soak's RSS, docs/benchmarks.md#soak).
             gc.freeze()
-            gc.set_threshold(100_000, 50, 1000)
+            gc.set_threshold(*GC_THRESHOLDS)
             print(f"rmeeting listening on {running.url}", flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
