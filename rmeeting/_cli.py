@@ -151,8 +151,8 @@ def _serve(args: argparse.Namespace) -> int:
             # full collections that stall fan-out for 50-150 ms (docs/benchmarks.md). The
             # third threshold stays CPython's 10, so that a full collection still comes once
             # the long-lived objects grew by a quarter (CPython's own rule): at 1000 it never
-            # came, and the cycles each HTTP connection leaves in Hypercorn piled up (the
-            # soak's RSS, docs/benchmarks.md#soak).
+            # came, and the cycles each HTTP connection leaves in Hypercorn were never freed
+            # (docs/benchmarks.md#soak).
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
             print(f"rmeeting listening on {running.url}", flush=True)
