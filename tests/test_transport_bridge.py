@@ -38,11 +38,18 @@ async def _echo_client(
 
 
 async def _serve(nursery: trio.Nursery) -> tuple[HttpBridge, tuple[str, int]]:
-    bridge = HttpBridge(_echo_client, keep_alive_timeout=5, read_timeout=5, max_head_bytes=8192)
+    bridge, address, _ = await _serve_front(nursery)
+    return bridge, address
+
+
+async def _serve_front(
+    nursery: trio.Nursery, app: Any = _echo_client
+) -> tuple[HttpBridge, tuple[str, int], FrontDoor]:
+    bridge = HttpBridge(app, keep_alive_timeout=5, read_timeout=5, max_head_bytes=8192)
     await nursery.start(bridge.serve)
     front = FrontDoor(bridge, lambda path: None, WsLimits())
     address: tuple[str, int] = await nursery.start(front.serve, "127.0.0.1", 0)
-    return bridge, address
+    return bridge, address, front
 
 
 async def _get(stream: trio.SocketStream) -> dict[str, Any]:
@@ -137,3 +144,99 @@ async def test_a_refusal_before_the_body_is_read_says_whether_the_connection_liv
             outcomes[await _refused_then_next(address, body_late=attempt % 3 == 0)] += 1
     assert outcomes["unannounced close"] == 0, outcomes
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def _until_no_connection(front: FrontDoor, bridge: HttpBridge | None = None) -> float:
+    """Seconds until the front door holds no connection (and, given ``bridge``, nor does
+    Hypercorn: no socket on its internal port but the listening one)."""
+    start = trio.current_time()
+    while front.connections or (bridge is not None and _internal_sockets(bridge)):
+        await trio.sleep(0.01)
+    return trio.current_time() - start
+
+
+def _internal_sockets(bridge: HttpBridge) -> int:
+    """Sockets of Hypercorn's accepted connections (Linux: /proc/net/tcp, port in hex)."""
+    assert bridge._address is not None
+    port = f":{bridge._address[1]:04X}"
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    # local address ends with the internal port; state 0A is LISTEN, 06 TIME_WAIT (no socket)
+    return sum(1 for row in rows if row[1].endswith(port) and row[3] not in ("0A", "06"))
+
+
+async def test_a_client_that_closes_an_idle_connection_frees_it_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """Hypercorn 0.18 keeps a connection whose client closed between requests until its
+    keep-alive timeout (5 s here): the front door's slot, its sockets and Hypercorn's were held
+    that long after every short-lived client (a 1000-per-address cap filled at 200 clients a
+    second). The splice ends it when the client's end of input finds it idle, and Hypercorn's
+    side with it."""
+    with trio.fail_after(10):
+        bridge, address, front = await _serve_front(nursery)
+        for _ in range(3):
+            async with await trio.open_tcp_stream(*address) as stream:
+                assert await _get(stream)
+                assert front.connections == 1 and _internal_sockets(bridge) == 1
+            assert await _until_no_connection(front, bridge) < 1.0
+
+
+async def _slow_app(
+    scope: MutableMapping[str, Any],
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    if scope["type"] == "lifespan":
+        await _echo_client(scope, receive, send)
+        return
+    await trio.sleep(0.3)  # the client's end of input arrives while the request is in the app
+    await _echo_client(scope, receive, send)
+
+
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(10):
+        bridge, address, front = await _serve_front(nursery, _slow_app)
+        async with await trio.open_tcp_stream(*address) as stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await stream.send_eof()
+            data = b""
+            with trio.fail_after(2):  # the answer, then the end: not at the keep-alive timeout
+                while chunk := await stream.receive_some(4096):
+                    data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"}"), data
+        assert await _until_no_connection(front, bridge) < 1.0
+
+
+async def _reading_app(
+    scope: MutableMapping[str, Any],
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    if scope["type"] == "lifespan":
+        await _echo_client(scope, receive, send)
+        return
+    while (message := await receive())["type"] == "http.request" and message.get("more_body"):
+        pass  # the whole body first, as the API's routes read it
+    if message["type"] == "http.disconnect":
+        return
+    await _echo_client(scope, receive, send)
+
+
+async def test_a_client_that_closes_inside_a_body_is_let_go_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """The body will never come: Hypercorn is told of the end of input, not left to wait for
+    the body deadline (30 s) or its keep-alive timeout."""
+    with trio.fail_after(10):
+        bridge, address, front = await _serve_front(nursery, _reading_app)
+        async with await trio.open_tcp_stream(*address) as stream:
+            await stream.send_all(b"PATCH / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}")
+            await trio.sleep(0.1)  # the request is in the app, reading its body
+            await stream.send_eof()
+            with trio.fail_after(2):
+                while await stream.receive_some(4096):
+                    pass
+        assert await _until_no_connection(front, bridge) < 1.0

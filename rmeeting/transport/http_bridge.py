@@ -23,6 +23,12 @@ only heads that arrive in pieces), and a deadline on the whole body (408: Hyperc
 ``read_timeout`` bounds each read, not a trickle). The splice cuts off a client that takes no
 response bytes for ``read_timeout`` (Hypercorn itself has no write timeout).
 
+A client that closes its side while the connection is idle (no request in the app, nothing sent
+since the last response ended) is gone: the splice ends there and frees its slot and sockets
+(:class:`_Exchange`). Hypercorn 0.18 would hold such a connection until its keep-alive timeout:
+it sees the end of input but waits for its idle timer; its own socket still does, outside the
+front door's caps. A client that half-closes with a request still unanswered gets its answer.
+
 A response sent before the app read the request's body to its end (a 413, a 401) says
 ``Connection: close`` (:func:`_closing`), and Hypercorn closes the connection after it; the
 splice then closes the client's side gracefully: it stops sending, and reads and
@@ -80,8 +86,8 @@ class HttpBridge:
         config.h11_max_incomplete_size = max_head_bytes
         config.graceful_timeout = SHUTDOWN_GRACE / 2
         self._config = config
-        #: internal connection -> (the real client, the front door's address it connected to)
-        self._peers: dict[Address, tuple[Address, Address]] = {}
+        #: internal connection -> its exchange (the real client, the front door's address)
+        self._peers: dict[Address, _Exchange] = {}
         self._app = _FrontDoorApp(app, self._peers, max_head_bytes, read_timeout)
         self._address: Address | None = None
         #: a client that takes no response bytes for this long is cut off (Hypercorn has no
@@ -123,7 +129,8 @@ class HttpBridge:
         until either side ends; closes ``conn``."""
         assert self._address is not None, "serve() first"
         downstream = trio.socket.from_stdlib_socket(conn)
-        upstream = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw_upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        upstream = trio.socket.from_stdlib_socket(raw_upstream)
         key: Address | None = None
         try:
             await upstream.connect(self._address)
@@ -131,16 +138,22 @@ class HttpBridge:
             name = upstream.getsockname()
             key = (name[0], name[1])
             local = conn.getsockname()
-            self._peers[key] = (client, (local[0], local[1]))
+            exchange = self._peers[key] = _Exchange(client, (local[0], local[1]))
+            stalled = False
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump_request, downstream, upstream, head)
+                exchange.splice = nursery.cancel_scope
+                nursery.start_soon(_pump_request, downstream, upstream, head, exchange)
                 # Hypercorn ends the exchange: when it closes (Connection: close, keep-alive
                 # timeout, an error), so does the client's connection
                 try:
-                    stalled = not await _copy(upstream, downstream, self._send_timeout)
+                    stalled = not await _copy(upstream, downstream, self._send_timeout,
+                                              answers=exchange)
                 except OSError:
-                    stalled = False  # Hypercorn reset its side: it had closed with input unread
+                    pass  # Hypercorn reset its side: it had closed with input unread
                 nursery.cancel_scope.cancel()
+            if exchange.gone:
+                await _end_hypercorn_side(raw_upstream, None if stalled else downstream,
+                                          exchange, self._send_timeout)
             if not stalled:  # a client that does not read gets no time to read
                 await _linger(downstream)
         except OSError:
@@ -152,6 +165,53 @@ class HttpBridge:
             downstream.close()
 
 
+class _Exchange:
+    """One spliced connection, as the splice and the ASGI wrapper both see it: who the client
+    is, and whether it is idle (no request in the app, no byte sent since the last response
+    ended): a client that closes its side then is gone, not waiting for an answer."""
+
+    __slots__ = ("client", "server", "active", "body_pending", "sent", "sent_at_last_end",
+                 "gone", "eof_sent", "sending", "splice", "_idle")
+
+    def __init__(self, client: Address, server: Address) -> None:
+        self.client = client
+        self.server = server
+        #: requests in the app now; whether the app still waits for a body
+        self.active = 0
+        self.body_pending = False
+        #: chunks of the client's bytes handed to Hypercorn, and how many when a request ended
+        self.sent = 0
+        self.sent_at_last_end = 0
+        #: the client closed its side and every request it sent was answered
+        self.gone = False
+        #: Hypercorn was told the end of input (the client closed with a request unanswered)
+        self.eof_sent = False
+        #: an answer's chunk is being passed on to the client (not to be cut)
+        self.sending = False
+        #: the splice's copying, both ways: cancelled once the client is gone (between chunks)
+        self.splice: trio.CancelScope | None = None
+        self._idle: trio.Event | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.active == 0 and self.sent == self.sent_at_last_end
+
+    def request_started(self) -> None:
+        self.active += 1
+
+    def request_ended(self) -> None:
+        self.active -= 1
+        self.sent_at_last_end = self.sent
+        if self._idle is not None and self.idle:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no request is in the app and every byte sent was part of an answered one."""
+        while not self.idle:
+            self._idle = trio.Event()
+            await self._idle.wait()
+
+
 async def _send_all(sock: trio.socket.SocketType, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -160,15 +220,26 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes | memoryview) -> N
 
 
 async def _copy(
-    src: trio.socket.SocketType, dst: trio.socket.SocketType, send_timeout: float = math.inf
+    src: trio.socket.SocketType, dst: trio.socket.SocketType, send_timeout: float = math.inf,
+    *, counter: _Exchange | None = None, answers: _Exchange | None = None,
 ) -> bool:
-    """Copy until ``src`` ends (True) or a send to ``dst`` waited ``send_timeout`` (False)."""
+    """Copy until ``src`` ends (True) or a send to ``dst`` waited ``send_timeout`` (False).
+    ``counter``: the client's side, chunks counted; ``answers``: Hypercorn's side, which ends
+    (True) when the client is gone, between chunks, never inside one."""
     while True:
         data = await src.recv(RECV)
         if not data:
             return True
+        if answers is not None:
+            answers.sending = True
         with trio.move_on_after(send_timeout):
             await _send_all(dst, data)
+            if counter is not None:  # after the send: a request it holds is not yet answered
+                counter.sent += 1
+            if answers is not None:
+                answers.sending = False
+                if answers.gone:
+                    return True
             continue
         return False
 
@@ -182,25 +253,64 @@ async def _linger(sock: trio.socket.SocketType) -> None:
 
 
 async def _pump_request(
-    downstream: trio.socket.SocketType, upstream: trio.socket.SocketType, head: bytes
+    downstream: trio.socket.SocketType, upstream: trio.socket.SocketType, head: bytes,
+    exchange: _Exchange,
 ) -> None:
     try:
         await _send_all(upstream, head)
-        await _copy(downstream, upstream)
-        upstream.shutdown(socket.SHUT_WR)  # the client is done sending; Hypercorn answers
+        exchange.sent += 1
+        await _copy(downstream, upstream, counter=exchange)
     except OSError:
         # a reset client, or Hypercorn gone: Hypercorn sees the end, and the splice's read of
         # its side ends too. Not close(): the other task is reading that socket, and a socket
         # closed under it raises ClosedResourceError instead of ending its read
         with contextlib.suppress(OSError):
             upstream.shutdown(socket.SHUT_RDWR)
+        return
+    # The client sent its last byte. Hypercorn would see the end of input, answer what it was
+    # sent and then hold the connection until its keep-alive timeout (it does not act on the
+    # end of input between requests): told only when a request's body is still unread (it needs
+    # the end to finish reading its body); otherwise, and once it is answered, the client is gone.
+    if exchange.body_pending:  # Hypercorn is to be told: the body it waits for will not come
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_WR)
+        exchange.eof_sent = True
+    await exchange.wait_idle()
+    exchange.gone = True
+    if not exchange.sending:  # else the copy ends itself once that chunk is passed on
+        assert exchange.splice is not None
+        exchange.splice.cancel()
+
+
+async def _end_hypercorn_side(
+    raw_upstream: socket.socket, downstream: trio.socket.SocketType | None,
+    exchange: _Exchange, send_timeout: float,
+) -> None:
+    """The client is gone with every request answered: pass on what Hypercorn already wrote
+    (the last answer ended before the request did, so it is all here, unread; not to a client
+    that stopped reading), then make Hypercorn close its side now: a request line no parser
+    takes is answered 400 and closed (Hypercorn's idle connection would otherwise wait for its
+    keep-alive timeout)."""
+    with trio.move_on_after(send_timeout):
+        while True:
+            try:
+                data = raw_upstream.recv(RECV)
+            except BlockingIOError:
+                break
+            if not data:
+                return  # Hypercorn closed on its own
+            if downstream is not None:
+                await _send_all(downstream, data)
+    if not exchange.eof_sent:
+        with contextlib.suppress(OSError):
+            raw_upstream.send(b"-\r\n\r\n")
 
 
 class _FrontDoorApp:
     """The ASGI wrapper between Hypercorn and the app (see the module docstring)."""
 
     def __init__(
-        self, app: Any, peers: dict[Address, tuple[Address, Address]], max_head_bytes: int,
+        self, app: Any, peers: dict[Address, _Exchange], max_head_bytes: int,
         body_timeout: float,
     ) -> None:
         self._app = app
@@ -214,20 +324,32 @@ class _FrontDoorApp:
                 await self._app(scope, receive, send)
             return  # a WebSocket through the internal port: the front door never sends one
         client = scope.get("client")
-        peer = self._peers.get((client[0], client[1])) if client else None
-        if peer is None:
+        exchange = self._peers.get((client[0], client[1])) if client else None
+        if exchange is None:
             await _answer(send, 403, b'{"error":"the internal port serves the front door only"}')
             return
+        exchange.request_started()
+        try:
+            await self._serve(exchange, scope, receive, send)
+        finally:
+            exchange.request_ended()
+
+    async def _serve(self, exchange: _Exchange, scope: Scope, receive: Receive,
+                     send: Send) -> None:
         if _head_size(scope) > self._max_head:
             await _answer(send, 431, b'{"error":"request head too large"}')
             return
         # the app sees the real client, and the address the client reached (not the internal
         # port): a link built from the request (join_url) names the port clients use
-        scope = {**scope, "client": peer[0], "server": peer[1]}
+        scope = {**scope, "client": exchange.client, "server": exchange.server}
         if not _has_body(scope):
             await self._app(scope, receive, partial(_send_shielded_end, send))
             return
-        await _BodyDeadline(self._body_timeout, receive, send).run(self._app, scope)
+        exchange.body_pending = True
+        try:
+            await _BodyDeadline(self._body_timeout, receive, send, exchange).run(self._app, scope)
+        finally:
+            exchange.body_pending = False
 
 
 class _BodyDeadline:
@@ -237,7 +359,9 @@ class _BodyDeadline:
     hold the connection for ever. Past the deadline the client gets 408 and the connection is
     closed; the app is told the client went away (it never saw a response it did not send)."""
 
-    def __init__(self, timeout: float, receive: Receive, send: Send) -> None:
+    def __init__(self, timeout: float, receive: Receive, send: Send,
+                 exchange: _Exchange) -> None:
+        self._exchange = exchange
         self._deadline = trio.current_time() + timeout
         self._receive = receive
         self._send = send
@@ -255,6 +379,7 @@ class _BodyDeadline:
             message = await self._receive()
             if message["type"] != "http.request" or not message.get("more_body", False):
                 self._body_done = True
+                self._exchange.body_pending = False
             return message
         self._body_done = True
         if not self._app_responded:
