@@ -39,6 +39,7 @@ that response instead of losing it to a reset.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import socket
@@ -63,6 +64,10 @@ RECV = 65536
 LINGER = 2.0
 #: seconds Hypercorn gets, on shutdown, for its requests in flight and the app's shutdown
 SHUTDOWN_GRACE = 2.0
+#: what the splice sends Hypercorn to end a connection whose client is gone (the wrapper answers)
+CLOSING_REQUEST = b"GET / HTTP/1.1\r\nHost: -\r\nConnection: close\r\n\r\n"
+#: a young-generation collection after this many HTTP connections ended (see HttpBridge.handle)
+COLLECT_EVERY = 64
 
 
 class HttpBridge:
@@ -94,6 +99,8 @@ class HttpBridge:
         #: write timeout, and the splice is where its responses wait)
         self._send_timeout = read_timeout
         self._stop = trio.Event()
+        #: HTTP connections ended so far
+        self.ended = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run Hypercorn (the app's startup first) until cancelled; then shut it down
@@ -163,6 +170,15 @@ class HttpBridge:
                 del self._peers[key]
             upstream.close()
             downstream.close()
+            self.ended += 1
+            if self.ended % COLLECT_EVERY == 0:
+                # Hypercorn leaves each connection as a reference cycle (its TCPServer and the
+                # protocol holding its send method), ~40 objects and ~5 KB that only the cycle
+                # collector frees. `rmeeting serve` makes young collections rare (100,000
+                # allocations, for fan-out), so an instance taking mostly HTTP piled up ~12 MB
+                # of them before one came: the soak's slope (docs/benchmarks.md#soak). Collected
+                # here, in proportion to what makes them; a young collection costs ~1 ms.
+                gc.collect(0)
 
 
 class _Exchange:
@@ -288,9 +304,11 @@ async def _end_hypercorn_side(
 ) -> None:
     """The client is gone with every request answered: pass on what Hypercorn already wrote
     (the last answer ended before the request did, so it is all here, unread; not to a client
-    that stopped reading), then make Hypercorn close its side now: a request line no parser
-    takes is answered 400 and closed (Hypercorn's idle connection would otherwise wait for its
-    keep-alive timeout)."""
+    that stopped reading), then make Hypercorn close its side now with a request of the
+    splice's own that says ``Connection: close`` (answered by the wrapper, never the app;
+    the answer is not read). Hypercorn's idle connection would otherwise wait for its
+    keep-alive timeout, and only a request stops that timer: on a malformed one Hypercorn
+    closes the socket but its connection task still waits it out."""
     with trio.move_on_after(send_timeout):
         while True:
             try:
@@ -303,7 +321,7 @@ async def _end_hypercorn_side(
                 await _send_all(downstream, data)
     if not exchange.eof_sent:
         with contextlib.suppress(OSError):
-            raw_upstream.send(b"-\r\n\r\n")
+            raw_upstream.send(CLOSING_REQUEST)
 
 
 class _FrontDoorApp:
@@ -327,6 +345,9 @@ class _FrontDoorApp:
         exchange = self._peers.get((client[0], client[1])) if client else None
         if exchange is None:
             await _answer(send, 403, b'{"error":"the internal port serves the front door only"}')
+            return
+        if exchange.gone:  # the splice's CLOSING_REQUEST: the client is gone, nobody reads this
+            await _answer(send, 204, b"")
             return
         exchange.request_started()
         try:
