@@ -150,9 +150,10 @@ def _serve(args: argparse.Namespace) -> int:
             # With many members the allocation rate is high and the default thresholds run
             # full collections that stall fan-out for 50-150 ms (docs/benchmarks.md). The
             # third threshold stays CPython's 10, so that a full collection still comes once
-            # the long-lived objects grew by a quarter (CPython's own rule): at 1000 it never
-            # came, and the cycles each HTTP connection leaves in Hypercorn were never freed
-            # (docs/benchmarks.md#soak).
+            # the long-lived objects grew by a quarter (CPython's own rule). Young collections
+            # are rare at 100,000: the cycle each HTTP connection leaves in Hypercorn is
+            # collected by the HTTP bridge itself (every 64 connections, http_bridge.py;
+            # docs/benchmarks.md#soak).
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
             print(f"rmeeting listening on {running.url}", flush=True)
