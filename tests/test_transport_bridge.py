@@ -182,15 +182,22 @@ async def test_a_client_that_closes_an_idle_connection_frees_it_at_once(
             assert await _until_no_connection(front, bridge) < 1.0
 
 
-async def _slow_app(
+async def _patient_app(
     scope: MutableMapping[str, Any],
     receive: Callable[[], Awaitable[Message]],
     send: Callable[[Message], Awaitable[None]],
 ) -> None:
+    """Reads the whole body first, as the API's routes do; on ``/slow`` takes 0.3 s to answer
+    (the client's end of input arrives while the request is in the app)."""
     if scope["type"] == "lifespan":
         await _echo_client(scope, receive, send)
         return
-    await trio.sleep(0.3)  # the client's end of input arrives while the request is in the app
+    while (message := await receive())["type"] == "http.request" and message.get("more_body"):
+        pass
+    if message["type"] == "http.disconnect":
+        return
+    if scope["path"] == "/slow":
+        await trio.sleep(0.3)
     await _echo_client(scope, receive, send)
 
 
@@ -198,9 +205,9 @@ async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer
     nursery: trio.Nursery,
 ) -> None:
     with trio.fail_after(10):
-        bridge, address, front = await _serve_front(nursery, _slow_app)
+        bridge, address, front = await _serve_front(nursery, _patient_app)
         async with await trio.open_tcp_stream(*address) as stream:
-            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await stream.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
             await stream.send_eof()
             data = b""
             with trio.fail_after(2):  # the answer, then the end: not at the keep-alive timeout
@@ -210,28 +217,13 @@ async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer
         assert await _until_no_connection(front, bridge) < 1.0
 
 
-async def _reading_app(
-    scope: MutableMapping[str, Any],
-    receive: Callable[[], Awaitable[Message]],
-    send: Callable[[Message], Awaitable[None]],
-) -> None:
-    if scope["type"] == "lifespan":
-        await _echo_client(scope, receive, send)
-        return
-    while (message := await receive())["type"] == "http.request" and message.get("more_body"):
-        pass  # the whole body first, as the API's routes read it
-    if message["type"] == "http.disconnect":
-        return
-    await _echo_client(scope, receive, send)
-
-
 async def test_a_client_that_closes_inside_a_body_is_let_go_at_once(
     nursery: trio.Nursery,
 ) -> None:
     """The body will never come: Hypercorn is told of the end of input, not left to wait for
     the body deadline (30 s) or its keep-alive timeout."""
     with trio.fail_after(10):
-        bridge, address, front = await _serve_front(nursery, _reading_app)
+        bridge, address, front = await _serve_front(nursery, _patient_app)
         async with await trio.open_tcp_stream(*address) as stream:
             await stream.send_all(b"PATCH / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}")
             await trio.sleep(0.1)  # the request is in the app, reading its body
