@@ -3,10 +3,13 @@
     python3 bench/http_hop.py --before /tmp/rmeeting-before --after . [--rounds 5] [--seconds 3]
 
 Starts ``rmeeting serve`` from each tree (``PYTHONPATH=<tree>``), then alternates short rounds
-against the two servers (so machine noise hits both alike) in two modes: keep-alive (each of
+against the two servers (so machine noise hits both alike) in three modes: keep-alive (each of
 ``--connections`` clients sends GET /healthz again and again on one connection) and a new
-connection per request. Prints requests/s per round, the median after/before ratio per mode,
-and the servers' CPU time per request (from /proc, less sensitive to a busy machine than rates).
+connection per request, closed by the server (``Connection: close``) or by the client once
+the response is in (a short-lived keep-alive client, as an ``httpx.Client`` per request; the
+server sees the end of input between requests). Prints requests/s per round, the median
+after/before ratio per mode, and the servers' CPU time per request (from /proc, less sensitive
+to a busy machine than rates).
 Written for the front door's splice to Hypercorn (docs/benchmarks.md, "HTTP through the front
 door"); /healthz is the cheapest route, so its ratio is the worst case of the extra hop.
 """
@@ -51,19 +54,31 @@ async def _keep_alive(host: str, port: int, stop: Callable[[], bool]) -> int:
     return done
 
 
-async def _new_connections(host: str, port: int, stop: Callable[[], bool]) -> int:
+async def _new_connections(
+    host: str, port: int, stop: Callable[[], bool], request: bytes = REQUEST_CLOSE
+) -> int:
     done = 0
     while not stop():
         async with await trio.open_tcp_stream(host, port) as stream:
-            await stream.send_all(REQUEST_CLOSE)
+            await stream.send_all(request)
             buf = bytearray()
             while _response_end(buf) is None:
                 chunk = await stream.receive_some(65536)
                 if not chunk:
                     raise RuntimeError("closed before the response")
                 buf += chunk
+        if not buf.startswith(b"HTTP/1.1 200"):  # a cap's 503: not a request served
+            raise RuntimeError(f"refused: {bytes(buf[:60])!r}")
         done += 1
     return done
+
+
+async def _client_closes(host: str, port: int, stop: Callable[[], bool]) -> int:
+    return await _new_connections(host, port, stop, REQUEST)
+
+
+MODES = {"keep-alive": _keep_alive, "new connection": _new_connections,
+         "client closes": _client_closes}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -76,7 +91,7 @@ async def _round(url: str, mode: str, connections: int, seconds: float) -> tuple
     host, port = url.removeprefix("http://").rsplit(":", 1)
     deadline = trio.current_time() + seconds
     counts: list[int] = []
-    client = _keep_alive if mode == "keep-alive" else _new_connections
+    client = MODES[mode]
 
     async def one() -> None:
         counts.append(await client(host, int(port), lambda: trio.current_time() >= deadline))
@@ -110,7 +125,8 @@ async def main(args: argparse.Namespace) -> None:
         for label, tree in (("before", args.before), ("after", args.after)):
             proc, urls[label] = await _spawn(tree)
             procs.append(proc)
-        for mode, connections in (("keep-alive", args.connections), ("new connection", 4)):
+        modes = (("keep-alive", args.connections), ("new connection", 4), ("client closes", 4))
+        for mode, connections in modes:
             rates: dict[str, list[float]] = {"before": [], "after": []}
             cpu: dict[str, list[float]] = {"before": [], "after": []}  # server µs per request
             for i in range(args.rounds):
