@@ -180,6 +180,8 @@ async def test_a_client_that_closes_an_idle_connection_frees_it_at_once(
                 assert await _get(stream)
                 assert front.connections == 1 and _internal_sockets(bridge) == 1
             assert await _until_no_connection(front, bridge) < 1.0
+            await trio.sleep(0.1)
+            assert _hypercorn_connections() == 0  # its task too, not only its socket
 
 
 async def _patient_app(
@@ -260,3 +262,31 @@ async def test_hypercorn_connections_are_collected_as_they_end(nursery: trio.Nur
             assert hypercorn_connections() <= COLLECT_EVERY + 2
     finally:
         gc.set_threshold(*before)
+
+
+async def test_a_client_that_resets_an_idle_connection_frees_it_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """The same for a reset (a client that closes with SO_LINGER 0, or one that crashed)."""
+    import socket
+    import struct
+
+    with trio.fail_after(10):
+        bridge, address, front = await _serve_front(nursery)
+        sock = trio.socket.socket()
+        await sock.connect(address)
+        stream = trio.SocketStream(sock)
+        assert await _get(stream)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # an RST, not a FIN
+        assert await _until_no_connection(front, bridge) < 1.0
+        await trio.sleep(0.1)
+        assert _hypercorn_connections() == 0  # its task too, not only its socket
+
+
+def _hypercorn_connections() -> int:
+    """Hypercorn's connections alive (a collection first: garbage ones do not count)."""
+    import gc
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o).__name__ == "TCPServer")

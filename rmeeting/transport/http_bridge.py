@@ -159,7 +159,7 @@ class HttpBridge:
                     pass  # Hypercorn reset its side: it had closed with input unread
                 nursery.cancel_scope.cancel()
             if exchange.gone:
-                await _end_hypercorn_side(raw_upstream, None if stalled else downstream,
+                await _end_hypercorn_side(upstream, raw_upstream, None if stalled else downstream,
                                           exchange, self._send_timeout)
             if not stalled:  # a client that does not read gets no time to read
                 await _linger(downstream)
@@ -277,21 +277,21 @@ async def _pump_request(
         exchange.sent += 1
         await _copy(downstream, upstream, counter=exchange)
     except OSError:
-        # a reset client, or Hypercorn gone: Hypercorn sees the end, and the splice's read of
-        # its side ends too. Not close(): the other task is reading that socket, and a socket
-        # closed under it raises ClosedResourceError instead of ending its read
-        with contextlib.suppress(OSError):
-            upstream.shutdown(socket.SHUT_RDWR)
-        return
+        pass  # a reset: the client is gone just as after an end of input (below)
     # The client sent its last byte. Hypercorn would see the end of input, answer what it was
     # sent and then hold the connection until its keep-alive timeout (it does not act on the
     # end of input between requests): told only when a request's body is still unread (it needs
     # the end to finish reading its body); otherwise, and once it is answered, the client is gone.
+    # (If Hypercorn is the one gone, the splice ends on its side and cancels this.)
     if exchange.body_pending:  # Hypercorn is to be told: the body it waits for will not come
         with contextlib.suppress(OSError):
             upstream.shutdown(socket.SHUT_WR)
         exchange.eof_sent = True
     await exchange.wait_idle()
+    _client_gone(exchange)
+
+
+def _client_gone(exchange: _Exchange) -> None:
     exchange.gone = True
     if not exchange.sending:  # else the copy ends itself once that chunk is passed on
         assert exchange.splice is not None
@@ -299,16 +299,16 @@ async def _pump_request(
 
 
 async def _end_hypercorn_side(
-    raw_upstream: socket.socket, downstream: trio.socket.SocketType | None,
-    exchange: _Exchange, send_timeout: float,
+    upstream: trio.socket.SocketType, raw_upstream: socket.socket,
+    downstream: trio.socket.SocketType | None, exchange: _Exchange, send_timeout: float,
 ) -> None:
     """The client is gone with every request answered: pass on what Hypercorn already wrote
     (the last answer ended before the request did, so it is all here, unread; not to a client
     that stopped reading), then make Hypercorn close its side now with a request of the
     splice's own that says ``Connection: close`` (answered by the wrapper, never the app;
-    the answer is not read). Hypercorn's idle connection would otherwise wait for its
-    keep-alive timeout, and only a request stops that timer: on a malformed one Hypercorn
-    closes the socket but its connection task still waits it out."""
+    the answer is read and dropped until Hypercorn closes). Hypercorn's idle connection would
+    otherwise wait for its keep-alive timeout, and only a request stops that timer: on a
+    malformed one Hypercorn closes the socket but its connection task still waits it out."""
     with trio.move_on_after(send_timeout):
         while True:
             try:
@@ -318,10 +318,18 @@ async def _end_hypercorn_side(
             if not data:
                 return  # Hypercorn closed on its own
             if downstream is not None:
-                await _send_all(downstream, data)
-    if not exchange.eof_sent:
-        with contextlib.suppress(OSError):
-            raw_upstream.send(CLOSING_REQUEST)
+                try:
+                    await _send_all(downstream, data)
+                except OSError:  # the client reset: the rest is dropped, Hypercorn still told
+                    downstream = None
+    if exchange.eof_sent:
+        return
+    with contextlib.suppress(OSError), trio.move_on_after(LINGER):
+        await _send_all(upstream, CLOSING_REQUEST)
+        # until Hypercorn closed: closed under its answer, it would take an error path that
+        # leaves its connection task waiting for the keep-alive timer after all
+        while await upstream.recv(RECV):
+            pass
 
 
 class _FrontDoorApp:
