@@ -23,11 +23,13 @@ only heads that arrive in pieces), and a deadline on the whole body (408: Hyperc
 ``read_timeout`` bounds each read, not a trickle). The splice cuts off a client that takes no
 response bytes for ``read_timeout`` (Hypercorn itself has no write timeout).
 
-A client that closes its side while the connection is idle (no request in the app, nothing sent
-since the last response ended) is gone: the splice ends there and frees its slot and sockets
-(:class:`_Exchange`). Hypercorn 0.18 would hold such a connection until its keep-alive timeout:
-it sees the end of input but waits for its idle timer; its own socket still does, outside the
-front door's caps. A client that half-closes with a request still unanswered gets its answer.
+A client that closes (or resets) its side while the connection is idle (no request in the app,
+nothing sent since the last response ended) is gone: the splice ends there and frees its slot
+and sockets (:class:`_Exchange`), and ends Hypercorn's side with a request of its own that says
+``Connection: close`` (:func:`_end_hypercorn_side`). Hypercorn 0.18 would otherwise hold such a
+connection, its socket and its task until its keep-alive timeout: it sees the end of input but
+waits for its idle timer. A client that half-closes with a request still unanswered gets its
+answer first.
 
 A response sent before the app read the request's body to its end (a 413, a 401) says
 ``Connection: close`` (:func:`_closing`), and Hypercorn closes the connection after it; the
