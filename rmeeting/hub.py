@@ -16,8 +16,12 @@ the intake of new events, never drops one.
 Coalescing: when the shard wakes it takes every op already waiting in its inbox (at most
 ``MAX_BATCH``), and the frames one member gets from them go out in one ``send`` (the frames one
 after the other, each complete): in a join storm a member gets the notices of many joins for the
-price of one write. Nothing waits for a batch to form: a lone op is handled, and its frames
-written, the moment the shard sees it, so latency at low rates does not move.
+price of one write. No timer ever waits for a batch to form. Before it takes a batch the shard
+lets the scheduler run a round (``GROW_TICKS``): if ops came in meanwhile, the tasks making
+them are running right now (a join storm, a burst of chat), and it lets them run another round,
+as long as the rounds bring more, up to ``GROW_TICKS`` rounds or a full batch. A lone op costs
+two rounds of the scheduler (microseconds on an idle instance), so latency at low rates does not
+move; under a storm, each member gets one write for many joins instead of one for two or three.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ log = logging.getLogger("rmeeting.hub")
 #: ops a shard takes from its inbox in one go (what is already there, never waited for); their
 #: frames are written per member in one ``send``. Bounds the bytes held per member meanwhile.
 MAX_BATCH = 64
+#: rounds of the scheduler a shard lets run before taking a batch, while each brings more ops
+#: (see the module's docstring); measured in docs/benchmarks.md ("Round two, fourth pass")
+GROW_TICKS = 16
 
 
 class Encoder(Protocol):
@@ -220,6 +227,8 @@ class _Shard:
         self.delivered = 0
         #: wake-ups, ops taken in batches of more than one, frames that shared a write
         self.batches = self.batched_ops = self.coalesced = 0
+        #: scheduler rounds the shard let run because its inbox was still growing
+        self.grow_ticks = 0
         #: frames that said several joins/leaves at once (``Encoder.roster_frame``)
         self.roster_frames = 0
         #: during a batch: each member's frames, written once the batch is done
@@ -228,7 +237,9 @@ class _Shard:
         self.on_controls: Callable[[ControlsChanged], None] | None = None
 
     async def run(self) -> None:
-        async for op in self.receive:
+        receive = self.receive
+        async for op in receive:
+            await self._let_batch_grow()
             batch = [op]
             while len(batch) < MAX_BATCH:  # what is already waiting, never more
                 try:
@@ -256,6 +267,27 @@ class _Shard:
                 pending, self._pending = self._pending, None
                 for sub, frames in pending.items():
                     self._write(sub, frames)
+
+    async def _let_batch_grow(self) -> None:
+        """Let the tasks already making ops run, one scheduler round at a time, while each
+        round adds to the inbox (at most ``GROW_TICKS`` rounds, or until a batch is full)."""
+        waiting = self.receive.statistics().current_buffer_used
+        quiet = 0
+        for _ in range(GROW_TICKS):
+            if waiting + 1 >= MAX_BATCH:
+                return
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            now = self.receive.statistics().current_buffer_used
+            if now > waiting:
+                waiting, quiet = now, 0
+                self.grow_ticks += 1
+                continue
+            # Trio runs a round's tasks in one order or its reverse, at random: a producer
+            # that ran just before this check in one round may run just after it in the next,
+            # so one round without news is not yet the end of a storm; two are
+            quiet += 1
+            if quiet == 2:
+                return
 
     def _apply(self, op: _ShardOp) -> None:
         try:
@@ -624,4 +656,5 @@ class Hub:
             "batched_ops": sum(s.batched_ops for s in self._shards),
             "coalesced_frames": sum(s.coalesced for s in self._shards),
             "roster_frames": sum(s.roster_frames for s in self._shards),
+            "grow_ticks": sum(s.grow_ticks for s in self._shards),
         }

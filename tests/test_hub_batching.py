@@ -82,6 +82,42 @@ async def test_a_lone_event_is_written_at_once_and_alone() -> None:
     assert hub.statistics()["coalesced_frames"] == 0
 
 
+async def test_a_lone_event_waits_for_no_timer() -> None:
+    # two scheduler rounds to see that nothing else is coming, then written: no clock moves
+    hub = Hub(shards=1, encoders=wire.encoders())
+    outlet = Log()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await hub.attach(Subscriber("m", "a", "v1", outlet), Controls())
+            await trio.testing.wait_all_tasks_blocked()
+            await hub.deliver(_chat(1))
+            for _ in range(4):
+                await trio.lowlevel.checkpoint()
+            assert len(outlet.writes) == 1
+            nursery.cancel_scope.cancel()
+    assert hub.statistics()["grow_ticks"] == 0
+
+
+async def test_ops_that_keep_coming_round_after_round_are_taken_together() -> None:
+    # a storm: the tasks making ops are running; one arrives per scheduler round
+    hub = Hub(shards=1, encoders=wire.encoders())
+    outlet = Log()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.serve)
+            await hub.attach(Subscriber("m", "a", "v1", outlet), Controls())
+            await trio.testing.wait_all_tasks_blocked()
+            for seq in range(1, 11):
+                await hub.deliver(_chat(seq))
+                await trio.lowlevel.checkpoint()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert [m["seq"] for m in outlet.texts()] == list(range(1, 11))
+    assert len(outlet.writes) <= 2, outlet.actions
+    assert hub.statistics()["grow_ticks"] >= 5
+
+
 async def test_a_member_closed_in_a_batch_gets_its_frames_first() -> None:
     hub = Hub(shards=1, encoders=wire.encoders())
     gone, stays = Log(), Log()
