@@ -157,7 +157,7 @@ async def serve_rmeeting(
             metrics.bind_webhooks(webhooks)
             await nursery.start(webhooks.serve)
         await nursery.start(stores.meetings.serve_events, service.on_meeting_event)
-        on_bus_event = await cluster.start(nursery, service)
+        on_bus_event = await cluster.start(nursery, service, stores.meetings)
         await nursery.start(stores.chat.serve, on_bus_event)
         await nursery.start(Lifecycle(service).serve)  # empty_timeout, max_duration, retention
         await nursery.start(bridge.serve)

@@ -33,6 +33,8 @@ import json
 import logging
 import math
 import time
+import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -43,7 +45,7 @@ from ..stores.base import StoreUnavailable
 from ..stores.etcd_client import Connection, compare, delete_op, prefix_end, put_op, range_op
 from .presence import Presence
 
-__all__ = ["Liveness"]
+__all__ = ["Liveness", "chosen_instance"]
 
 log = logging.getLogger("rmeeting.cluster")
 
@@ -167,6 +169,13 @@ class Liveness:
 
     # --- the others ---------------------------------------------------------------------------
 
+    def writes_audit(self, change: str) -> bool:
+        """Whether this instance is the one to record ``change`` (an operator's flip every
+        instance observed): :func:`chosen_instance` among the live instances as last read. Two
+        that disagree for a second (one died) both write, or neither: the others' later check
+        (``stores._etcd_audit``) writes what is missing."""
+        return chosen_instance(self._known | {self._id}, change) == self._id
+
     async def _alive(self) -> set[str]:
         prefix = self._instances
         response = await self.conn.txn([], [range_op(prefix, prefix_end(prefix), keys_only=True)])
@@ -258,3 +267,9 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def chosen_instance(instances: Iterable[str], key: str) -> str:
+    """One of ``instances`` for ``key``, the same on every instance that knows the same set
+    (highest random weight: a change of the set moves only the keys of who came or went)."""
+    return max(instances, key=lambda name: (zlib.crc32(f"{name}\n{key}".encode()), name))

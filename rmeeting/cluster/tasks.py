@@ -42,9 +42,11 @@ class ClusterTasks:
         return self.relay_watch.on_relay_state if self.relay_watch is not None else None
 
     async def start(
-        self, nursery: trio.Nursery, service: MeetingService
+        self, nursery: trio.Nursery, service: MeetingService, meetings: object = None
     ) -> Callable[[BusEvent], Awaitable[None]]:
-        """Start what the config calls for; returns the handler for the chat log's events."""
+        """Start what the config calls for; returns the handler for the chat log's events.
+        ``meetings``: the meeting store; etcd's is told which instance records each change
+        that every instance observed."""
         self.presence = presence = Presence(service)
         handler: Callable[[BusEvent], Awaitable[None]] = service.on_bus_event
         if self.relay_watch is not None:
@@ -55,6 +57,9 @@ class ClusterTasks:
 
             liveness = self.liveness = Liveness(self._config, presence)
             await nursery.start(liveness.serve)
+            audits = getattr(meetings, "observed_audits", None)
+            if audits is not None:  # etcd's: one live instance records each operator change
+                audits.writes_now = liveness.writes_audit
         return handler
 
     def announce(self, url: str) -> None:

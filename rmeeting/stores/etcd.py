@@ -57,6 +57,7 @@ import grpc  # type: ignore[import-untyped]
 import trio
 
 from ..controls import DEFAULTS, FLAGS, Controls, validate_changes, validate_member_changes
+from ._etcd_audit import ObservedAudits
 from ._etcd_cache import (
     ENDED_IN_ETCD,
     AuditTask,
@@ -105,11 +106,6 @@ Handler = Callable[[MeetingEvent], Awaitable[None]]
 #: Watch responses waiting for the event loop. When full, the watch thread waits (and grpc flow
 #: control makes etcd wait): nothing is dropped, a slow handler slows only this instance's watch.
 WATCH_BUFFER = 64
-#: audits of observed changes waiting to be written after their fan-out; full: the watch waits
-#: (the trail keeps every record; a burst of operator flips slows the watch, never loses one)
-AUDIT_BUFFER = 1024
-#: one audit write to make after the fan-out (a create-if-absent transaction)
-_AuditWrite = Callable[[], Awaitable[None]]
 #: The watch is re-opened after a failure with this backoff (seconds), doubling.
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 #: With several endpoints, a watch that has not started by then moves to the next endpoint.
@@ -148,8 +144,9 @@ class EtcdMeetingStore:
         self._cache = MeetingCache(self._keys)
         self._serving = False
         self._watch_ok = False
-        #: while serving: where the audits of observed changes go, written by their own task
-        self._audits: trio.MemorySendChannel[_AuditWrite] | None = None
+        #: the records of changes every instance observed (``_etcd_audit``): its
+        #: ``writes_now`` is set by the cluster's liveness, so that one instance writes each
+        self.observed_audits = ObservedAudits(self._conn, self._keys)
         self._watch_rev = 0  # every change up to this revision has been handled
         self._backoff = BACKOFF_MIN
         self._waiting: trio.CancelScope | None = None
@@ -684,28 +681,17 @@ class EtcdMeetingStore:
             raise RuntimeError("serve_events is already running on this store")
         self._serving, self._watch_ok = True, False
         unstarted: trio.TaskStatus[None] | None = task_status
-        audits, to_write = trio.open_memory_channel[_AuditWrite](AUDIT_BUFFER)
         try:
-            async with trio.open_nursery() as nursery, audits:
-                nursery.start_soon(self._write_audits, to_write)
-                self._audits = audits
-                await self._follow_until_closed(handler, unstarted)
+            async with trio.open_nursery() as nursery:
+                # the records of observed changes are written after their fan-out, in their own
+                # tasks, so that an operator's flip reaches the members first
+                await nursery.start(self.observed_audits.serve)
+                try:
+                    await self._follow_until_closed(handler, unstarted)
+                finally:
+                    self.observed_audits.close()  # what is queued is still written
         finally:
-            self._audits = None
             self._serving = self._watch_ok = False
-
-    async def _write_audits(self, to_write: trio.MemoryReceiveChannel[_AuditWrite]) -> None:
-        """The audit records of observed changes, written after their fan-out, so that an
-        operator's flip reaches the members first (the record is best effort anyway)."""
-        async with to_write:
-            async for write in to_write:
-                await write()
-
-    async def _audit_later(self, write: _AuditWrite) -> None:
-        if self._audits is None:
-            await write()
-        else:
-            await self._audits.send(write)
 
     async def _follow_until_closed(
         self, handler: Handler, unstarted: trio.TaskStatus[None] | None
@@ -787,11 +773,13 @@ class EtcdMeetingStore:
                 if event is not None:
                     await handler(event)  # the members first, then the record
                 if audit and isinstance(event, ControlsChanged):
-                    await self._audit_later(partial(
-                        self._audit_observed, (meeting_id, revision, dict(event.changed)),
-                        event.actor))
-                    await self._audit_later(partial(
-                        self._audit_members_observed, event, revision))
+                    records = len(event.changed) + sum(
+                        len(flags) for flags in event.member_changed.values())
+                    await self.observed_audits.record(meeting_id, revision, records, [
+                        partial(self._audit_observed, (meeting_id, revision,
+                                                       dict(event.changed)), event.actor),
+                        partial(self._audit_members_observed, event, revision),
+                    ])
             self._watch_rev = revision
 
     async def _resync(self, handler: Handler | None) -> None:
@@ -820,7 +808,9 @@ class EtcdMeetingStore:
                 await self._tombstone_observed(known[event.meeting_id], event.reason)
             await handler(event)
         for task in audits:
-            await self._audit_later(partial(self._audit_observed, task, "operator"))
+            meeting_id, revision, changed = task
+            await self.observed_audits.record(meeting_id, revision, len(changed), [
+                partial(self._audit_observed, task, "operator")])
 
 
 def _may(controls: Controls, member_id: str, flag: str) -> bool:
