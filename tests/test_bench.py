@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from array import array
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,34 @@ def test_frames_split_anywhere_are_parsed_once() -> None:
         finally:
             ours.close()
             theirs.close()
+
+
+async def test_a_notice_is_timed_when_it_reached_the_socket_not_when_it_was_read() -> None:
+    # the flip's "told": a member with a reader of its own would have had it then
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    theirs, _ = listener.accept()
+    listener.close()
+    ours.setblocking(False)
+    poller = Poller(Seed(), arrival_stamps=True)
+    member = Member(0, ours)
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(poller.run)
+                poller.add(member, b"")
+                sent = time.monotonic_ns()
+                theirs.send(_server_frame('{"notice":"会议室状态发送变更","isMute":true}'.encode()))
+                time.sleep(0.2)  # noqa: ASYNC251 - blocks the poller too: it reads 200 ms late
+                while not member.controls_read:
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+    finally:
+        ours.close()
+        theirs.close()
+    [told], [read] = member.controls, member.controls_read
+    assert sent - 5_000_000 < told < sent + 50_000_000, (told - sent) / 1e6
+    assert read - told >= 150_000_000, (read - told) / 1e6
 
 
 def test_v1_and_socketio_frames_are_recognised() -> None:

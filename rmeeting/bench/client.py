@@ -8,6 +8,12 @@ member that has data, with one ``recv`` each, and every complete frame in that b
 one pass (:meth:`Poller.feed`). Chat frames are recognised by the protocol's pattern at the start
 of the payload; nothing is JSON-decoded on that path.
 
+With ``arrival_stamps`` (the flip scenario), each ``recv`` also takes the kernel's receive time
+stamp of what it read (``SO_TIMESTAMPNS``): when the frame reached the member's socket, which
+is when a member with a reader of its own would have it, whatever this one reader is busy with.
+A control notice is timed by it (``Member.controls``) and by when this reader got to it
+(``Member.controls_read``).
+
 Server frames are unmasked; client frames are masked (RFC 6455 5.3) with a random key drawn once
 per connection. Where there is no epoll (not Linux), each member gets a reader task instead.
 """
@@ -38,6 +44,10 @@ from .report import BUCKET_NS
 __all__ = ["HandshakeError", "Member", "Poller", "Target", "connect_ws", "http_json"]
 
 RECV_SIZE = 1 << 18
+#: Linux's SO_TIMESTAMPNS (the socket module does not name it); its control message has the
+#: same number and carries a struct timespec of CLOCK_REALTIME
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_ANC_SIZE = socket.CMSG_SPACE(16)
 MAX_HEAD = 65536
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
@@ -193,7 +203,7 @@ class Member:
 
     __slots__ = ("index", "sock", "fd", "mask", "_key", "pending", "out", "seqs", "lat",
                  "t_start", "t_joined", "joined", "controls", "errors", "error_text",
-                 "close_code", "closed", "leaving", "frames")
+                 "close_code", "closed", "leaving", "frames", "controls_read")
 
     def __init__(self, index: int, sock: socket.socket) -> None:
         self.index = index
@@ -208,8 +218,11 @@ class Member:
         self.t_start = 0
         self.t_joined = 0
         self.joined = trio.Event()
-        #: when each control-change notice arrived (ns), in order
+        #: when each control-change notice arrived (ns, monotonic), in order: at the socket
+        #: (the kernel's stamp) with ``arrival_stamps``, else when it was read
         self.controls: list[int] = []
+        #: when this process read each of them
+        self.controls_read: list[int] = []
         self.errors = 0
         self.error_text = ""
         self.close_code: int | None = None
@@ -258,7 +271,9 @@ class Member:
 class Poller:
     """Reads every registered member; counts chat deliveries and notices as they arrive."""
 
-    def __init__(self, protocol: WireProtocol, *, use_epoll: bool = True) -> None:
+    def __init__(
+        self, protocol: WireProtocol, *, use_epoll: bool = True, arrival_stamps: bool = False
+    ) -> None:
         self._match = protocol.chat_re.match
         self._kinds = protocol.kinds
         self._pong = protocol.pong
@@ -279,6 +294,11 @@ class Poller:
         self.join_notices = 0
         #: members whose connection ended without the bench closing it
         self.disconnected = 0
+        self._stamps = arrival_stamps and hasattr(socket.socket, "recvmsg_into")
+        #: the kernel's receive time of what the last recv read (monotonic ns; 0: none)
+        self._arrived = 0
+        #: CLOCK_REALTIME minus CLOCK_MONOTONIC, to put the kernel's stamps on the bench's clock
+        self._realtime_offset = time.time_ns() - time.monotonic_ns()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -298,7 +318,7 @@ class Poller:
                         if member is None:
                             continue
                         try:
-                            n = member.sock.recv_into(buf)
+                            n = self._recv(member.sock, buf)
                         except BlockingIOError:
                             continue
                         except OSError:
@@ -315,6 +335,8 @@ class Poller:
 
     def add(self, member: Member, leftover: bytes) -> None:
         self.members[member.fd] = member
+        if self._stamps:
+            member.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if leftover:
             self.feed(member, leftover, time.monotonic_ns())
         if member.closed:
@@ -354,9 +376,20 @@ class Poller:
             trio.lowlevel.notify_closing(member.sock)
         member.sock.close()
 
+    def _recv(self, sock: socket.socket, buf: bytearray) -> int:
+        if not self._stamps:
+            return sock.recv_into(buf)
+        n, ancillary, _flags, _address = sock.recvmsg_into([buf], _ANC_SIZE)
+        self._arrived = 0
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])
+                self._arrived = seconds * 1_000_000_000 + nanoseconds - self._realtime_offset
+        return n
+
     def _read(self, member: Member) -> None:
         try:
-            n = member.sock.recv_into(self._buf)
+            n = self._recv(member.sock, self._buf)
         except BlockingIOError:
             return
         except OSError:
@@ -437,7 +470,8 @@ class Poller:
                         member.t_joined = now
                         member.joined.set()
                 elif kind == "control":
-                    member.controls.append(now)
+                    member.controls.append(self._arrived or now)
+                    member.controls_read.append(now)
                     self.controls += 1
                     if self.on_control is not None:
                         self.on_control()

@@ -198,6 +198,9 @@ def _flip(opts: Options, parts: Sequence[PartResult]) -> dict[str, Any]:
         if arrivals:
             last.append(max(arrivals))
             first.append(min(arrivals))
+    read = [times for p in parts for times in p.flip_read_ns]
+    last_read = sorted(max((times[k] - t0 for times in read if len(times) > k), default=0)
+                       for k, t0 in enumerate(sent))
     write = sorted(a - t0 for t0, a in zip(sent, acked, strict=False))
     last.sort()
     first.sort()
@@ -221,7 +224,10 @@ def _flip(opts: Options, parts: Sequence[PartResult]) -> dict[str, Any]:
         "flips": len(sent),
         "flips_incomplete": incomplete,
         "told_per_flip": len(told),
+        #: when the last member had it in its socket (the kernel's receive stamp)
         "last_told_ms": percentiles(last),
+        #: when the bench's one reader had read it from the last member's socket
+        "last_read_ms": percentiles(last_read) if any(read) else None,
         "first_told_ms": percentiles(first),
         "each_told_ms": percentiles(every),
         "write_ms": percentiles(write),
@@ -269,6 +275,9 @@ def format_text(result: Mapping[str, Any]) -> str:
         lines.append(_line("flips", f"{r['flips']} to {r['told_per_flip']} members, "
                            f"{r['flips_incomplete']} incomplete; made by {via}"))
         lines.append(_line("last told ms", _ms(r["last_told_ms"])))
+        if r.get("last_read_ms"):
+            lines.append(_line("last read ms", _ms(r["last_read_ms"]) + "  (told: in the "
+                               "member's socket; read: when the bench's reader got to it)"))
         if r.get("frames_per_member"):
             devices = " with every device on" if r.get("devices_on") else ""
             lines.append(_line("frames/member", f"{r['flag']} off{devices}: mean "

@@ -128,6 +128,8 @@ class PartResult:
     #: was in its socket)
     flip_acked_ns: list[int] = field(default_factory=list)
     flip_told_ns: list[list[int]] = field(default_factory=list)
+    #: per member, when the bench's reader read each notice (``flip_told_ns``: when it arrived)
+    flip_read_ns: list[list[int]] = field(default_factory=list)
     #: per flip: the text frames this part's members received in all, and the most one got
     flip_frames: list[int] = field(default_factory=list)
     flip_frames_max: list[int] = field(default_factory=list)
@@ -162,7 +164,8 @@ class _Part:
         #: member i connects to members_at[i % len(members_at)]
         self.targets = members_at
         self.protocol: WireProtocol = get_protocol(self.opts.protocol)
-        self.poller = Poller(self.protocol, use_epoll=self.opts.use_epoll)
+        self.poller = Poller(self.protocol, use_epoll=self.opts.use_epoll,
+                             arrival_stamps=self.opts.scenario == "flip")
         self.result = PartResult(spec.index, members=spec.stop - spec.first)
         self.members: list[Member] = []
         self.phase = "joining"
@@ -514,6 +517,7 @@ async def _flip(part: _Part) -> None:
                 await flipper.aclose()
     part.mark()
     result.flip_told_ns = [m.controls for m in joined]
+    result.flip_read_ns = [m.controls_read for m in joined]
     await part.sync.barrier("done")
 
 
