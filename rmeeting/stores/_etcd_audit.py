@@ -7,10 +7,11 @@ is a transaction through etcd's log, fsync included: with K instances, K of them
 
 So one instance writes it: the one :attr:`ObservedAudits.writes_now` names for the change (the
 cluster's liveness picks one of the live instances per change; alone, an instance names itself).
-The others check ``CHECK_AFTER`` seconds later with one serializable read (no write through the
-log) and write what is still missing. The record stays best effort as it was, and now survives
-the chosen writer dying or being cut off right after the change. Both run after the change was
-fanned out, in their own tasks (the members first, then the record).
+The others check ``CHECK_AFTER`` seconds later with a serializable read (no write through the
+log; one per meeting for all the changes that queued meanwhile) and write what is missing. The
+record stays best effort as it was, and now survives the chosen writer dying or being cut off
+right after the change. Both run after the change was fanned out, in their own tasks (the
+members first, then the record).
 
 Overflow policy: each queue holds ``BUFFER`` writes; when full, the watch waits (a burst of
 operator flips slows this instance's watch, it never loses a record).
@@ -66,6 +67,8 @@ class ObservedAudits:
         #: changes checked later (this instance was not the one), and those of them whose
         #: records a check found missing and wrote
         self.checks = self.fallback_writes = 0
+        #: reads the checks made (one per meeting per batch)
+        self.reads = 0
         self._now: trio.MemorySendChannel[AuditWrite] | None = None
         self._later: trio.MemorySendChannel[_Check] | None = None
         self._closing = False
@@ -114,25 +117,47 @@ class ObservedAudits:
 
     async def _check(self, checks: trio.MemoryReceiveChannel[_Check]) -> None:
         async with checks:
-            async for check in checks:  # in the order made, so each is due after the last
-                if not self._closing:
-                    await trio.sleep_until(check.due)
-                self.checks += 1
-                if await self._written(check) < check.records:
-                    self.fallback_writes += 1
-                    for write in check.writes:
-                        await write()
+            async for check in checks:
+                batch = [check]  # and what queued meanwhile: in a burst, one read per meeting
+                while True:
+                    try:
+                        batch.append(checks.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                if not self._closing:  # in the order made: the last is due last
+                    await trio.sleep_until(batch[-1].due)
+                by_meeting: dict[str, list[_Check]] = {}
+                for item in batch:
+                    by_meeting.setdefault(item.meeting_id, []).append(item)
+                for meeting_id, items in by_meeting.items():
+                    written = await self._written(meeting_id, items)
+                    for item in items:
+                        self.checks += 1
+                        if written.get(item.revision, 0) < item.records:
+                            self.fallback_writes += 1
+                            for write in item.writes:
+                                await write()
 
-    async def _written(self, check: _Check) -> int:
-        """How many of the change's records exist (a serializable read: no write to the log).
-        If etcd cannot say, none: the writes are create-if-absent."""
-        first = self._keys.audit(check.meeting_id, f"{check.revision:020d}-")
+    async def _written(self, meeting_id: str, checks: list[_Check]) -> dict[int, int]:
+        """How many records each checked revision of the meeting has, in one serializable read
+        (no write to the log). If etcd cannot say, none: the writes are create-if-absent."""
+        trail = self._keys.audit(meeting_id)
+        low = min(c.revision for c in checks)
+        high = max(c.revision for c in checks)
+        self.reads += 1
         try:
             response = await self._conn.kv("Range", rpc.RangeRequest(
-                key=first, range_end=prefix_end(first), count_only=True, serializable=True,
+                key=self._keys.audit(meeting_id, f"{low:020d}-"),
+                range_end=prefix_end(self._keys.audit(meeting_id, f"{high:020d}-")),
+                keys_only=True, serializable=True,
             ))
         except (StoreUnavailable, grpc.RpcError) as exc:
-            log.warning("meeting %s: audit of revision %d not checked: %s",
-                        check.meeting_id, check.revision, exc)
-            return 0
-        return int(response.count)
+            log.warning("meeting %s: audit of revisions %d to %d not checked: %s",
+                        meeting_id, low, high, exc)
+            return {}
+        written: dict[int, int] = {}
+        for kv in response.kvs:
+            revision = kv.key[len(trail):].split(b"-", 1)[0]
+            if revision.isdigit():
+                written[int(revision)] = written.get(int(revision), 0) + 1
+        return written
