@@ -124,6 +124,16 @@ class InstanceMetrics:
         counter("rmeeting_hub_inbox_full_total",
                 "Times a shard's inbox was full and its producer had to wait (backpressure).",
                 hub_stat("inbox_full"))
+        counter("rmeeting_hub_wakeups_total",
+                "Times a shard took a batch of ops from its inbox (one or more).",
+                hub_stat("wakeups"))
+        counter("rmeeting_hub_coalesced_frames_total",
+                "Frames that went out in one write with another frame to the same member.",
+                hub_stat("coalesced_frames"))
+        counter("rmeeting_hub_grow_rounds_total",
+                "Scheduler rounds a shard let run before taking a batch because its inbox "
+                "was still growing (a burst under way).",
+                hub_stat("grow_ticks"))
         _optional(counter, meetings, "invalid_values", "rmeeting_invalid_control_values_total",
                   "Hand-written control values this instance's etcd watch rejected (kept the "
                   "last valid value).")

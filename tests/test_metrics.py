@@ -115,6 +115,9 @@ async def test_chat_controls_and_connections_move_the_metrics(
             text = await scrape(api)
             assert value(text, "rmeeting_chat_messages_in_total") == 1
             assert value(text, "rmeeting_frames_out_total") >= out + 2  # to a and to b
+            assert value(text, "rmeeting_hub_wakeups_total") >= 1
+            assert value(text, "rmeeting_hub_coalesced_frames_total") >= 0
+            assert value(text, "rmeeting_hub_grow_rounds_total") >= 0
             assert value(text, "rmeeting_relay_lag_seconds_count") >= 1
             await api.request("PATCH", f"/v1/meetings/{mid}/controls", headers=host,
                               json={"controls": {"mic": False}})
@@ -191,7 +194,8 @@ def test_every_metric_is_documented() -> None:
         watch_up = relay_up = True
 
     metrics = InstanceMetrics()
-    stats = dict.fromkeys(("meetings", "members", "deliveries", "queued", "inbox_full"), 0)
+    stats = dict.fromkeys(("meetings", "members", "deliveries", "queued", "inbox_full", "wakeups",
+                           "coalesced_frames", "grow_ticks"), 0)
     hub: Any = type("H", (), {"statistics": lambda self: stats})()
     metrics.bind(instance_id="i", cluster=True, hub=hub, meetings=Store(), chat=Store(),
                  service=type("S", (), {"accepting": True})(), tcp_connections=lambda: 0)
@@ -216,6 +220,6 @@ def test_every_metric_is_documented() -> None:
     webhook_metrics = {d for d in documented if d[0].startswith("rmeeting_webhook_")}
     assert len(webhook_metrics) == 5
     documented -= webhook_metrics
-    assert len(documented) == 22
+    assert len(documented) == 25
     assert exposed == documented
     assert set(metrics.registry.names()) == {name for name, _, _ in documented}
