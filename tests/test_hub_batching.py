@@ -4,6 +4,9 @@ member closed in a batch gets its frames before the close."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import trio
 import trio.testing
 
@@ -65,54 +68,50 @@ async def test_a_backlog_goes_out_in_one_write_per_member_in_order() -> None:
     assert hub.statistics()["coalesced_frames"] == 2 * 4
 
 
-async def test_a_lone_event_is_written_at_once_and_alone() -> None:
+@asynccontextmanager
+async def _one_v1_member() -> AsyncIterator[tuple[Hub, Log]]:
+    """A served hub of one shard with one v1 member attached, everything settled."""
     hub = Hub(shards=1, encoders=wire.encoders())
     outlet = Log()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        await hub.attach(Subscriber("m", "a", "v1", outlet), Controls())
+        await trio.testing.wait_all_tasks_blocked()
+        yield hub, outlet
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lone_event_is_written_at_once_and_alone() -> None:
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(hub.serve)
-            await hub.attach(Subscriber("m", "a", "v1", outlet), Controls())
+        async with _one_v1_member() as (hub, outlet):
             for seq in (1, 2, 3):
                 await hub.deliver(_chat(seq))
                 # nothing else is waiting: written before the shard sleeps again, no timer
                 await trio.testing.wait_all_tasks_blocked()
                 assert len(outlet.writes) == seq
-            nursery.cancel_scope.cancel()
     assert [m["seq"] for m in outlet.texts()] == [1, 2, 3]
     assert hub.statistics()["coalesced_frames"] == 0
 
 
 async def test_a_lone_event_waits_for_no_timer() -> None:
     # two scheduler rounds to see that nothing else is coming, then written: no clock moves
-    hub = Hub(shards=1, encoders=wire.encoders())
-    outlet = Log()
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(hub.serve)
-            await hub.attach(Subscriber("m", "a", "v1", outlet), Controls())
-            await trio.testing.wait_all_tasks_blocked()
+        async with _one_v1_member() as (hub, outlet):
             await hub.deliver(_chat(1))
             for _ in range(4):
                 await trio.lowlevel.checkpoint()
             assert len(outlet.writes) == 1
-            nursery.cancel_scope.cancel()
     assert hub.statistics()["grow_ticks"] == 0
 
 
 async def test_ops_that_keep_coming_round_after_round_are_taken_together() -> None:
     # a storm: the tasks making ops are running; one arrives per scheduler round
-    hub = Hub(shards=1, encoders=wire.encoders())
-    outlet = Log()
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(hub.serve)
-            await hub.attach(Subscriber("m", "a", "v1", outlet), Controls())
-            await trio.testing.wait_all_tasks_blocked()
+        async with _one_v1_member() as (hub, outlet):
             for seq in range(1, 11):
                 await hub.deliver(_chat(seq))
                 await trio.lowlevel.checkpoint()
             await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
     assert [m["seq"] for m in outlet.texts()] == list(range(1, 11))
     assert len(outlet.writes) <= 2, outlet.actions
     assert hub.statistics()["grow_ticks"] >= 5
