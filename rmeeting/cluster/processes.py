@@ -7,6 +7,7 @@ its data in a directory of its own.
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -24,15 +25,45 @@ BINARY = "redis-server"
 START_DEADLINE = 10.0
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all held open until all are bound)."""
-    socks = []
+#: the lowest port :func:`free_ports` picks (below it: well-known and registered services)
+LOWEST_PORT = 10000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections and ``bind(0)`` (Linux's default if the
+    system does not say)."""
     try:
-        for _ in range(count):
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports, free when picked (all held open until all are picked).
+
+    They are picked below the kernel's ephemeral range: a port is handed to a child process
+    (or a test's receiver) that binds it later, and meanwhile any outgoing connection on the
+    machine (a cluster's gRPC, Redis and webhook clients) could take one from that range as
+    its own local port; the later bind would fail with EADDRINUSE. Where the range leaves no
+    room below it, they come from the kernel (``bind(0)``)."""
+    low, _high = _ephemeral_range()
+    room = low - LOWEST_PORT > 1000
+    socks: list[socket.socket] = []
+    try:
+        for _attempt in range(100 * count + 100):
+            if len(socks) == count:
+                return [s.getsockname()[1] for s in socks]
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", random.randrange(LOWEST_PORT, low) if room else 0))
+            except OSError:  # taken: try another
+                s.close()
+                continue
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        if len(socks) == count:
+            return [s.getsockname()[1] for s in socks]
+        raise OSError(f"no {count} free loopback ports found below {low}")
     finally:
         for s in socks:
             s.close()
