@@ -12,7 +12,9 @@ With ``arrival_stamps`` (the flip scenario), each ``recv`` also takes the kernel
 stamp of what it read (``SO_TIMESTAMPNS``): when the frame reached the member's socket, which
 is when a member with a reader of its own would have it, whatever this one reader is busy with.
 A control notice is timed by it (``Member.controls``) and by when this reader got to it
-(``Member.controls_read``).
+(``Member.controls_read``). Linux turns receive stamps on a moment after the first socket asks
+(a deferred switch); what arrives before that is stamped when read, so the flips start only
+after the members joined and settled.
 
 Server frames are unmasked; client frames are masked (RFC 6455 5.3) with a random key drawn once
 per connection. Where there is no epoll (not Linux), each member gets a reader task instead.
