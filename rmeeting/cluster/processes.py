@@ -22,6 +22,8 @@ from typing import Any
 __all__ = ["EtcdServer", "RedisServer", "free_ports"]
 
 BINARY = "redis-server"
+#: a Redis Cluster node also listens on its port + 10000 (the cluster bus)
+CLUSTER_BUS_OFFSET = 10000
 START_DEADLINE = 10.0
 
 
@@ -39,8 +41,9 @@ def _ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct loopback ports, free when picked (all held open until all are picked).
+def free_ports(count: int, *, and_plus: int = 0) -> list[int]:
+    """Distinct loopback ports, free when picked (all held open until all are picked); with
+    ``and_plus``, each port that much higher is free too (a Redis Cluster node's bus port).
 
     They are picked below the kernel's ephemeral range: a port is handed to a child process
     (or a test's receiver) that binds it later, and meanwhile any outgoing connection on the
@@ -48,25 +51,39 @@ def free_ports(count: int) -> list[int]:
     its own local port; the later bind would fail with EADDRINUSE. Where the range leaves no
     room below it, they come from the kernel (``bind(0)``)."""
     low, _high = _ephemeral_range()
-    room = low - LOWEST_PORT > 1000
-    socks: list[socket.socket] = []
+    top = low - and_plus
+    room = top - LOWEST_PORT > 1000
+    held: list[socket.socket] = []
+    ports: list[int] = []
     try:
         for _attempt in range(100 * count + 100):
-            if len(socks) == count:
-                return [s.getsockname()[1] for s in socks]
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.bind(("127.0.0.1", random.randrange(LOWEST_PORT, low) if room else 0))
-            except OSError:  # taken: try another
-                s.close()
-                continue
-            socks.append(s)
-        if len(socks) == count:
-            return [s.getsockname()[1] for s in socks]
-        raise OSError(f"no {count} free loopback ports found below {low}")
+            group = _hold(random.randrange(LOWEST_PORT, top) if room else 0, and_plus)
+            if group:
+                held += group
+                ports.append(group[0].getsockname()[1])
+            if len(ports) == count:
+                return ports
+        raise OSError(f"no {count} free loopback ports found below {top}")
     finally:
-        for s in socks:
+        for s in held:
             s.close()
+
+
+def _hold(port: int, and_plus: int) -> list[socket.socket]:
+    """Sockets bound to ``port`` and (if both are given) ``port + and_plus``; none if either
+    is taken."""
+    held: list[socket.socket] = []
+    for wanted in [port, port + and_plus] if port and and_plus else [port]:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", wanted))
+        except OSError:
+            s.close()
+            for other in held:
+                other.close()
+            return []
+        held.append(s)
+    return held
 
 
 class RedisServer:
@@ -102,7 +119,8 @@ class RedisServer:
     def start(self) -> None:
         # The port is free when picked but could be taken before redis binds it: pick again.
         for _ in range(5):
-            self.port = free_ports(1)[0]
+            cluster_node = "--cluster-enabled" in self.extra_args
+            self.port = free_ports(1, and_plus=CLUSTER_BUS_OFFSET if cluster_node else 0)[0]
             if self._spawn():
                 return
         raise RuntimeError(f"redis-server did not start; see {self.dir / 'redis.log'}")
