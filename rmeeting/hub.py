@@ -237,8 +237,7 @@ class _Shard:
         self.on_controls: Callable[[ControlsChanged], None] | None = None
 
     async def run(self) -> None:
-        receive = self.receive
-        async for op in receive:
+        async for op in self.receive:
             await self._let_batch_grow()
             batch = [op]
             while len(batch) < MAX_BATCH:  # what is already waiting, never more

@@ -19,7 +19,6 @@ def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> Non
             s.bind(("127.0.0.1", port))
 
 
-
 def test_a_redis_cluster_node_gets_its_bus_port_free_too() -> None:
     low, _high = _ephemeral_range()
     ports = free_ports(4, and_plus=10000)

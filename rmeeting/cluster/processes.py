@@ -118,9 +118,9 @@ class RedisServer:
 
     def start(self) -> None:
         # The port is free when picked but could be taken before redis binds it: pick again.
+        bus = CLUSTER_BUS_OFFSET if "--cluster-enabled" in self.extra_args else 0
         for _ in range(5):
-            cluster_node = "--cluster-enabled" in self.extra_args
-            self.port = free_ports(1, and_plus=CLUSTER_BUS_OFFSET if cluster_node else 0)[0]
+            self.port = free_ports(1, and_plus=bus)[0]
             if self._spawn():
                 return
         raise RuntimeError(f"redis-server did not start; see {self.dir / 'redis.log'}")

@@ -290,10 +290,6 @@ async def _pump_request(
             upstream.shutdown(socket.SHUT_WR)
         exchange.eof_sent = True
     await exchange.wait_idle()
-    _client_gone(exchange)
-
-
-def _client_gone(exchange: _Exchange) -> None:
     exchange.gone = True
     if not exchange.sending:  # else the copy ends itself once that chunk is passed on
         assert exchange.splice is not None
